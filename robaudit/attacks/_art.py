@@ -1,0 +1,68 @@
+"""Adapter that runs ART's reference implementations behind robaudit's :class:`Attack` base.
+
+ART works on numpy arrays one call at a time; robaudit keeps it as the ``--backend art``
+reference. Two ART pitfalls are handled here for every ART-backed attack:
+
+* some ART attacks (HopSkipJump under numpy 2) probe the model with float64 arrays, which a
+  float32 PyTorch model rejects: inputs are cast to float32 inside the wrapped module;
+* ART seeds from numpy's global RNG, so each batch seeds it from robaudit's generator.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+from robaudit.attacks.base import Attack, Criterion
+
+
+class _Float32(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.float())
+
+
+def art_classifier(model: torch.nn.Module, input_shape: tuple[int, ...], num_classes: int,
+                   clip: tuple[float, float], device: torch.device) -> Any:
+    """Wrap a pixel-space logits model as an ART ``PyTorchClassifier``."""
+    from art.estimators.classification import PyTorchClassifier
+
+    return PyTorchClassifier(
+        model=_Float32(model),
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(int(s) for s in input_shape),
+        nb_classes=int(num_classes),
+        clip_values=(float(clip[0]), float(clip[1])),
+        device_type="gpu" if device.type == "cuda" else "cpu",
+    )
+
+
+class ArtAttack(Attack):
+    """Base for ART-backed attacks: subclasses implement :meth:`build`."""
+
+    backend = "art"
+
+    @abstractmethod
+    def build(self, classifier: Any, targeted: bool, batch_size: int) -> Any:
+        """Return a configured ART attack for ``classifier``."""
+
+    def art_labels(self, criterion: Criterion, num_classes: int) -> np.ndarray:
+        """Labels passed to ART's ``generate``: the targets (targeted) or the true labels."""
+        return criterion.attack_classes.cpu().numpy().astype(np.int64)
+
+    def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            num_classes = int(model(x[:1]).shape[1])
+        clf = art_classifier(model, tuple(x.shape[1:]), num_classes, self.clip, x.device)
+        attack = self.build(clf, criterion.targeted, int(x.shape[0]))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
+        np.random.seed(seed)
+        y = self.art_labels(criterion, num_classes)
+        adv = attack.generate(x=x.detach().cpu().numpy().astype(np.float32), y=y)
+        return torch.from_numpy(np.asarray(adv, dtype=np.float32)).to(x.device)

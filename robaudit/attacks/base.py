@@ -1,0 +1,283 @@
+"""Shared base of every attack: bounds, criteria, batching, seeding, device and pass accounting.
+
+Subclasses implement only :meth:`Attack.run` for one batch already on the model's device. The
+final :meth:`Attack.generate` does the shared work once: batching, per-batch seeding, moving data
+to the device, projecting the result onto the eps-ball (fixed-eps attacks) and the clip range,
+and counting forward/backward passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar
+
+import torch
+
+from robaudit.errors import AttackFailure, ConfigError
+
+
+class Norm(str, Enum):
+    """Distance in which an attack's budget is measured."""
+
+    LINF = "linf"
+    L2 = "l2"
+    L0 = "l0"
+
+    @classmethod
+    def parse(cls, value: str) -> "Norm":
+        v = value.strip().lower().replace("-", "")
+        aliases = {"inf": cls.LINF, "linf": cls.LINF, "l2": cls.L2, "2": cls.L2, "l0": cls.L0, "0": cls.L0}
+        if v not in aliases:
+            raise ConfigError(f"unknown norm {value!r}: use linf or l2")
+        return aliases[v]
+
+
+class TargetMode(str, Enum):
+    """The three target settings of the study."""
+
+    UNTARGETED = "untargeted"
+    LEAST_LIKELY = "least-likely"
+    NEXT_CLASS = "next-class"
+
+    @property
+    def targeted(self) -> bool:
+        return self is not TargetMode.UNTARGETED
+
+
+class AttackKind(str, Enum):
+    FIXED_EPS = "fixed-eps"
+    """Maximises a loss inside an eps-ball; the result is projected onto the ball."""
+    MINIMIZATION = "minimization"
+    """Looks for the smallest perturbation; its distance is the measurement."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """What counts as adversarial for a batch: misclassification, or hitting ``targets``."""
+
+    labels: torch.Tensor
+    targets: torch.Tensor | None = None
+
+    @property
+    def targeted(self) -> bool:
+        return self.targets is not None
+
+    def is_adversarial(self, logits: torch.Tensor) -> torch.Tensor:
+        pred = logits.argmax(dim=1)
+        if self.targets is not None:
+            return pred == self.targets
+        return pred != self.labels
+
+    def subset(self, idx: torch.Tensor) -> "Criterion":
+        return Criterion(self.labels[idx], None if self.targets is None else self.targets[idx])
+
+    @property
+    def attack_classes(self) -> torch.Tensor:
+        """The class a loss should push towards (targeted) or away from (untargeted)."""
+        return self.targets if self.targets is not None else self.labels
+
+
+class PassCounter:
+    """Counts per-image forward and backward passes through a model."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+
+class _CountBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, counter: PassCounter) -> torch.Tensor:  # type: ignore[override]
+        ctx.counter = counter
+        ctx.rows = out.shape[0]
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        ctx.counter.backward += ctx.rows
+        return grad, None
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a classifier; every image through ``forward`` (and back through autograd) is counted."""
+
+    def __init__(self, model: torch.nn.Module, counter: PassCounter) -> None:
+        super().__init__()
+        self.model = model
+        self.counter = counter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.counter.forward += x.shape[0]
+        out = self.model(x)
+        if torch.is_grad_enabled() and out.requires_grad:
+            out = _CountBackward.apply(out, self.counter)
+        return out
+
+
+@dataclass
+class AttackOutput:
+    """Adversarial examples for all inputs (CPU) plus cost accounting."""
+
+    x_adv: torch.Tensor
+    seconds: float
+    forward_passes: int
+    backward_passes: int
+
+
+@dataclass(frozen=True)
+class AttackParams:
+    """Base of every attack's parameter dataclass. Fields are documented defaults."""
+
+
+def params_from_overrides(cls: type[AttackParams], overrides: dict[str, str | float | int | bool]) -> AttackParams:
+    """Build ``cls`` from user ``key=value`` overrides, converting strings to field types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"unknown parameter {key!r} for this attack (known: {known})")
+        default = getattr(cls(), name)
+        kwargs[name] = _convert(key, raw, type(default))
+    return cls(**kwargs)
+
+
+def _convert(key: str, raw: Any, typ: type) -> Any:
+    if not isinstance(raw, str):
+        return typ(raw)
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"parameter {key}={raw!r} is not a valid {typ.__name__}") from None
+
+
+class Attack(ABC):
+    """Template for every attack. Subclasses set the class variables and implement :meth:`run`."""
+
+    name: ClassVar[str]
+    """Registry name, e.g. ``pgd``."""
+    backend: ClassVar[str] = "torch"
+    """``torch`` (robaudit's batched implementation) or ``art`` (the reference)."""
+    kind: ClassVar[AttackKind]
+    norms: ClassVar[tuple[Norm, ...]]
+    """Norms the attack supports; the first is its default."""
+    supports_untargeted: ClassVar[bool] = True
+    supports_targeted: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
+    default_eps: ClassVar[dict[Norm, float]] = {}
+    """Default budget per norm (fixed-eps attacks) for inputs in [0, 1]."""
+    Params: ClassVar[type[AttackParams]] = AttackParams
+
+    def __init__(self, params: AttackParams | None = None, *, norm: Norm | None = None, eps: float | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.norm = norm if norm is not None else self.norms[0]
+        if self.norm not in self.norms:
+            supported = ", ".join(n.value for n in self.norms)
+            raise ConfigError(f"attack {self.name} does not support norm {self.norm.value} (supported: {supported})")
+        if self.kind is AttackKind.FIXED_EPS:
+            if eps is None:
+                eps = self.default_eps.get(self.norm)
+            if eps is None:
+                raise ConfigError(f"attack {self.name} needs --eps for norm {self.norm.value}")
+            if eps < 0:
+                raise ConfigError(f"eps must be >= 0, got {eps}")
+        self.eps = eps
+
+    def supports(self, mode: TargetMode) -> bool:
+        return self.supports_targeted if mode.targeted else self.supports_untargeted
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "backend": self.backend, "norm": self.norm.value, "eps": self.eps,
+                "params": dataclasses.asdict(self.params)}
+
+    @abstractmethod
+    def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
+        """Attack one batch. ``x`` is on the model's device, inside ``self.clip``. Return ``x_adv`` like ``x``."""
+
+    # set by generate() for the duration of a call, read by run() implementations
+    clip: tuple[float, float] = (0.0, 1.0)
+
+    def generate(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        clip: tuple[float, float] = (0.0, 1.0),
+        batch_size: int = 128,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> AttackOutput:
+        """Run the attack on all of ``x`` (any device) and return CPU adversarial examples."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if targets is not None and not self.supports_targeted:
+            raise ConfigError(f"attack {self.name} does not support targeted attacks")
+        if targets is None and not self.supports_untargeted:
+            raise ConfigError(f"attack {self.name} does not support untargeted attacks")
+        dev = torch.device(device) if device is not None else _module_device(model)
+        counter = PassCounter()
+        counted = CountingModel(model, counter)
+        self.clip = clip
+        outs = []
+        start = time.perf_counter()
+        for b, i in enumerate(range(0, x.shape[0], batch_size)):
+            xb = x[i : i + batch_size].to(dev, torch.float32)
+            crit = Criterion(labels[i : i + batch_size].to(dev),
+                             None if targets is None else targets[i : i + batch_size].to(dev))
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(seed * 1_000_003 + b)
+            try:
+                adv = self.run(counted, xb, crit, gen)
+            except (ConfigError, AttackFailure):
+                raise
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as exc:  # an attack bug must not masquerade as a result
+                raise AttackFailure(f"attack {self.name} failed: {type(exc).__name__}: {exc}") from exc
+            adv = self.project(xb, adv.detach().to(dev, torch.float32))
+            outs.append(adv.cpu())
+        seconds = time.perf_counter() - start
+        x_adv = torch.cat(outs) if outs else x.clone().float()
+        return AttackOutput(x_adv, seconds, counter.forward, counter.backward)
+
+    def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Clip into the valid range and, for fixed-eps attacks, onto the eps-ball around ``x``."""
+        x_adv = torch.nan_to_num(x_adv, nan=0.0)  # NaNs would otherwise pass every comparison
+        if self.kind is AttackKind.FIXED_EPS and self.eps is not None:
+            x_adv = project_ball(x, x_adv, self.eps, self.norm)
+        return x_adv.clamp(self.clip[0], self.clip[1])
+
+
+def project_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    """Project ``x_adv`` onto the ``norm`` ball of radius ``eps`` around ``x`` (per sample)."""
+    delta = x_adv - x
+    if norm is Norm.LINF:
+        delta = delta.clamp(-eps, eps)
+    elif norm is Norm.L2:
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        factor = torch.clamp(eps / n, max=1.0).view(-1, *([1] * (x.dim() - 1)))
+        delta = delta * factor
+    else:  # L0 budgets are enforced by the attacks themselves
+        return x_adv
+    return x + delta
+
+
+def _module_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")

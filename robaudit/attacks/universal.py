@@ -1,0 +1,121 @@
+"""Universal Adversarial Perturbation (ART's implementation; robaudit has no native one)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from robaudit.attacks._art import ArtAttack
+from robaudit.attacks.base import AttackKind, AttackParams, Norm
+from robaudit.errors import ConfigError
+
+_ATTACKERS = ("fgsm", "deepfool")
+
+
+@dataclass(frozen=True)
+class UniversalParams(AttackParams):
+    """Parameters of :class:`ArtUniversal`."""
+
+    attacker: str = "fgsm"
+    """Per-image attack that proposes the increments: ``fgsm`` or ``deepfool``."""
+    attacker_eps: float = 0.1
+    """FGSM step of each proposal, in the attack's norm (ignored for ``deepfool``)."""
+    delta: float = 0.2
+    """Stop once the fooling rate on the batch reaches ``1 - delta``."""
+    max_iter: int = 5
+    """Passes over the batch."""
+
+
+def _check(p: UniversalParams) -> None:
+    if p.attacker not in _ATTACKERS:
+        raise ConfigError(f"universal: attacker must be one of {', '.join(_ATTACKERS)}, got {p.attacker!r}")
+    if p.attacker_eps <= 0:
+        raise ConfigError(f"universal: attacker_eps must be > 0, got {p.attacker_eps}")
+    if not 0.0 <= p.delta < 1.0:
+        raise ConfigError(f"universal: delta must be in [0, 1), got {p.delta}")
+    if p.max_iter < 1:
+        raise ConfigError(f"universal: max_iter must be >= 1, got {p.max_iter}")
+
+
+class _SeededPython:
+    """ART's ``UniversalPerturbation`` shuffles with Python's ``random``, not numpy's: seed it from
+    numpy's (which the adapter seeds per batch) so equal seeds give equal results."""
+
+    def __init__(self, attack: Any) -> None:
+        self.attack = attack
+
+    def generate(self, x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        state = random.getstate()
+        random.seed(int(np.random.randint(0, 2**31 - 1)))
+        try:
+            return self.attack.generate(x=x, y=y)
+        finally:
+            random.setstate(state)
+
+
+class ArtUniversal(ArtAttack):
+    r"""Universal adversarial perturbations from "Universal adversarial perturbations"
+    (Moosavi-Dezfooli, Fawzi, Fawzi and Frossard, CVPR 2017), [https://arxiv.org/abs/1610.08401],
+    run through ART's ``UniversalPerturbation``.
+
+    Distance Measure : Linf (default), L2
+
+    One perturbation ``v`` for many images: ART walks the images in random order; where ``x + v``
+    is still correctly classified it runs the per-image ``attacker`` on ``x + v``, and if that
+    fools the model it sets ``v`` to the new total perturbation projected onto the eps-ball. It
+    stops after ``max_iter`` passes or once a fraction ``1 - delta`` of the images is fooled.
+    Every image gets ``x + v`` (clipped), so all results are inside the eps-ball.
+
+    **The perturbation is fitted per batch**: ART computes one ``v`` over the array it is given,
+    and robaudit hands it one batch at a time, so each batch (``--batch-size`` images) gets its own
+    ``v``, fitted on the very images it is then evaluated on. That is the transductive setting;
+    a perturbation fitted on held-out data would fool fewer images. Untargeted only.
+
+    Defaults: eps 0.2 (Linf) / 4.0 (L2) for inputs in [0, 1]. For MNIST Linf 0.2 is below the
+    customary 0.3 so that a universal (image-agnostic) perturbation is not trivially large; L2 4.0
+    is a matching budget (0.2 * 28 * 0.7). The ``fgsm`` attacker (step ``attacker_eps`` 0.1) is
+    the default because it fooled more demo images than ``deepfool`` at the same eps and runs
+    faster; DeepFool's minimal steps barely move ``v`` before projection.
+
+    Arguments:
+        attacker (str): ``fgsm`` or ``deepfool``. (Default: ``fgsm``)
+        attacker_eps (float): FGSM step per proposal. (Default: 0.1)
+        delta (float): target fooling rate is ``1 - delta``. (Default: 0.2)
+        max_iter (int): passes over the batch. (Default: 5)
+
+    Shape:
+        - x: (N, C, H, W) in ``clip``. - labels: (N,). - output: (N, C, H, W).
+
+    Examples::
+        >>> out = ArtUniversal(eps=0.2).generate(model, x, labels, batch_size=256)
+    """
+
+    name: ClassVar[str] = "universal"
+    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    default_eps: ClassVar[dict[Norm, float]] = {Norm.LINF: 0.2, Norm.L2: 4.0}
+    supports_targeted: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True
+    Params: ClassVar[type[AttackParams]] = UniversalParams
+
+    def build(self, classifier: Any, targeted: bool, batch_size: int) -> Any:
+        from art.attacks.evasion import UniversalPerturbation
+
+        p = self.params
+        assert isinstance(p, UniversalParams)
+        _check(p)
+        if targeted:
+            raise ConfigError("universal perturbations are untargeted only")
+        norm: float | int = np.inf if self.norm is Norm.LINF else 2
+        if p.attacker == "fgsm":
+            attacker_params: dict[str, Any] = {"eps": float(p.attacker_eps), "eps_step": float(p.attacker_eps),
+                                               "norm": norm, "batch_size": 1}
+        else:
+            attacker_params = {"verbose": False, "batch_size": 1}
+        attack = UniversalPerturbation(classifier, attacker=p.attacker, attacker_params=attacker_params,
+                                       delta=float(p.delta), max_iter=int(p.max_iter), eps=float(self.eps or 0.0),
+                                       norm=norm, batch_size=max(1, min(batch_size, 256)), verbose=False)
+        return _SeededPython(attack)

@@ -1,0 +1,260 @@
+"""Thin command-line layer: options -> job -> engine -> renderers -> exit code.
+
+Exit codes: 0 success, 1 a gate failed, 2 usage/input/config error, 3 internal or attack failure.
+Errors are one line on stderr; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from robaudit import __version__
+from robaudit.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, RobauditError
+
+app = typer.Typer(
+    name="robaudit",
+    help="Audit how robust an image classifier is against adversarial examples.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_state = {"debug": False}
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"robaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Audit how robust an image classifier is against adversarial examples."""
+    _state["debug"] = debug
+
+
+def _floats(value: str | None, name: str, count: int | None = None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated numbers, got {value!r}") from None
+    if not out or (count is not None and len(out) != count):
+        raise ConfigError(f"{name} needs {count or 'one or more'} comma-separated numbers, got {value!r}")
+    return out
+
+
+def _params(values: list[str] | None) -> dict[Any, dict[str, str]]:
+    from robaudit.attacks.registry import parse_attack_names
+
+    out: dict[Any, dict[str, str]] = {}
+    for raw in values or []:
+        key, sep, val = raw.partition("=")
+        attack, dot, pname = key.partition(".")
+        if not sep or not dot or not pname:
+            raise ConfigError(f"--param expects ATTACK.NAME=VALUE (e.g. pgd.steps=100), got {raw!r}")
+        name = parse_attack_names(attack)[0]
+        out.setdefault(name, {})[pname.strip()] = val.strip()
+    return out
+
+
+class _ProgressObserver:
+    """Renders engine progress with rich on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def plan_started(self, total_cells: int) -> None:
+        self.task = self.progress.add_task("attacks", total=total_cells)
+
+    def cell_started(self, label: str) -> None:
+        self.progress.update(self.task, description=label)
+
+    def cell_finished(self, label: str, row: dict[str, Any]) -> None:
+        self.progress.advance(self.task)
+
+    def warn(self, text: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)
+
+
+@app.command()
+def attack(
+    model: Annotated[str, typer.Argument(help="Model file (.pt TorchScript, .onnx, .pt2) or demo:mnist / demo:cifar10.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")],
+    attack: Annotated[str, typer.Option("--attack", "-a", help="Comma-separated attack names, or all.")] = "fgsm,pgd",
+    target: Annotated[str, typer.Option("--target", "-t", help="untargeted, least-likely, next-class (comma-separated) or all.")] = "untargeted",
+    eps: Annotated[Optional[float], typer.Option(help="Budget of fixed-eps attacks in pixel space (default: per attack, e.g. 8/255 Linf).")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: each attack's own norm).")] = None,
+    num: Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and attacks.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    backend: Annotated[str, typer.Option(help="torch (robaudit's batched attacks) or art (ART reference).")] = "torch",
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Attack parameter ATTACK.NAME=VALUE (repeatable).")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean applied inside the model, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std applied inside the model.")] = None,
+    clip: Annotated[str, typer.Option(help="Valid input range lo,hi of the model's pixel space.")] = "0,1",
+    layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC when the data layout is ambiguous.")] = None,
+    x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
+    y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-report.json"),
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="What to print: table, markdown or json.")] = OutputFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run attacks x target settings on the correctly classified inputs and write a JSON report."""
+    from robaudit.attacks.base import Norm
+    from robaudit.attacks.registry import parse_attack_names
+    from robaudit.attacks.targets import parse_targets
+    from robaudit.engine.attack_job import AttackJob, run_attack_job
+    from robaudit.engine.attack_run import AttackPlan
+    from robaudit.engine.session import InputOptions
+    from robaudit.report import write_json_atomic
+
+    if num is not None and num < 1:
+        raise ConfigError(f"-n must be >= 1, got {num}")
+    clip_range = _floats(clip, "--clip", 2)
+    assert clip_range is not None
+    if clip_range[0] >= clip_range[1]:
+        raise ConfigError(f"--clip lo must be below hi, got {clip}")
+    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
+        raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    plan = AttackPlan(
+        attacks=tuple(parse_attack_names(attack)), targets=tuple(parse_targets(target)),
+        norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=_params(param),
+        batch_size=batch_size, seed=seed)
+    inputs = InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"),
+                          std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]),
+                          layout=layout.upper() if layout else None, x_key=x_key, y_key=y_key)
+    job = AttackJob(inputs=inputs, plan=plan, n=num)
+    command = ["robaudit", *sys.argv[1:]]
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, disable=quiet, transient=True)
+    with progress:
+        report = run_attack_job(job, command, _ProgressObserver(progress))
+    path = write_json_atomic(out, report)
+    _print_report(report, fmt)
+    if fmt is not OutputFormat.json:
+        err_console.print(f"report written to {path}", highlight=False)
+
+
+def _print_report(report: dict[str, Any], fmt: OutputFormat) -> None:
+    from robaudit.report.render import results_markdown, results_table
+
+    if fmt is OutputFormat.json:
+        import json
+
+        typer.echo(json.dumps(report, indent=2))
+    elif fmt is OutputFormat.markdown:
+        typer.echo(results_markdown(report))
+    else:
+        out_console.print(results_table(report, width=out_console.width))
+        for w in report.get("warnings", []):
+            err_console.print(f"warning: {w}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    path: Annotated[Path, typer.Argument(help="A robaudit JSON report.")],
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="table, markdown or json.")] = OutputFormat.table,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rendering to this file instead of stdout.")] = None,
+) -> None:
+    """Render a robaudit report as a table, Markdown or JSON."""
+    from robaudit.report import read_report
+    from robaudit.report.render import results_markdown
+
+    report = read_report(path)
+    if out is None:
+        _print_report(report, fmt)
+        return
+    import json
+
+    from robaudit.report.writer import write_text_atomic
+
+    if fmt is OutputFormat.markdown:
+        text = results_markdown(report)
+    elif fmt is OutputFormat.json:
+        text = json.dumps(report, indent=2) + "\n"
+    else:
+        import io
+
+        console = Console(record=True, width=160, file=io.StringIO())
+        from robaudit.report.render import results_table
+
+        console.print(results_table(report, width=160))
+        text = console.export_text()
+    write_text_atomic(out, text)
+
+
+@app.command("attacks")
+def list_attacks() -> None:
+    """List the attacks, their kinds, norms, target support and documented defaults."""
+    import dataclasses
+
+    from rich.table import Table
+
+    from robaudit.attacks.registry import AttackName, available_backends, get_attack_class
+
+    table = Table(title="robaudit attacks")
+    for col in ("name", "kind", "norms", "targeted", "untargeted", "gradients", "backends", "default eps", "defaults"):
+        table.add_column(col)
+    for name in AttackName:
+        cls = get_attack_class(name, "torch")
+        defaults = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cls.Params()).items())
+        eps = ", ".join(f"{n.value} {e:.4g}" for n, e in cls.default_eps.items()) or "-"
+        table.add_row(name.value, cls.kind.value, ",".join(n.value for n in cls.norms),
+                      "yes" if cls.supports_targeted else "no", "yes" if cls.supports_untargeted else "no",
+                      "yes" if cls.needs_gradients else "no", ",".join(available_backends(name)), eps, defaults)
+    out_console.print(table)
+
+
+def main() -> None:
+    """Console entry point: maps errors to one-line messages and exit codes."""
+    try:
+        app()
+    except RobauditError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"robaudit: error: {exc}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("robaudit: interrupted", highlight=False)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except MemoryError:
+        err_console.print("robaudit: error: out of memory: lower --batch-size or -n", highlight=False)
+        sys.exit(EXIT_INTERNAL)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
+        if _state["debug"]:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        err_console.print(f"robaudit: internal error: {type(exc).__name__}: {msg} (rerun with --debug for a traceback)",
+                          highlight=False, markup=False)
+        sys.exit(EXIT_INTERNAL)
+
+
+__all__ = ["app", "main", "EXIT_USAGE"]

@@ -1,0 +1,71 @@
+"""The ``attack`` job: inputs -> evaluation set -> attack plan -> report (a plain dict)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from robaudit.attacks.base import AttackKind
+from robaudit.attacks.registry import get_attack_class
+from robaudit.engine.attack_run import AttackPlan, check_plan, run_attack_plan
+from robaudit.engine.evaluation import build_evaluation_set
+from robaudit.engine.observer import NullObserver, Observer
+from robaudit.engine.session import InputOptions, load_inputs, seed_everything
+from robaudit.report import build_report
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    inputs: InputOptions
+    plan: AttackPlan
+    n: int | None = None
+    """How many inputs to sample (``None``: all)."""
+
+
+def plan_warnings(plan: AttackPlan, clip: tuple[float, float]) -> list[str]:
+    out = []
+    span = clip[1] - clip[0]
+    if plan.eps is not None and plan.eps > span:
+        out.append(f"eps {plan.eps:g} is larger than the input range {span:g}: every input can be replaced "
+                   f"entirely (did you mean {plan.eps:g}/255 = {plan.eps / 255:.4g}?)")
+    return out
+
+
+def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None = None) -> dict[str, Any]:
+    obs = observer or NullObserver()
+    check_plan(job.plan)
+    seed_everything(job.plan.seed)
+    inputs = load_inputs(job.inputs)
+    model, data = inputs.model, inputs.data
+    plan = AttackPlan(**{**job.plan.__dict__, "device": str(model.device)})
+    warnings = plan_warnings(plan, model.clip) + list(model.info.notes)
+    for w in warnings:
+        obs.warn(w)
+    evalset = build_evaluation_set(model, data, job.n, plan.seed, plan.batch_size)
+    rows = run_attack_plan(model, evalset, plan, obs)
+    model_dict = model.info.to_dict()
+    model_dict["path"] = inputs.model_spec
+    data_dict = {
+        "path": inputs.data_spec, "format": data.format, "sha256": data.sha256, "n_total": int(data.x.shape[0]),
+        "n_selected": evalset.n_selected, "n_evaluated": evalset.n,
+        "n_dropped_misclassified": evalset.n_dropped, "clean_accuracy": evalset.clean_accuracy,
+        "notes": list(data.notes),
+    }
+    config = {
+        "attacks": [a.value for a in plan.attacks], "targets": [t.value for t in plan.targets],
+        "norm": plan.norm.value if plan.norm else None, "eps": plan.eps, "backend": plan.backend,
+        "params": {k.value: v for k, v in plan.params.items()}, "n": job.n, "batch_size": plan.batch_size,
+        "attack_defaults": _defaults(plan),
+    }
+    return build_report(command=command, seed=plan.seed, device=model.device, model=model_dict, data=data_dict,
+                        config=config, results=rows, warnings=warnings)
+
+
+def _defaults(plan: AttackPlan) -> dict[str, Any]:
+    out = {}
+    for name in plan.attacks:
+        cls = get_attack_class(name, plan.backend)
+        out[name.value] = {"kind": cls.kind.value, "norms": [n.value for n in cls.norms],
+                           "default_eps": {n.value: e for n, e in cls.default_eps.items()}
+                           if cls.kind is AttackKind.FIXED_EPS else None}
+    return out

@@ -1,0 +1,62 @@
+"""The evaluation set: the sampled inputs the model classifies correctly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from robaudit.data import Dataset, select
+from robaudit.errors import DataLoadError
+from robaudit.models import Classifier
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """Correctly classified inputs (CPU tensors) and how they were chosen."""
+
+    x: torch.Tensor
+    """Inputs, float32 NCHW, correctly classified."""
+    y: torch.Tensor
+    """True labels (int64)."""
+    clean_logits: torch.Tensor
+    """The model's logits on ``x``."""
+    indices: np.ndarray
+    """Indices of ``x`` in the dataset."""
+    n_selected: int
+    """How many inputs were sampled before dropping misclassified ones."""
+    clean_accuracy: float
+    """Accuracy on the sampled inputs."""
+
+    @property
+    def n(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def n_dropped(self) -> int:
+        return self.n_selected - self.n
+
+
+def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: int, batch_size: int) -> EvaluationSet:
+    """Sample ``n`` inputs with ``seed`` and keep those the model classifies correctly."""
+    idx = select(data, n, seed)
+    x = torch.from_numpy(np.ascontiguousarray(data.x[idx]))
+    y = torch.from_numpy(np.ascontiguousarray(data.y[idx])).long()
+    if x.shape[0] == 0:
+        raise DataLoadError("the dataset is empty: nothing to evaluate")
+    logits = model.predict(x, batch_size=batch_size)
+    if logits.shape[1] <= int(y.max()):
+        raise DataLoadError(
+            f"labels go up to {int(y.max())} but the model returns {logits.shape[1]} classes: "
+            "check that the data matches the model")
+    correct = logits.argmax(dim=1) == y
+    n_correct = int(correct.sum())
+    if n_correct == 0:
+        raise DataLoadError(
+            f"the model classifies none of the {x.shape[0]} sampled inputs correctly: nothing to attack "
+            "(check --mean/--std, --layout and that the labels match the model)")
+    keep = correct.nonzero().flatten()
+    return EvaluationSet(
+        x=x[keep], y=y[keep], clean_logits=logits[keep], indices=idx[keep.numpy()],
+        n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]))

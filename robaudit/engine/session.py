@@ -1,0 +1,80 @@
+"""Load a model and a dataset consistently (layout, channels, labels) for any subcommand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robaudit.data import Dataset, load_dataset
+from robaudit.demo_assets import resolve_data, resolve_model
+from robaudit.errors import DataLoadError
+from robaudit.models import Classifier
+from robaudit.models.loader import load_model
+
+
+@dataclass(frozen=True)
+class InputOptions:
+    """How to read the model and the data (shared by every subcommand)."""
+
+    model: str
+    data: str
+    device: str = "auto"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    clip: tuple[float, float] = (0.0, 1.0)
+    layout: str | None = None
+    x_key: str | None = None
+    y_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: Classifier
+    data: Dataset
+    model_spec: str
+    data_spec: str
+
+
+def load_inputs(opts: InputOptions) -> Inputs:
+    """Load data and model so that their shapes agree. Ambiguous layouts are settled by the model."""
+    data_path = resolve_data(opts.data)
+    model_path = resolve_model(opts.model)
+
+    def _data(channels: int | None) -> Dataset:
+        return load_dataset(data_path, layout=opts.layout, channels=channels, x_key=opts.x_key,
+                            y_key=opts.y_key, input_range=opts.clip)
+
+    try:
+        data = _data(None)
+    except DataLoadError as first:
+        if opts.layout is not None:
+            raise
+        # The layout may only be decidable from the model's channel count: ask the model.
+        try:
+            probe = load_model(model_path, device="cpu", mean=opts.mean, std=opts.std, clip=opts.clip)
+        except Exception:
+            raise first from None
+        data = _data(probe.info.input_shape[0])
+    num_classes_hint = int(data.y.max()) + 1 if data.y.size else None
+    model = load_model(model_path, device=opts.device, mean=opts.mean, std=opts.std, clip=opts.clip,
+                       data_shape=tuple(int(s) for s in data.x.shape[1:]), num_classes_hint=num_classes_hint)
+    if tuple(model.info.input_shape) != tuple(data.x.shape[1:]):
+        raise DataLoadError(
+            f"data shape {tuple(data.x.shape[1:])} does not match the model's input {tuple(model.info.input_shape)} "
+            "(check --layout)")
+    if num_classes_hint is not None and num_classes_hint > model.num_classes:
+        raise DataLoadError(
+            f"labels go up to {num_classes_hint - 1} but the model has {model.num_classes} classes: "
+            "the data does not match the model")
+    return Inputs(model=model, data=data, model_spec=opts.model, data_spec=opts.data)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

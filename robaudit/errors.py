@@ -1,0 +1,45 @@
+"""Error hierarchy. Every error carries the process exit code the CLI uses for it.
+
+Exit codes (documented in the README):
+    0  success
+    1  a gate failed (reserved for ``audit``/``report --gate``)
+    2  usage, input or configuration error
+    3  internal or attack failure
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+class RobauditError(Exception):
+    """Base class. ``str(err)`` is a one-line message meant for the user."""
+
+    exit_code: int = EXIT_INTERNAL
+
+
+class InputError(RobauditError):
+    """Bad model file, bad data file, bad option value: the user can fix it."""
+
+    exit_code = EXIT_USAGE
+
+
+class ModelLoadError(InputError):
+    """A model file could not be loaded (wrong format, corrupt, unsafe)."""
+
+
+class DataLoadError(InputError):
+    """A data file or folder could not be loaded or fails validation."""
+
+
+class ConfigError(InputError):
+    """An option or profile value is invalid."""
+
+
+class AttackFailure(RobauditError):
+    """An attack crashed or produced an invalid result (e.g. left its eps-ball)."""
+
+    exit_code = EXIT_INTERNAL

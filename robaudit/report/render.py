@@ -1,0 +1,92 @@
+"""Render report rows for people: rich tables for the terminal, Markdown for CI summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+COLUMNS = (
+    ("attack", "attack"), ("target", "target"), ("budget", "budget"), ("n", "n"),
+    ("success_rate", "success"), ("l2_mean", "L2 mean"), ("l2_median", "L2 med"),
+    ("linf_mean", "Linf mean"), ("linf_max", "Linf max"), ("seconds", "sec"),
+    ("seconds_per_image", "s/img"), ("passes", "fwd/bwd per img"),
+)
+"""(key, header) of the rendered columns; distances are over successful examples."""
+
+
+def fmt(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "success_rate":
+        return f"{100 * value:.1f}%"
+    if key == "seconds":
+        return f"{value:.1f}"
+    if key == "seconds_per_image":
+        return f"{value:.3f}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _derived(row: dict[str, Any], key: str) -> Any:
+    if key == "budget":
+        eps = row.get("eps")
+        return f"{row.get('norm')}<={eps:.3g}" if eps is not None else f"min {row.get('norm')}"
+    if key == "passes":
+        fwd, bwd = row.get("forward_passes_per_image"), row.get("backward_passes_per_image")
+        return "-" if fwd is None else f"{fwd:.0f}/{bwd:.0f}"
+    return row.get(key)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    if row.get("status") != "ok":
+        head = [fmt(k, _derived(row, k)) for k, _ in COLUMNS[:3]]
+        return head + [f"{row.get('status')}: {row.get('reason')}"] + [""] * (len(COLUMNS) - 4)
+    return [fmt(k, _derived(row, k)) for k, _ in COLUMNS]
+
+
+WIDE_ONLY = ("l2_mean", "linf_max", "seconds", "passes")
+"""Columns left out of the terminal table when it is narrower than ``WIDE_WIDTH``."""
+WIDE_WIDTH = 120
+
+
+def results_table(report: dict[str, Any], width: int = 200) -> Table:
+    data = report.get("data", {})
+    model = report.get("model", {})
+    title = (f"{model.get('path', '?')} on {data.get('path', '?')}: clean accuracy "
+             f"{100 * float(data.get('clean_accuracy', 0.0)):.1f}%, {data.get('n_evaluated', '?')} correctly "
+             f"classified inputs attacked ({data.get('n_dropped_misclassified', 0)} dropped)")
+    table = Table(title=title, title_justify="left")
+    keep = [i for i, (key, _) in enumerate(COLUMNS) if width >= WIDE_WIDTH or key not in WIDE_ONLY]
+    for i in keep:
+        key, header = COLUMNS[i]
+        text = key in ("attack", "target", "budget")
+        table.add_column(header, justify="left" if text else "right", no_wrap=text)
+    for row in report.get("results", []):
+        cells = _cells(row)
+        if row.get("status") != "ok":  # the reason spans the numeric columns: keep it readable
+            table.add_row(*cells[:3], " ".join(c for c in cells[3:] if c), *[""] * (len(keep) - 4), style="dim")
+        else:
+            table.add_row(*[cells[i] for i in keep])
+    return table
+
+
+def results_markdown(report: dict[str, Any]) -> str:
+    data = report.get("data", {})
+    model = report.get("model", {})
+    lines = [
+        f"### robaudit: `{model.get('path', '?')}`",
+        "",
+        f"Clean accuracy {100 * float(data.get('clean_accuracy', 0.0)):.1f}% on {data.get('n_selected', '?')} inputs; "
+        f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly. Seed {report.get('seed')}, "
+        f"device {report.get('device')}.",
+        "",
+        "| " + " | ".join(h for _, h in COLUMNS) + " |",
+        "|" + "|".join("---" for _ in COLUMNS) + "|",
+    ]
+    for row in report.get("results", []):
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(row)) + " |")
+    for w in report.get("warnings", []):
+        lines.append(f"\n> warning: {w}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""Atomic report writing: a file on disk is either the old one or the complete new one."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from robaudit.errors import DataLoadError, InputError
+
+
+def _clean(obj: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` via a temporary file in the same folder, fsync and rename over ``path``."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    tmp: str | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another --out path "
+                         "(any previous file there is untouched)") from None
+    return target
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as JSON atomically (NaN/inf become null)."""
+    return write_text_atomic(path, json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with p.open(encoding="utf-8") as fh:
+            report = json.load(fh)
+    except FileNotFoundError:
+        raise DataLoadError(f"report {p} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataLoadError(f"cannot read report {p}: {exc}") from None
+    if not isinstance(report, dict) or "schema_version" not in report or "results" not in report:
+        raise DataLoadError(f"{p} is not a robaudit report (no schema_version/results)")
+    return report

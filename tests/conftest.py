@@ -1,0 +1,37 @@
+"""Shared fixtures: the bundled demo model/data and the optional ../shared folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DEMO = ROOT / "robaudit" / "demo"
+
+
+def pytest_configure(config):
+    import torch
+
+    # Two cores on CI: keep torch from oversubscribing when tests run in parallel.
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "DATA.md").exists():
+        pytest.skip(f"needs ../shared (real data and weights), not found at {SHARED}")
+    return SHARED
+
+
+def robaudit_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point (falls back to ``python -m robaudit``)."""
+    exe = shutil.which("robaudit", path=str(Path(sys.executable).parent))
+    cmd = [exe] if exe else [sys.executable, "-m", "robaudit"]
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "2"}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)

@@ -1,0 +1,124 @@
+"""End-to-end CLI tests through the real entry point: exit codes, one-line errors, schema-valid reports."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robaudit.report.schema import validation_errors
+
+from .conftest import DEMO, robaudit_cli
+
+pytestmark = pytest.mark.skipif(not (DEMO / "mnist_cnn.pt").exists(), reason="bundled demo model missing")
+
+
+def _one_line_error(proc):
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines, "expected an error message"
+    assert "Traceback" not in proc.stderr
+    return lines[-1]
+
+
+def test_attack_demo_writes_valid_report(tmp_path):
+    out = tmp_path / "r.json"
+    proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "--attack", "fgsm,pgd,deepfool",
+                        "--target", "all", "--eps", "0.3", "-n", "40", "--seed", "3", "-q", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert validation_errors(report) == []
+    rows = {(r["attack"], r["target"]): r for r in report["results"]}
+    assert len(rows) == 9
+    assert rows[("deepfool", "least-likely")]["status"] == "unsupported"
+    pgd = rows[("pgd", "untargeted")]
+    assert pgd["status"] == "ok" and pgd["success_rate"] >= 0.95
+    assert pgd["linf_max"] <= 0.3 + 1e-6
+    assert report["data"]["n_selected"] == 40
+    assert report["data"]["n_evaluated"] + report["data"]["n_dropped_misclassified"] == 40
+    assert report["model"]["format"] == "torchscript" and report["model"]["classes"] == 10
+    assert "pgd" in proc.stdout  # the table
+
+
+def test_same_seed_same_report(tmp_path):
+    args = ["attack", "demo:mnist", "--data", "demo:mnist", "--attack", "pgd", "--eps", "0.1", "-n", "24", "-q"]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert robaudit_cli(*args, "--out", str(a)).returncode == 0
+    assert robaudit_cli(*args, "--out", str(b)).returncode == 0
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    for key in ("success_rate", "l2_mean", "linf_max", "n_success"):
+        assert ra["results"][0][key] == rb["results"][0][key]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--attack", "nope"], "unknown attack 'nope'"),
+        (["--target", "sideways"], "unknown target 'sideways'"),
+        (["--batch-size", "0"], "batch"),
+        (["--eps", "-1"], "eps"),
+        (["--norm", "l7"], "unknown norm"),
+        (["--param", "pgd.nonsense=3"], "unknown parameter 'nonsense'"),
+        (["--param", "pgd-steps"], "ATTACK.NAME=VALUE"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(args, needle, tmp_path):
+    proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "-n", "5", "-q",
+                        "--out", str(tmp_path / "r.json"), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in _one_line_error(proc)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_and_bad_files_exit_2(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model at all")
+    proc = robaudit_cli("attack", str(bad), "--data", "demo:mnist", "-q", "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 2
+    _one_line_error(proc)
+    proc = robaudit_cli("attack", "demo:mnist", "--data", str(tmp_path / "absent.npz"), "-q")
+    assert proc.returncode == 2
+    _one_line_error(proc)
+
+
+def test_mismatched_labels_exit_2(tmp_path):
+    data = tmp_path / "d.npz"
+    np.savez_compressed(data, x=np.zeros((4, 28, 28, 1), np.uint8), y=np.array([0, 1, 2, 42]))
+    proc = robaudit_cli("attack", "demo:mnist", "--data", str(data), "-q", "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 2
+    assert "42" in _one_line_error(proc)
+
+
+def test_nothing_correct_is_an_error_not_robust(tmp_path):
+    import torch
+
+    model = torch.jit.load(str(DEMO / "mnist_cnn.pt")).eval()
+    x = np.zeros((6, 28, 28, 1), np.uint8)
+    with torch.no_grad():
+        pred = int(model(torch.zeros(1, 1, 28, 28)).argmax())
+    data = tmp_path / "d.npz"
+    np.savez_compressed(data, x=x, y=np.full(6, (pred + 1) % 10))  # every label wrong
+    proc = robaudit_cli("attack", "demo:mnist", "--data", str(data), "-q", "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 2
+    assert "none of the" in _one_line_error(proc)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_report_renders_markdown(tmp_path):
+    out = tmp_path / "r.json"
+    assert robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "--attack", "fgsm", "--eps", "0.2",
+                        "-n", "16", "-q", "--out", str(out)).returncode == 0
+    md = tmp_path / "r.md"
+    proc = robaudit_cli("report", str(out), "--format", "markdown", "--out", str(md))
+    assert proc.returncode == 0, proc.stderr
+    text = md.read_text()
+    assert "| fgsm | untargeted | linf<=0.2 |" in text
+    proc = robaudit_cli("report", str(tmp_path / "missing.json"))
+    assert proc.returncode == 2
+
+
+def test_version_and_attack_list():
+    proc = robaudit_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("robaudit ")
+    proc = robaudit_cli("attacks")
+    assert proc.returncode == 0
+    for name in ("cw-l2", "hopskipjump", "universal", "shadow"):
+        assert name in proc.stdout

@@ -1,0 +1,403 @@
+"""Model loading: formats, refusals, ONNX white-box/black-box, normalisation, shape checks."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from robaudit.errors import ConfigError, ModelLoadError
+from robaudit.models import (
+    Classifier,
+    is_stochastic,
+    load_model,
+    looks_like_probabilities,
+    sniff_format,
+)
+
+SHAPE = (1, 12, 12)
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, classes: int = 5, dropout: float = 0.0, channels: int = 1) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 4, 3, stride=2)
+        self.drop = torch.nn.Dropout(dropout)
+        self.fc = torch.nn.Linear(4 * 5 * 5, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        # reshape (not flatten) so the ONNX graph holds Shape/Constant/Reshape, which
+        # onnx2torch only converts up to opset 17
+        return self.fc(self.drop(h.reshape(h.shape[0], -1)))
+
+
+class FeatureMap(torch.nn.Module):
+    """Returns (N, C, H, W): not logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that a pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.marker, "w"))
+
+
+def _net(seed: int = 0, **kw: object) -> TinyNet:
+    torch.manual_seed(seed)
+    return TinyNet(**kw).eval()  # type: ignore[arg-type]
+
+
+def _save_ts(model: torch.nn.Module, path: Path, shape: tuple[int, ...] = SHAPE) -> Path:
+    torch.jit.save(torch.jit.trace(model, torch.zeros(2, *shape)), str(path))
+    return path
+
+
+def _export_onnx(model: torch.nn.Module, path: Path, opset: int = 17) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *SHAPE),),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+        )
+    return path
+
+
+def _x(n: int = 4, shape: tuple[int, ...] = SHAPE, seed: int = 1) -> torch.Tensor:
+    return torch.rand((n, *shape), generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- TorchScript
+
+
+def test_torchscript_loads_in_eval_mode(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.jit.script(TinyNet(dropout=0.5))
+    model.train()
+    path = tmp_path / "drop.pt"
+    torch.jit.save(model, str(path))
+    clf = load_model(path, device="cpu", data_shape=SHAPE)
+    assert isinstance(clf, Classifier)
+    assert clf.info.format == "torchscript" and clf.white_box
+    assert clf.info.input_shape == SHAPE and clf.num_classes == 5
+    x = _x()
+    assert torch.equal(clf(x), clf(x))
+    assert not is_stochastic(clf, x)
+    assert len(clf.info.sha256) == 64
+
+
+def test_torchscript_shape_inferred_without_data(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4)).eval()
+    path = _save_ts(model, tmp_path / "lin.ts", shape=(3, 32, 32))
+    clf = load_model(path, device="cpu")
+    assert clf.info.input_shape == (3, 32, 32) and clf.num_classes == 4
+
+
+def test_input_gradient_flows(tmp_path: Path) -> None:
+    clf = load_model(_save_ts(_net(), tmp_path / "m.pt"), device="cpu", data_shape=SHAPE)
+    x = _x().requires_grad_(True)
+    (g,) = torch.autograd.grad(clf(x).sum(), x)
+    assert g.abs().sum() > 0
+
+
+def test_non_logit_output_refused(tmp_path: Path) -> None:
+    path = _save_ts(FeatureMap().eval(), tmp_path / "fm.pt")
+    with pytest.raises(ModelLoadError, match=r"expected \(N, K\) logits"):
+        load_model(path, device="cpu", data_shape=SHAPE)
+    one = _save_ts(_net(classes=1), tmp_path / "one.pt")
+    with pytest.raises(ModelLoadError, match=r"K >= 2"):
+        load_model(one, device="cpu", data_shape=SHAPE)
+
+
+def test_fewer_logits_than_labels_refused(tmp_path: Path) -> None:
+    path = _save_ts(_net(), tmp_path / "m.pt")
+    with pytest.raises(ModelLoadError, match="5 logits"):
+        load_model(path, device="cpu", data_shape=SHAPE, num_classes_hint=10)
+
+
+def test_wrong_data_shape_refused(tmp_path: Path) -> None:
+    path = _save_ts(_net(), tmp_path / "m.pt")
+    with pytest.raises(ModelLoadError, match="shape"):
+        load_model(path, device="cpu", data_shape=(3, 32, 32))
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+def test_pickled_checkpoint_refused_and_payload_never_runs(tmp_path: Path) -> None:
+    # Control: the payload really does create its marker when unpickled.
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(Payload(control)))
+    assert control.exists()
+
+    marker = tmp_path / "pwned"
+    zipped = tmp_path / "ckpt.pt"
+    torch.save({"state": Payload(marker)}, str(zipped))
+    raw = tmp_path / "raw.pth"
+    raw.write_bytes(pickle.dumps({"state": Payload(marker)}, protocol=2))
+    for path in (zipped, raw):
+        assert sniff_format(path) == "pickle"
+        with pytest.raises(ModelLoadError, match="will not unpickle") as err:
+            load_model(path, device="cpu", data_shape=SHAPE)
+        msg = str(err.value)
+        assert "\n" not in msg and "torch.jit.save" in msg and "onnx" in msg and "state_dict" in msg
+    assert not marker.exists()
+
+
+def test_state_dict_refused(tmp_path: Path) -> None:
+    path = tmp_path / "sd.pth"
+    torch.save(_net().state_dict(), str(path))
+    with pytest.raises(ModelLoadError, match="pickled torch.save"):
+        load_model(path, device="cpu")
+
+
+def test_pt2_refused_without_unpickling(tmp_path: Path) -> None:
+    net = _net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(net, (torch.zeros(2, *SHAPE),))
+    good = tmp_path / "m.pt2"
+    torch.export.save(ep, str(good))
+    assert sniff_format(good) == "torch-export"
+    with pytest.raises(ModelLoadError, match="torch.export"):
+        load_model(good, device="cpu", data_shape=SHAPE)
+
+    # Same archive with a booby-trapped sample-inputs pickle (torch.export.load would fall back
+    # to weights_only=False on it).
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt2"
+    buf = io.BytesIO()
+    torch.save(Payload(marker), buf)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(evil, "w") as dst:
+        for item in src.infolist():
+            data = buf.getvalue() if item.filename.endswith("sample_inputs/model.pt") else src.read(item)
+            dst.writestr(item, data)
+    with pytest.raises(ModelLoadError, match="torch.export"):
+        load_model(evil, device="cpu", data_shape=SHAPE)
+    assert not marker.exists()
+
+
+def test_truncated_and_garbage_refused(tmp_path: Path) -> None:
+    whole = _save_ts(_net(), tmp_path / "m.pt").read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        load_model(trunc, device="cpu", data_shape=SHAPE)
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes())
+    with pytest.raises(ModelLoadError) as err:
+        load_model(junk, device="cpu", data_shape=SHAPE)
+    assert "\n" not in str(err.value)
+
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (text, tmp_path / "missing.pt"):
+        with pytest.raises(ModelLoadError):
+            load_model(path, device="cpu")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        load_model(empty, device="cpu")
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+def test_onnx_white_box_matches_runtime_and_torchscript(tmp_path: Path) -> None:
+    net = _net()
+    onnx_path = _export_onnx(net, tmp_path / "m.onnx")
+    ts = load_model(_save_ts(net, tmp_path / "m.pt"), device="cpu", data_shape=SHAPE)
+    ox = load_model(onnx_path, device="cpu")  # shape comes from the graph
+    assert ox.info.format == "onnx" and ox.white_box and ox.info.input_shape == SHAPE
+    assert ox.num_classes == 5 and ox.info.notes == ()
+    x = _x(6)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": x.numpy()})
+    assert np.abs(ox(x).detach().numpy() - ref).max() <= 1e-4
+    assert torch.allclose(ox(x), ts(x), atol=1e-4)
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(ox(x).sum(), x)
+    assert g.abs().sum() > 0
+
+
+def test_onnx_newer_opset_repaired(tmp_path: Path) -> None:
+    path17 = _export_onnx(_net(), tmp_path / "m17.onnx")
+    model20 = version_converter.convert_version(onnx.load(str(path17)), 20)
+    path20 = tmp_path / "m20.onnx"
+    onnx.save(model20, str(path20))
+    clf = load_model(path20, device="cpu")
+    assert clf.white_box
+    assert any("opset 20 -> 17" in n for n in clf.info.notes)
+    x = _x()
+    sess = ort.InferenceSession(str(path20), providers=["CPUExecutionProvider"])
+    assert np.abs(clf(x).detach().numpy() - sess.run(None, {"x": x.numpy()})[0]).max() <= 1e-4
+
+
+def _shrink_model(path: Path) -> Path:
+    """Flatten -> Gemm -> Shrink(lambd=0): Shrink has no onnx2torch converter."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], ["g"]),
+        helper.make_node("Shrink", ["g"], ["y"], lambd=0.0, bias=0.0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shrink",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_unconvertible_falls_back_to_black_box(tmp_path: Path) -> None:
+    path = _shrink_model(tmp_path / "shrink.onnx")
+    clf = load_model(path, device="cpu", mean=[0.5], std=[0.25])
+    assert not clf.white_box and clf.info.format == "onnx"
+    assert clf.info.input_shape == (1, 4, 4) and clf.num_classes == 3
+    assert any("onnx2torch could not convert" in n and "Shrink" in n for n in clf.info.notes)
+    x = _x(3, (1, 4, 4)).requires_grad_(True)
+    out = clf(x)
+    assert out.shape == (3, 3) and not out.requires_grad
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ref,) = sess.run(None, {"x": ((x.detach() - 0.5) / 0.25).numpy()})
+    assert np.allclose(out.numpy(), ref, atol=1e-6)
+    assert clf.predict(x.detach()).shape == (3, 3)
+    with pytest.raises(ModelLoadError, match="onnx2torch could not convert"):
+        load_model(path, device="cpu", allow_black_box=False)
+
+
+def test_onnx_external_data_outside_folder_refused(tmp_path: Path) -> None:
+    src = onnx.load(str(_export_onnx(_net(), tmp_path / "m.onnx")))
+    good_dir = tmp_path / "good"
+    good_dir.mkdir()
+    onnx.save_model(
+        src, str(good_dir / "m.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0
+    )
+    assert load_model(good_dir / "m.onnx", device="cpu").white_box
+
+    outside = tmp_path / "w.bin"
+    (good_dir / "w.bin").rename(outside)
+    model = onnx.load(str(good_dir / "m.onnx"), load_external_data=False)
+    for t in model.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../w.bin"
+    bad = good_dir / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(ModelLoadError, match="outside the model's folder"):
+        load_model(bad, device="cpu")
+
+    (good_dir / "w.bin").symlink_to(outside)
+    with pytest.raises(ModelLoadError, match="symlink"):
+        load_model(good_dir / "m.onnx", device="cpu")
+
+
+def test_onnx_fixed_input_shape_checked_against_data(tmp_path: Path) -> None:
+    path = _shrink_model(tmp_path / "s.onnx")
+    with pytest.raises(ModelLoadError, match="data has shape"):
+        load_model(path, device="cpu", data_shape=(3, 4, 4))
+
+
+# ----------------------------------------------------------------------------- normalisation, options
+
+
+def test_normalisation_wrapper(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = TinyNet(channels=3).eval()
+    shape = (3, 12, 12)
+    path = _save_ts(net, tmp_path / "rgb.pt", shape=shape)
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    clf = load_model(path, device="cpu", mean=mean, std=std, data_shape=shape)
+    assert clf.info.mean == tuple(mean) and clf.info.std == tuple(std)
+    x = _x(3, shape)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(clf(x), net((x - m) / s), atol=1e-6)
+    # scalar mean/std broadcast to every channel
+    clf1 = load_model(path, device="cpu", mean=[0.5], std=[0.5], data_shape=shape)
+    assert clf1.info.mean == (0.5, 0.5, 0.5)
+    with torch.no_grad():
+        assert torch.allclose(clf1(x), net((x - 0.5) / 0.5), atol=1e-6)
+    with pytest.raises(ConfigError):
+        load_model(path, device="cpu", mean=[0.1, 0.2], std=[0.3, 0.3], data_shape=shape)
+    with pytest.raises(ConfigError):
+        load_model(path, device="cpu", mean=[0.1], std=[0.0], data_shape=shape)
+
+
+def test_device_and_option_errors(tmp_path: Path) -> None:
+    path = _save_ts(_net(), tmp_path / "m.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            load_model(path, device="cuda", data_shape=SHAPE)
+    with pytest.raises(ConfigError):
+        load_model(path, device="tpu", data_shape=SHAPE)
+    with pytest.raises(ConfigError):
+        load_model(path, device="cpu", clip=(1.0, 0.0), data_shape=SHAPE)
+    assert load_model(path, device="auto", data_shape=SHAPE).num_classes == 5
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def test_checks() -> None:
+    assert looks_like_probabilities(torch.softmax(torch.randn(4, 5), dim=1))
+    assert not looks_like_probabilities(torch.randn(4, 5))
+    assert not looks_like_probabilities(torch.full((2, 4), 0.5))
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) + torch.randn(x.shape[0], x[0].numel())
+
+    x = _x(2)
+    assert is_stochastic(Noisy(), x)
+    assert not is_stochastic(_net(dropout=0.5), x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_placement(tmp_path: Path) -> None:
+    net = _net()
+    ts_path = _save_ts(net, tmp_path / "m.pt")
+    ts = load_model(ts_path, device="cuda", mean=[0.5], std=[0.5], data_shape=SHAPE)
+    ox = load_model(_export_onnx(net, tmp_path / "m.onnx"), device="cuda", mean=[0.5], std=[0.5])
+    bb = load_model(_shrink_model(tmp_path / "s.onnx"), device="cuda")
+    assert ts.device.type == "cuda" and ox.device.type == "cuda"
+    x = _x().cuda()
+    assert torch.allclose(ts(x), ox(x), atol=1e-4)
+    assert bb(_x(2, (1, 4, 4)).cuda()).device.type == "cuda"
+    assert any("CPU" in n for n in bb.info.notes)
