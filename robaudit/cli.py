@@ -231,6 +231,11 @@ def list_attacks() -> None:
     out_console.print(table)
 
 
+from robaudit.cli_detect import detect_app  # noqa: E402  (added by the detect worker; lead to confirm)
+
+app.add_typer(detect_app, name="detect")
+
+
 def main() -> None:
     """Console entry point: maps errors to one-line messages and exit codes."""
     try:

@@ -180,8 +180,8 @@ def test_cwl2_targeted_hits_target(demo, cwl2_targeted) -> None:
 
 def test_cwl2_confidence_margin_is_met(demo) -> None:
     model, x, y = demo
-    x, y = x[:8], y[:8]
-    out = CWL2(CWL2Params(confidence=2.0, binary_search_steps=5)).generate(model, x, y)
+    x, y = x[:6], y[:6]
+    out = CWL2(CWL2Params(confidence=2.0, binary_search_steps=4, max_iter=30)).generate(model, x, y)
     with torch.no_grad():
         m = cw_margin(model(out.x_adv), y, targeted=False)
     found = _l2(out.x_adv, x) > 0
@@ -298,14 +298,13 @@ def test_invalid_params_are_config_errors(demo, params) -> None:
 # --------------------------------------------------------------------------- ART references
 def test_art_references_run_and_stay_in_range(demo) -> None:
     model, x, y = demo
-    x, y = x[:4], y[:4]
+    x, y = x[:2], y[:2]
     attacks = [
         ArtCWL2(ArtCWL2.Params(binary_search_steps=1, max_iter=2)),
         ArtCWLinf(ArtCWLinf.Params(max_iter=2)),
-        ArtDeepFool(ArtDeepFool.Params(max_iter=5)),
+        ArtDeepFool(ArtDeepFool.Params(max_iter=20)),
     ]
-    for attack in attacks:
-        out = attack.generate(model, x, y)
+    outs = [attack.generate(model, x, y) for attack in attacks]
+    for attack, out in zip(attacks, outs):
         assert out.x_adv.shape == x.shape and _in_range(out.x_adv), attack.name
-    out = ArtDeepFool().generate(model, x, y)
-    assert (_pred(model, out.x_adv) != y).float().mean() >= 0.75
+    assert (_pred(model, outs[-1].x_adv) != y).float().mean() >= 0.75

@@ -8,6 +8,8 @@ per sample).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from robaudit.attacks.base import Norm, project_ball
@@ -82,3 +84,23 @@ def project(x0: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: Norm,
     stays inside the ball.
     """
     return project_ball(x0, x_adv, eps, norm).clamp(clip[0], clip[1])
+
+
+def best_of_restarts(x: torch.Tensor, restarts: int,
+                     one_run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Run ``one_run(indices) -> (x_r, found, loss_r)`` up to ``restarts`` times on the samples not yet broken.
+
+    A sample keeps its first adversarial point, otherwise the point with the highest loss over restarts.
+    """
+    best = x.clone()
+    best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
+    todo = torch.arange(x.shape[0], device=x.device)
+    for _ in range(restarts):
+        x_r, found, loss_r = one_run(todo)
+        take = found | (loss_r > best_loss[todo])
+        best[todo[take]] = x_r[take]
+        best_loss[todo[take]] = loss_r[take]
+        todo = todo[~found]
+        if todo.numel() == 0:
+            break
+    return best

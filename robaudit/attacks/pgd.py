@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from robaudit.attacks._losses import LossName, attack_loss, loss_and_input_grad
-from robaudit.attacks._steps import ascent_step, project, random_init
+from robaudit.attacks._steps import best_of_restarts, ascent_step, project, random_init
 from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
@@ -96,21 +96,11 @@ class PGD(Attack):
     def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
         p: PGDParams = self.params  # type: ignore[assignment]
         eps = float(self.eps or 0.0)
-        best = x.clone()
         if eps == 0.0 or x.shape[0] == 0:
-            return best
+            return x.clone()
         loss = LossName.parse(p.loss)
-        best_loss = torch.full((x.shape[0],), -torch.inf, device=x.device)
-        todo = torch.arange(x.shape[0], device=x.device)
-        for _ in range(p.restarts):
-            x_r, found, loss_r = self._one_run(model, x[todo], criterion.subset(todo), loss, eps, generator)
-            take = found | (loss_r > best_loss[todo])
-            best[todo[take]] = x_r[take]
-            best_loss[todo[take]] = loss_r[take]
-            todo = todo[~found]
-            if todo.numel() == 0:
-                break
-        return best
+        return best_of_restarts(x, p.restarts, lambda idx: self._one_run(
+            model, x[idx], criterion.subset(idx), loss, eps, generator))
 
     def _one_run(self, model: torch.nn.Module, x0: torch.Tensor, crit: Criterion, loss: LossName, eps: float,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -64,18 +64,24 @@ class ArtShadow(ArtAttack):
 
     ART's ``ShadowAttack.generate`` accepts one image per call, so this adapter loops over the
     batch, one ART call per image (each with its own ART object, because ART switches an instance
-    to targeted mode for good once it is given labels). Untargeted calls pass no labels (ART then
-    ascends the loss of the model's clean prediction, the true label for correctly classified
-    images); targeted calls pass the target.
+    to targeted mode for good once it is given labels). Targeted calls pass the target.
+
+    Untargeted. ART's own untargeted mode (``untargeted_mode="ascent"``: ascend the loss of the
+    clean prediction, no labels passed) is unbounded: on the demo model it either let the
+    penalties erase the perturbation (0-40 % fooled) or ran away to an L2 of 13-20 (the digit
+    destroyed). The default ``runner-up`` instead runs ART's targeted mode towards each image's
+    second most likely clean class; the loss there saturates once the target is reached, which
+    keeps the perturbation moderate. Success is still judged untargeted (any wrong class).
 
     Defaults. At ART's defaults (sigma 0.5, 400 copies) the attack fooled 0 % of the MNIST demo
     model's images: it was designed against randomised-smoothing models, and ART's
     ``loss_gradient`` averages the loss over the copies and then ART averages the gradients again,
     so the class gradient shrinks as 1/copies**2 against the penalties. With one copy
-    (``nb_copies=1``) and a small noise (``sigma=0.05``), the other ART defaults kept, the
-    untargeted attack fools most of the demo images (see the tests), with smooth perturbations.
-    ``nb_copies`` is ART's ``batch_size``; the cost is ``nb_steps * nb_copies`` forward and
-    backward passes per image.
+    (``nb_copies=1``), a small noise (``sigma=0.05``) and ``runner-up``, the other ART defaults
+    kept, it fooled 9 of 10 demo images untargeted at a median L2 of 2.5 (Linf about 0.4), and 5 of
+    10 targeted at the next class. Learning rates above about 0.4 make ART's total-variation step
+    unstable (checkerboard blow-up to Linf 1). ``nb_copies`` is ART's ``batch_size``; the cost is
+    ``nb_steps * nb_copies`` forward and backward passes per image.
 
     Arguments:
         sigma (float): noise std of the copies. (Default: 0.05; ART 0.5)
@@ -85,6 +91,7 @@ class ArtShadow(ArtAttack):
         lambda_c (float): channel-mean weight. (Default: 1.0)
         lambda_s (float): channel-similarity weight. (Default: 0.5)
         nb_copies (int): noisy copies per step. (Default: 1; ART 400)
+        untargeted_mode (str): ``runner-up`` or ``ascent``. (Default: ``runner-up``)
 
     Shape:
         - x: (N, C, H, W) in ``clip``. - labels, targets: (N,). - output: (N, C, H, W).

@@ -12,7 +12,7 @@ from robaudit.attacks._art import ArtAttack
 from robaudit.attacks.base import AttackKind, AttackParams, Norm
 from robaudit.errors import ConfigError
 
-_ATTACKERS = ("fgsm", "deepfool")
+_ATTACKERS = ("fgsm", "pgd", "deepfool")
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,10 @@ class UniversalParams(AttackParams):
     """Parameters of :class:`ArtUniversal`."""
 
     attacker: str = "fgsm"
-    """Per-image attack that proposes the increments: ``fgsm`` or ``deepfool``."""
-    attacker_eps: float = 0.1
-    """FGSM step of each proposal, in the attack's norm (ignored for ``deepfool``)."""
+    """Per-image attack that proposes the increments: ``fgsm``, ``pgd`` or ``deepfool``."""
+    attacker_scale: float = 1.5
+    """Size of each per-image proposal as a multiple of eps (FGSM step, or PGD radius with
+    steps of a quarter of it), in the attack's norm; ignored for ``deepfool``."""
     delta: float = 0.2
     """Stop once the fooling rate on the batch reaches ``1 - delta``."""
     max_iter: int = 5
@@ -32,8 +33,8 @@ class UniversalParams(AttackParams):
 def _check(p: UniversalParams) -> None:
     if p.attacker not in _ATTACKERS:
         raise ConfigError(f"universal: attacker must be one of {', '.join(_ATTACKERS)}, got {p.attacker!r}")
-    if p.attacker_eps <= 0:
-        raise ConfigError(f"universal: attacker_eps must be > 0, got {p.attacker_eps}")
+    if p.attacker_scale <= 0:
+        raise ConfigError(f"universal: attacker_scale must be > 0, got {p.attacker_scale}")
     if not 0.0 <= p.delta < 1.0:
         raise ConfigError(f"universal: delta must be in [0, 1), got {p.delta}")
     if p.max_iter < 1:
@@ -74,15 +75,17 @@ class ArtUniversal(ArtAttack):
     ``v``, fitted on the very images it is then evaluated on. That is the transductive setting;
     a perturbation fitted on held-out data would fool fewer images. Untargeted only.
 
-    Defaults: eps 0.2 (Linf) / 4.0 (L2) for inputs in [0, 1]. For MNIST Linf 0.2 is below the
-    customary 0.3 so that a universal (image-agnostic) perturbation is not trivially large; L2 4.0
-    is a matching budget (0.2 * 28 * 0.7). The ``fgsm`` attacker (step ``attacker_eps`` 0.1) is
-    the default because it fooled more demo images than ``deepfool`` at the same eps and runs
-    faster; DeepFool's minimal steps barely move ``v`` before projection.
+    Defaults: eps 0.2 (Linf) / 4.0 (L2) for inputs in [0, 1]. Linf 0.2 is below MNIST's customary
+    0.3 so that an image-agnostic perturbation is not trivially large; L2 4.0 is a comparable
+    budget. MNIST is hard to fool universally: on 200 demo images (batches of 100) the fooling
+    rate was 3 % at Linf 0.2, 8-9 % at Linf 0.3 and 22 % at L2 4.0. The ``fgsm`` attacker with
+    proposals of 1.5 x eps is the default: FGSM in ART's ``minimal`` mode fooled 0 %, ``pgd``
+    proposals 4 % at 0.2 and 13 % at 0.3 for twice the cost, and ``deepfool`` 0 % in 300 s per
+    100 images (its minimal steps are undone by the projection).
 
     Arguments:
-        attacker (str): ``fgsm`` or ``deepfool``. (Default: ``fgsm``)
-        attacker_eps (float): FGSM step per proposal. (Default: 0.1)
+        attacker (str): ``fgsm``, ``pgd`` or ``deepfool``. (Default: ``fgsm``)
+        attacker_scale (float): proposal size as a multiple of eps. (Default: 1.5)
         delta (float): target fooling rate is ``1 - delta``. (Default: 0.2)
         max_iter (int): passes over the batch. (Default: 5)
 
@@ -110,9 +113,12 @@ class ArtUniversal(ArtAttack):
         if targeted:
             raise ConfigError("universal perturbations are untargeted only")
         norm: float | int = np.inf if self.norm is Norm.LINF else 2
+        size = float(p.attacker_scale * (self.eps or 0.0))
         if p.attacker == "fgsm":
-            attacker_params: dict[str, Any] = {"eps": float(p.attacker_eps), "eps_step": float(p.attacker_eps),
-                                               "norm": norm, "batch_size": 1}
+            attacker_params: dict[str, Any] = {"eps": size, "eps_step": size, "norm": norm, "batch_size": 1}
+        elif p.attacker == "pgd":
+            attacker_params = {"eps": size, "eps_step": size / 4, "norm": norm, "max_iter": 10,
+                               "batch_size": 1, "verbose": False}
         else:
             attacker_params = {"verbose": False, "batch_size": 1}
         attack = UniversalPerturbation(classifier, attacker=p.attacker, attacker_params=attacker_params,

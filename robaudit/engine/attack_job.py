@@ -8,9 +8,11 @@ from typing import Any
 from robaudit.attacks.base import AttackKind
 from robaudit.attacks.registry import get_attack_class
 from robaudit.engine.attack_run import AttackPlan, check_plan, run_attack_plan
-from robaudit.engine.evaluation import build_evaluation_set
+from robaudit.engine.evaluation import EvaluationSet, build_evaluation_set
 from robaudit.engine.observer import NullObserver, Observer
 from robaudit.engine.session import InputOptions, load_inputs, seed_everything
+from robaudit.models import Classifier
+from robaudit.models.checks import is_stochastic, looks_like_probabilities
 from robaudit.report import build_report
 
 
@@ -31,6 +33,18 @@ def plan_warnings(plan: AttackPlan, clip: tuple[float, float]) -> list[str]:
     return out
 
 
+def model_warnings(model: Classifier, evalset: EvaluationSet) -> list[str]:
+    """Validity flags about the model itself (results are still reported, but flagged)."""
+    out = []
+    if looks_like_probabilities(evalset.clean_logits):
+        out.append("the model outputs probabilities (rows sum to 1), not logits: gradients are weak and "
+                   "gradient attacks understate its vulnerability; export the model without the final softmax")
+    if is_stochastic(model, evalset.x[:8].to(model.device)):
+        out.append("the model is randomised (two forward passes of the same input differ): plain gradient attacks "
+                   "are unreliable against it and success rates may be understated")
+    return out
+
+
 def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None = None) -> dict[str, Any]:
     obs = observer or NullObserver()
     check_plan(job.plan)
@@ -42,6 +56,9 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
     for w in warnings:
         obs.warn(w)
     evalset = build_evaluation_set(model, data, job.n, plan.seed, plan.batch_size)
+    for w in model_warnings(model, evalset):
+        warnings.append(w)
+        obs.warn(w)
     rows = run_attack_plan(model, evalset, plan, obs)
     model_dict = model.info.to_dict()
     model_dict["path"] = inputs.model_spec

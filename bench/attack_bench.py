@@ -1,0 +1,147 @@
+"""robaudit's torch attacks against plain ART on the same model, images and parameters.
+
+For each model: the same correctly classified images (seeded), each attack run by robaudit
+(``backend=torch``) and by ART (``backend=art``). Prints seconds, the speed ratio, success rate
+and median L2/Linf of successful examples for both, and PGD's efficiency against the model's raw
+forward+backward throughput. Attacks whose ART version is very slow can run ART on a prefix of
+the images (``--art-subset cw-l2=20``): then both are compared on that prefix and the ratio is
+per image. Results are also written as JSON.
+
+Needs the shared models exported by ``scripts/export_shared.py`` (``artifacts/``).
+
+    python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from robaudit.attacks.base import AttackKind, Criterion, Norm  # noqa: E402
+from robaudit.attacks.registry import AttackName, get_attack_class  # noqa: E402
+from robaudit.data import load_dataset  # noqa: E402
+from robaudit.engine.evaluation import build_evaluation_set  # noqa: E402
+from robaudit.metrics import perturbation_norms, summarize  # noqa: E402
+from robaudit.models.loader import load_model  # noqa: E402
+
+ART = ROOT / "artifacts"
+MODELS = {
+    "lenet5-clean": ("mnist_lenet5_clean.pt", "mnist_test.npz", 0.3),
+    "lenet5-adv": ("mnist_lenet5_adv.pt", "mnist_test.npz", 0.3),
+    "resnet20": ("cifar10_resnet20.pt", "cifar10_exact761.npz", 8 / 255),
+}
+DEFAULT_ATTACKS = "fgsm,bim,pgd,apgd,cw-l2,cw-linf,deepfool,hopskipjump"
+
+
+def art_params(name: AttackName, ours: object, cls: type) -> object:
+    """ART parameters matching ours where the algorithms share them."""
+    if cls.Params is type(ours):
+        return ours
+    if name is AttackName.DEEPFOOL:
+        return cls.Params(max_iter=ours.max_iter, epsilon=ours.overshoot, nb_grads=ours.nb_candidate)
+    return cls.Params()  # CW: ART's own defaults (its algorithm and parameters differ from ours)
+
+
+def measure(attack, model, x, y, batch_size, seed):
+    out = attack.generate(model, x, y, None, clip=model.clip, batch_size=batch_size, seed=seed)
+    logits = model.predict(out.x_adv, batch_size=batch_size)
+    ok = Criterion(y).is_adversarial(logits)
+    d = perturbation_norms(x, out.x_adv)
+    return {"seconds": out.seconds, "n": int(x.shape[0]), "success": float(ok.float().mean()),
+            "l2_median": summarize(d.l2[ok])["median"], "linf_median": summarize(d.linf[ok])["median"],
+            "fwd_per_img": out.forward_passes / x.shape[0], "bwd_per_img": out.backward_passes / x.shape[0]}
+
+
+def raw_throughput(model, x, batch_size, steps=20):
+    """Images x steps per second of plain forward+backward (input gradient) at ``batch_size``."""
+    xb = x[:batch_size].clone()
+    yb = model.predict(xb).argmax(1)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(2):  # warm-up
+        xi = xb.clone().requires_grad_(True)
+        torch.autograd.grad(loss_fn(model(xi), yb), xi)
+    t = time.perf_counter()
+    for _ in range(steps):
+        xi = xb.clone().requires_grad_(True)
+        torch.autograd.grad(loss_fn(model(xi), yb), xi)
+    return xb.shape[0] * steps / (time.perf_counter() - t)
+
+
+def fmt(v, spec=".3f"):
+    return "-" if v is None else format(v, spec)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="lenet5-clean,lenet5-adv,resnet20")
+    ap.add_argument("--attacks", default=DEFAULT_ATTACKS)
+    ap.add_argument("-n", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--art-subset", default="cw-l2=20,cw-linf=50,hopskipjump=20",
+                    help="attack=N: run ART (and the comparison) on the first N images only")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "attack_bench.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    subsets = {k: int(v) for k, v in (kv.split("=") for kv in args.art_subset.split(",") if kv)}
+    results = []
+    for model_key in args.models.split(","):
+        mfile, dfile, eps = MODELS[model_key]
+        if not (ART / mfile).exists():
+            print(f"missing {ART / mfile}: run python scripts/export_shared.py first", file=sys.stderr)
+            return 2
+        data = load_dataset(str(ART / dfile))
+        model = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]))
+        ev = build_evaluation_set(model, data, min(len(data.x), int(args.n * 1.3) + 20), args.seed, 256)
+        x, y = ev.x[: args.n], ev.y[: args.n]
+        print(f"\n== {model_key}: {x.shape[0]} correctly classified images, eps {eps:.4g} (Linf), "
+              f"{args.threads} threads, batch {args.batch_size}")
+        raw = raw_throughput(model, x, args.batch_size)
+        print(f"raw forward+backward throughput: {raw:.0f} images x steps / s")
+        header = (f"{'attack':12} {'ours s':>8} {'ART s':>8} {'ratio':>7} {'ours succ':>9} {'ART succ':>9} "
+                  f"{'ours L2':>8} {'ART L2':>8} {'ours Linf':>9} {'ART Linf':>9}  note")
+        print(header)
+        for name in [AttackName(a) for a in args.attacks.split(",")]:
+            ours_cls, art_cls = get_attack_class(name, "torch"), get_attack_class(name, "art")
+            ours_p = ours_cls.Params()
+            ours_eps = eps if ours_cls.kind is AttackKind.FIXED_EPS else None
+            norm = Norm.LINF if Norm.LINF in ours_cls.norms and ours_cls.kind is AttackKind.FIXED_EPS else ours_cls.norms[0]
+            ours = ours_cls(ours_p, norm=norm, eps=ours_eps)
+            art = art_cls(art_params(name, ours_p, art_cls), norm=norm, eps=ours_eps)
+            m = subsets.get(name.value)
+            r_ours = measure(ours, model, x, y, args.batch_size, args.seed)
+            xs, ys = (x[:m], y[:m]) if m else (x, y)
+            r_ours_sub = measure(ours, model, xs, ys, args.batch_size, args.seed) if m else r_ours
+            r_art = measure(art, model, xs, ys, args.batch_size, args.seed)
+            ratio = (r_art["seconds"] / r_art["n"]) / max(r_ours_sub["seconds"] / r_ours_sub["n"], 1e-12)
+            note = f"ART on first {m} (ours on all {x.shape[0]}: succ {r_ours['success']:.3f}, L2 {fmt(r_ours['l2_median'])})" if m else ""
+            if name is AttackName.PGD:
+                eff = x.shape[0] * ours_p.steps * ours_p.restarts / r_ours["seconds"] / raw
+                note += f"efficiency {eff:.2f} of raw fwd+bwd"
+            print(f"{name.value:12} {r_ours_sub['seconds']:8.2f} {r_art['seconds']:8.2f} {ratio:6.1f}x "
+                  f"{r_ours_sub['success']:9.3f} {r_art['success']:9.3f} {fmt(r_ours_sub['l2_median']):>8} "
+                  f"{fmt(r_art['l2_median']):>8} {fmt(r_ours_sub['linf_median']):>9} {fmt(r_art['linf_median']):>9}  {note}",
+                  flush=True)
+            results.append({"model": model_key, "attack": name.value, "eps": ours_eps, "norm": norm.value,
+                            "ours_params": dataclasses.asdict(ours_p), "art_params": dataclasses.asdict(art.params),
+                            "art_subset": m, "ours": r_ours, "ours_on_subset": r_ours_sub, "art": r_art,
+                            "ratio_per_image": ratio, "raw_fwd_bwd_throughput": raw})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

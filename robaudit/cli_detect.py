@@ -1,0 +1,216 @@
+"""``robaudit detect``: fit, score and evaluate Attack-as-Defense detectors (a Typer sub-app).
+
+Registered in :mod:`robaudit.cli` with ``app.add_typer(detect_app, name="detect")``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from robaudit.errors import ConfigError
+
+detect_app = typer.Typer(
+    name="detect",
+    help="Attack-as-Defense: detect adversarial inputs by how few attack iterations flip them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+_out = Console()
+_err = Console(stderr=True)
+
+ModelArg = Annotated[str, typer.Argument(help="Model file (.pt TorchScript, .onnx) or demo:mnist / demo:cifar10.")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="Inputs: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")]
+CostOpt = Annotated[str, typer.Option("--cost", help="Cost attacks: bim-linf, bim-l2, jsma, boundary (comma-separated).")]
+NumOpt = Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: all).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for sampling, crafting and cost attacks.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+MeanOpt = Annotated[Optional[str], typer.Option(help="Per-channel mean applied inside the model.")]
+StdOpt = Annotated[Optional[str], typer.Option(help="Per-channel std applied inside the model.")]
+ClipOpt = Annotated[str, typer.Option(help="Valid input range lo,hi.")]
+MaxIterOpt = Annotated[Optional[int], typer.Option("--max-iter", help="Cap of every cost attack (default: 500 BIM, 100 JSMA, 200 boundary).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the path of the written file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report instead of a table.")]
+
+
+def _common(model: str, data: str, cost: str, num: int | None, seed: int, batch_size: int, device: str,
+            mean: str | None, std: str | None, clip: str, max_iter: int | None) -> Any:
+    from robaudit.cli import _floats
+    from robaudit.detect.interface import CostName
+    from robaudit.engine.detect_job import DetectCommon
+    from robaudit.engine.session import InputOptions
+
+    clip_range = _floats(clip, "--clip", 2)
+    assert clip_range is not None
+    if clip_range[0] >= clip_range[1]:
+        raise ConfigError(f"--clip lo must be below hi, got {clip}")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    inputs = InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"),
+                          std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]))
+    return DetectCommon(inputs=inputs, n=num, seed=seed, batch_size=batch_size,
+                        costs=tuple(CostName.parse_list(cost)), max_iter=max_iter)
+
+
+def _command() -> list[str]:
+    return ["robaudit", *sys.argv[1:]]
+
+
+@detect_app.command("fit")
+def fit_cmd(
+    model: ModelArg, data: DataOpt,
+    cost: CostOpt = "bim-linf",
+    detector: Annotated[str, typer.Option(help="zscore, knn, ensemble or squeeze.")] = "zscore",
+    adversarial: Annotated[Optional[str], typer.Option("--adversarial", help="Adversarial inputs (.npz) to train k-NN on.")] = None,
+    attack: Annotated[Optional[str], typer.Option("--attack", "-a", help="Attacks to craft k-NN training inputs with.")] = None,
+    craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
+    fpr: Annotated[float, typer.Option(help="Target false-positive rate of the thresholds.")] = 0.05,
+    k: Annotated[int, typer.Option("-k", help="Neighbours (knn) or votes needed (ensemble).")] = 0,
+    squeeze: Annotated[bool, typer.Option("--squeeze", help="Add the feature-squeezing detector to an ensemble.")] = False,
+    num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
+    mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the detector (JSON).")] = Path("detector.json"),
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit a detector on benign inputs (and adversarial ones for k-NN) and write it as JSON."""
+    from robaudit.attacks.registry import parse_attack_names
+    from robaudit.detect.interface import DetectorKind
+    from robaudit.engine.detect_job import FitJob, run_fit_job
+
+    common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter)
+    kind = DetectorKind.parse(detector)
+    if adversarial and attack:
+        raise ConfigError("pass either --adversarial or --attack, not both")
+    if k < 0:
+        raise ConfigError(f"-k must be >= 1, got {k}")
+    job = FitJob(common=common, detector=kind, adversarial=adversarial,
+                 attacks=tuple(parse_attack_names(attack)) if attack else (), craft_mode=craft_mode, fpr=fpr,
+                 knn_k=k or 5, ensemble_k=k or 1, squeeze=squeeze)
+    with _err.status("fitting detector", spinner="dots") if not quiet else _nullcontext():
+        dfile, summary = run_fit_job(job, _command())
+    path = dfile.save(out)
+    if quiet:
+        typer.echo(str(path))
+        return
+    d = dfile.detector.to_dict()
+    _out.print(f"{d['kind']} detector on {summary['n_benign']} benign inputs, costs "
+               f"{', '.join(p.name.value for p in dfile.costs) or '-'}; false-positive rate on the fit data "
+               f"{summary['fit']['fit_fpr']:.3f}", highlight=False)
+    for name, st in summary["fit"]["benign_costs"].items():
+        _out.print(f"  benign {name}: mean {st['mean']:.1f}, median {st['median']:.0f}, min {st['min']:.0f}",
+                   highlight=False)
+    _err.print(f"detector written to {path}", highlight=False)
+
+
+@detect_app.command("score")
+def score_cmd(
+    model: ModelArg, data: DataOpt,
+    detector: Annotated[Path, typer.Option("--detector", help="Detector file written by `detect fit`.")] = Path("detector.json"),
+    num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
+    mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect-score.json"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Per-input attack cost, score and verdict (JSON report plus a table)."""
+    from robaudit.engine.detect_job import ScoreJob, run_score_job
+    from robaudit.report.writer import write_json_atomic
+
+    common = _common(model, data, "bim-linf", num, seed, batch_size, device, mean, std, clip, None)
+    report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
+    path = write_json_atomic(out, report)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(report, indent=2))
+        return
+    rows = report["inputs"]
+    feats = [k for k in (rows[0] if rows else {}) if k not in ("index", "prediction", "score", "adversarial")]
+    table = Table(title=f"detect score ({report['detector']['kind']})")
+    for col in ("index", "pred", *feats, "score", "verdict"):
+        table.add_column(col, justify="right" if col != "verdict" else "left")
+    for r in rows[:200]:
+        table.add_row(str(r["index"]), str(r["prediction"]), *[f"{r[f]:.4g}" for f in feats], f"{r['score']:.3f}",
+                      "ADVERSARIAL" if r["adversarial"] else "benign")
+    _out.print(table)
+    s, lat = report["summary"], report["latency"]
+    _out.print(f"{s['flagged']} of {s['n']} flagged; {1000 * (lat['seconds_per_input'] or 0):.1f} ms and "
+               f"{lat['forward_passes_per_input']:.0f} forward / {lat['backward_passes_per_input']:.0f} backward "
+               "passes per input", highlight=False)
+    _err.print(f"report written to {path}", highlight=False)
+
+
+@detect_app.command("eval")
+def eval_cmd(
+    model: ModelArg, data: DataOpt,
+    attack: Annotated[str, typer.Option("--attack", "-a", help="Attacks whose adversarial examples to detect.")] = "fgsm,bim,jsma,cw-l2,deepfool",
+    cost: CostOpt = "bim-linf",
+    craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
+    detector: Annotated[Optional[Path], typer.Option("--detector", help="Use this detector's thresholds (default: fit z-scores on half the benign inputs).")] = None,
+    squeeze: Annotated[bool, typer.Option("--squeeze", help="Also evaluate feature squeezing and A2D+squeeze.")] = False,
+    fpr: Annotated[float, typer.Option(help="Target false-positive rate of fitted thresholds.")] = 0.05,
+    num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
+    mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect.json"),
+    json_out: JsonOpt = False,
+) -> None:
+    """AUROC table (rows attacks, columns cost attacks), detection rates at the thresholds, latency."""
+    from robaudit.attacks.registry import parse_attack_names
+    from robaudit.engine.detect_job import EvalJob, run_eval_job
+    from robaudit.report.writer import write_json_atomic
+
+    common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter)
+    job = EvalJob(common=common, attacks=tuple(parse_attack_names(attack)), craft_mode=craft_mode, fpr=fpr,
+                  detector_path=str(detector) if detector else None, squeeze=squeeze)
+    with _err.status("evaluating", spinner="dots"):
+        report = run_eval_job(job, _command())
+    path = write_json_atomic(out, report)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(report, indent=2))
+        return
+    print_eval(report, _out)
+    _err.print(f"report written to {path}", highlight=False)
+
+
+def print_eval(report: dict[str, Any], console: Console) -> None:
+    """Render an eval report: AUROC table, detection table, latency."""
+    table = Table(title=f"AUROC (crafting: {report['config']['craft_mode']})")
+    cols = list(next(iter(report["auroc"].values()), {}).keys())
+    table.add_column("attack")
+    table.add_column("n adv", justify="right")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for a, row in report["auroc"].items():
+        table.add_row(a, str(report["attacks"][a]["n_adversarial"]), *[f"{row[c]:.3f}" for c in cols])
+    console.print(table)
+    det = Table(title=f"detection at the thresholds (target FPR {report['config']['target_fpr']})")
+    det.add_column("attack")
+    det.add_column("detector")
+    for c in ("TPR", "FPR", "accuracy"):
+        det.add_column(c, justify="right")
+    for a, by in report["detection"].items():
+        for name, r in by.items():
+            det.add_row(a, name, f"{r['tpr']:.3f}", f"{r['fpr']:.3f}", f"{r['accuracy']:.3f}")
+    console.print(det)
+    for name, lat in report["latency"].items():
+        console.print(f"latency {name}: {1000 * lat['benign_seconds_per_input']:.1f} ms per benign input, "
+                      f"{lat['benign_forward_per_input']:.0f} forward / {lat['benign_backward_per_input']:.0f} "
+                      "backward passes", highlight=False)
+    for w in report.get("warnings", []):
+        console.print(f"warning: {w}", highlight=False)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

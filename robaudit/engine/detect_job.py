@@ -1,0 +1,401 @@
+"""The ``detect`` jobs (fit, score, eval): inputs -> costs -> detector -> report (plain dicts).
+
+The engine never touches the terminal: progress and warnings go through an :class:`Observer`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from robaudit.attacks.base import Norm
+from robaudit.attacks.registry import AttackName, get_attack_class
+from robaudit.data import load_dataset
+from robaudit.demo_assets import resolve_data
+from robaudit.detect.costs import CostResult, default_cost_params, measure_costs
+from robaudit.detect.detectors import EnsembleDetector, KNNDetector, ThresholdDetector, ZScoreDetector
+from robaudit.detect.interface import SQUEEZE_FEATURE, CostName, CostParams, Detector, DetectorKind, DetectorMismatch
+from robaudit.detect.metrics import auroc, rates
+from robaudit.detect.squeeze import SqueezeParams, squeeze_scores
+from robaudit.detect.store import DetectorFile, load_detector_file
+from robaudit.engine.evaluation import EvaluationSet, build_evaluation_set
+from robaudit.engine.observer import NullObserver, Observer
+from robaudit.engine.session import InputOptions, load_inputs, seed_everything
+from robaudit.errors import ConfigError, DataLoadError
+from robaudit.models import Classifier
+
+SCHEMA_VERSION = "1.0"
+KIND = "detect"
+
+
+CRAFT_MODES = ("early", "full")
+"""``early``: stop crafting each input as soon as it is adversarial (A2D's "BIM-A"; FGSM uses the
+smallest eps of a grid that succeeds); ``full``: spend the whole budget (lands deeper)."""
+
+
+@dataclass(frozen=True)
+class DetectCommon:
+    inputs: InputOptions
+    n: int | None = None
+    seed: int = 0
+    batch_size: int = 128
+    costs: tuple[CostName, ...] = (CostName.BIM_LINF,)
+    max_iter: int | None = None
+    """Override of every cost attack's ``max_iter``."""
+
+
+def _check_common(c: DetectCommon) -> None:
+    if c.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {c.batch_size}")
+    if c.n is not None and c.n < 1:
+        raise ConfigError(f"-n must be >= 1, got {c.n}")
+    if c.max_iter is not None and c.max_iter < 1:
+        raise ConfigError(f"--max-iter must be >= 1, got {c.max_iter}")
+
+
+def cost_params_for(model: Classifier, costs: Sequence[CostName], max_iter: int | None = None) -> list[CostParams]:
+    return [default_cost_params(c, model.info.input_shape, model.clip, max_iter) for c in costs]
+
+
+def default_craft_eps(model: Classifier) -> float:
+    """Linf budget for crafting FGSM/BIM: 0.3 on one-channel (MNIST-like) inputs, 8/255 otherwise."""
+    span = model.clip[1] - model.clip[0]
+    return (0.3 if model.info.input_shape[0] == 1 else 8 / 255) * span
+
+
+@dataclass
+class Crafted:
+    """Successful adversarial examples of one attack and where they came from."""
+
+    x: torch.Tensor
+    source_index: np.ndarray
+    """Index into the benign evaluation set of each adversarial example."""
+    n_attempted: int
+    l2: np.ndarray
+    linf: np.ndarray
+    seconds: float
+
+
+def craft(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: AttackName, *, mode: str = "early",
+          eps: float | None = None, seed: int = 0, batch_size: int = 128,
+          params: dict[str, Any] | None = None) -> Crafted:
+    """Craft untargeted adversarial examples with ``attack`` (default parameters, FGSM/BIM at ``eps``)
+    and keep the successful ones."""
+    if mode not in CRAFT_MODES:
+        raise ConfigError(f"craft mode must be one of {', '.join(CRAFT_MODES)}, got {mode!r}")
+    cls = get_attack_class(attack, "torch")
+    eps = default_craft_eps(model) if eps is None else eps
+    start = time.perf_counter()
+    p = dict(params or {})
+    if attack is AttackName.FGSM and mode == "early":
+        x_adv = _fgsm_min_eps(model, x, y, eps, batch_size)
+    else:
+        if attack is AttackName.BIM:
+            p.setdefault("early_stop", mode == "early")
+            p.setdefault("steps", 100)
+            p.setdefault("rel_stepsize", 0.02 if mode == "early" else 0.025)
+        prm = cls.Params(**p) if p else cls.Params()
+        kwargs: dict[str, Any] = {}
+        if attack in (AttackName.FGSM, AttackName.BIM, AttackName.PGD, AttackName.APGD):
+            kwargs = {"norm": Norm.LINF, "eps": eps}
+        x_adv = cls(prm, **kwargs).generate(model, x, y, clip=model.clip, batch_size=batch_size, seed=seed).x_adv
+    seconds = time.perf_counter() - start
+    pred = model.predict(x_adv, batch_size=batch_size).argmax(1)
+    ok = (pred != y).nonzero().flatten()
+    delta = (x_adv - x)[ok].flatten(1)
+    return Crafted(x_adv[ok], ok.numpy(), int(x.shape[0]), delta.norm(dim=1).numpy().astype(np.float64),
+                   delta.abs().amax(dim=1).numpy().astype(np.float64) if len(ok) else np.zeros(0), seconds)
+
+
+def _fgsm_min_eps(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int,
+                  grid: int = 30) -> torch.Tensor:
+    """FGSM at the smallest of ``grid`` evenly spaced eps up to ``eps`` that fools the model (per input)."""
+    from robaudit.attacks.fgsm import FGSM
+
+    x_adv = x.clone()
+    todo = torch.arange(x.shape[0])
+    for e in np.linspace(eps / grid, eps, grid):
+        if todo.numel() == 0:
+            break
+        cand = FGSM(norm=Norm.LINF, eps=float(e)).generate(model, x[todo], y[todo], clip=model.clip,
+                                                            batch_size=batch_size).x_adv
+        ok = model.predict(cand, batch_size=batch_size).argmax(1) != y[todo]
+        x_adv[todo[ok]] = cand[ok]
+        todo = todo[~ok]
+    return x_adv
+
+
+def features_for(model: Classifier, x: torch.Tensor, costs: Sequence[CostParams], squeeze: SqueezeParams | None,
+                 *, batch_size: int, seed: int) -> tuple[dict[str, np.ndarray], CostResult, float]:
+    """Cost features (and the squeeze score when asked) of ``x``; returns the seconds spent in total."""
+    start = time.perf_counter()
+    res = measure_costs(model, x, costs, clip=model.clip, batch_size=batch_size, seed=seed)
+    feats = res.features()
+    if squeeze is not None:
+        feats[SQUEEZE_FEATURE] = squeeze_scores(model, x, squeeze, clip=model.clip, batch_size=batch_size)
+    return feats, res, time.perf_counter() - start
+
+
+def _model_dict(model: Classifier, spec: str) -> dict[str, Any]:
+    d = model.info.to_dict()
+    d["path"] = spec
+    return d
+
+
+def _load_adversarial(opts: InputOptions, path: str, model: Classifier, n: int | None, seed: int) -> torch.Tensor:
+    ds = load_dataset(resolve_data(path), layout=opts.layout, channels=model.info.input_shape[0], x_key=opts.x_key,
+                      input_range=model.clip)
+    if tuple(ds.x.shape[1:]) != tuple(model.info.input_shape):
+        raise DataLoadError(f"adversarial inputs {path} have shape {tuple(ds.x.shape[1:])}, "
+                            f"the model expects {tuple(model.info.input_shape)}")
+    from robaudit.data import select
+
+    return torch.from_numpy(np.ascontiguousarray(ds.x[select(ds, n, seed)]))
+
+
+# --------------------------------------------------------------------------------------- fit
+
+
+@dataclass(frozen=True)
+class FitJob:
+    common: DetectCommon
+    detector: DetectorKind = DetectorKind.ZSCORE
+    adversarial: str | None = None
+    """An .npz of adversarial inputs (k-NN only)."""
+    attacks: tuple[AttackName, ...] = ()
+    """Attacks to craft adversarial training inputs with (k-NN only, when no ``adversarial``)."""
+    craft_mode: str = "early"
+    fpr: float = 0.05
+    """Target false-positive rate of the thresholds (the ensemble splits it over its members)."""
+    knn_k: int = 5
+    ensemble_k: int = 1
+    squeeze: bool = False
+    """Add the feature-squeezing detector (ensemble, or alone with ``detector=squeeze``)."""
+
+
+def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = None) -> tuple[DetectorFile, dict[str, Any]]:
+    obs = observer or NullObserver()
+    c = job.common
+    _check_common(c)
+    seed_everything(c.seed)
+    inputs = load_inputs(c.inputs)
+    model = inputs.model
+    evalset = build_evaluation_set(model, inputs.data, c.n, c.seed, c.batch_size)
+    costs = cost_params_for(model, c.costs, c.max_iter)
+    use_squeeze = job.squeeze or job.detector is DetectorKind.SQUEEZE
+    sq = SqueezeParams.default_for(model.info.input_shape) if use_squeeze else None
+    obs.cell_started(f"costs of {evalset.n} benign inputs")
+    benign, res, _ = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
+    fit: dict[str, Any] = {"data": inputs.data_spec, "n": evalset.n, "seed": c.seed, "target_fpr": job.fpr,
+                           "command": command}
+    det: Detector
+    if job.detector is DetectorKind.ZSCORE:
+        if len(c.costs) > 1:
+            obs.warn("the z-score detector uses one cost attack; using the first, "
+                     f"{c.costs[0].value} (use --detector ensemble to combine)")
+            costs = costs[:1]
+        det = ZScoreDetector.fit(c.costs[0].value, benign[c.costs[0].value], job.fpr)
+    elif job.detector is DetectorKind.SQUEEZE:
+        costs = []
+        det = ThresholdDetector.fit(benign[SQUEEZE_FEATURE], job.fpr)
+    elif job.detector is DetectorKind.ENSEMBLE:
+        n_members = len(costs) + (1 if sq else 0)
+        member_fpr = job.fpr / n_members if job.ensemble_k == 1 else job.fpr
+        members: list[Detector] = [ZScoreDetector.fit(p.name.value, benign[p.name.value], member_fpr) for p in costs]
+        if sq:
+            members.append(ThresholdDetector.fit(benign[SQUEEZE_FEATURE], member_fpr))
+        det = EnsembleDetector(members, job.ensemble_k)
+    elif job.detector is DetectorKind.KNN:
+        if job.adversarial:
+            x_adv = _load_adversarial(c.inputs, job.adversarial, model, c.n, c.seed)
+            fit["adversarial"] = {"file": job.adversarial}
+        elif job.attacks:
+            parts = []
+            for a in job.attacks:
+                obs.cell_started(f"crafting {a.value}")
+                parts.append(craft(model, evalset.x, evalset.y, a, mode=job.craft_mode, seed=c.seed,
+                                   batch_size=c.batch_size).x)
+            x_adv = torch.cat(parts)
+            fit["adversarial"] = {"attacks": [a.value for a in job.attacks], "craft_mode": job.craft_mode}
+        else:
+            raise ConfigError("the k-NN detector needs adversarial training inputs: pass --adversarial ADV.npz "
+                              "or --attack NAMES to craft them")
+        if x_adv.shape[0] == 0:
+            raise ConfigError("no adversarial training inputs (every crafting attack failed)")
+        obs.cell_started(f"costs of {x_adv.shape[0]} adversarial inputs")
+        adv, _, _ = features_for(model, x_adv, costs, sq, batch_size=c.batch_size, seed=c.seed)
+        fit["adversarial"]["n"] = int(x_adv.shape[0])
+        det = KNNDetector.fit([p.name.value for p in costs], benign, adv, job.knn_k)
+    else:  # pragma: no cover - the enum is exhaustive
+        raise ConfigError(f"unknown detector {job.detector}")
+    fit["fit_fpr"] = float(det.flag(benign).mean())
+    fit["benign_costs"] = {k: _stats(v) for k, v in res.costs.items()}
+    dfile = DetectorFile(model_sha256=model.info.sha256, costs=costs, detector=det, clip=model.clip,
+                         input_shape=tuple(model.info.input_shape), squeeze=sq, model_path=inputs.model_spec, fit=fit)
+    summary = {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": "fit",
+               "model": _model_dict(model, inputs.model_spec), "detector": det.to_dict()["kind"],
+               "n_benign": evalset.n, "fit": fit}
+    return dfile, summary
+
+
+def _stats(v: np.ndarray) -> dict[str, float]:
+    v = np.asarray(v, dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0}
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+            "median": float(np.median(v)), "max": float(v.max())}
+
+
+# ------------------------------------------------------------------------------------- score
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    common: DetectCommon
+    detector_path: str = "detector.json"
+
+
+def run_score_job(job: ScoreJob, command: list[str], observer: Observer | None = None) -> dict[str, Any]:
+    c = job.common
+    _check_common(c)
+    seed_everything(c.seed)
+    dfile = load_detector_file(job.detector_path)
+    inputs = load_inputs(c.inputs)
+    model = inputs.model
+    dfile.check_model(model.info.sha256, inputs.model_spec)
+    if dfile.input_shape and tuple(dfile.input_shape) != tuple(model.info.input_shape):
+        raise DetectorMismatch(f"the detector expects inputs {tuple(dfile.input_shape)}, "
+                               f"the data has {tuple(model.info.input_shape)}")
+    from robaudit.data import select
+
+    idx = select(inputs.data, c.n, c.seed)
+    x = torch.from_numpy(np.ascontiguousarray(inputs.data.x[idx]))
+    feats, res, seconds = features_for(model, x, dfile.costs, dfile.squeeze, batch_size=c.batch_size, seed=c.seed)
+    score = dfile.detector.score(feats)
+    flags = dfile.detector.flag(feats)
+    n = int(x.shape[0])
+    rows = [{"index": int(idx[i]), "prediction": int(res.predictions[i]),
+             **{k: float(v[i]) for k, v in feats.items()}, "score": float(score[i]), "adversarial": bool(flags[i])}
+            for i in range(n)]
+    fwd = sum(res.forward_passes.values())
+    bwd = sum(res.backward_passes.values())
+    return {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": command, "mode": "score",
+            "model": _model_dict(model, inputs.model_spec), "data": {"path": inputs.data_spec, "n": n},
+            "detector": {"path": job.detector_path, "kind": dfile.detector.to_dict()["kind"],
+                         "costs": [p.to_dict() for p in dfile.costs]},
+            "summary": {"n": n, "flagged": int(flags.sum()), "flagged_rate": float(flags.mean()) if n else None},
+            "latency": {"seconds_per_input": seconds / n if n else None, "forward_passes_per_input": fwd / n if n else None,
+                        "backward_passes_per_input": bwd / n if n else None},
+            "inputs": rows}
+
+
+# -------------------------------------------------------------------------------------- eval
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    common: DetectCommon
+    attacks: tuple[AttackName, ...] = (AttackName.FGSM, AttackName.BIM, AttackName.JSMA, AttackName.CW_L2,
+                                       AttackName.DEEPFOOL)
+    craft_mode: str = "early"
+    fpr: float = 0.05
+    detector_path: str | None = None
+    """Use this detector's thresholds; otherwise z-score thresholds are fitted on half the benign inputs."""
+    squeeze: bool = False
+    attack_params: dict[AttackName, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = None) -> dict[str, Any]:
+    obs = observer or NullObserver()
+    c = job.common
+    _check_common(c)
+    seed_everything(c.seed)
+    inputs = load_inputs(c.inputs)
+    model = inputs.model
+    evalset: EvaluationSet = build_evaluation_set(model, inputs.data, c.n, c.seed, c.batch_size)
+    dfile = None
+    if job.detector_path:
+        dfile = load_detector_file(job.detector_path)
+        dfile.check_model(model.info.sha256, inputs.model_spec)
+        costs = dfile.costs
+    else:
+        costs = cost_params_for(model, c.costs, c.max_iter)
+    sq = (dfile.squeeze if dfile else None) or (SqueezeParams.default_for(model.info.input_shape) if job.squeeze else None)
+    obs.plan_started(1 + 2 * len(job.attacks))
+    obs.cell_started(f"costs of {evalset.n} benign inputs")
+    benign, bres, bsec = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
+    obs.cell_finished("benign", {})
+    # thresholds: the given detector, or z-score per cost fitted on the first half of the benign inputs
+    half = np.arange(evalset.n) % 2 == 0
+    test = ~half if dfile is None else np.ones(evalset.n, bool)
+    detectors: dict[str, Detector] = {}
+    if dfile is not None:
+        detectors["detector"] = dfile.detector
+    else:
+        for p in costs:
+            detectors[p.name.value] = ZScoreDetector.fit(p.name.value, benign[p.name.value][half], job.fpr)
+        if sq is not None:
+            detectors[SQUEEZE_FEATURE] = ThresholdDetector.fit(benign[SQUEEZE_FEATURE][half], job.fpr)
+            for p in costs:
+                members = [ZScoreDetector.fit(p.name.value, benign[p.name.value][half], job.fpr / 2),
+                           ThresholdDetector.fit(benign[SQUEEZE_FEATURE][half], job.fpr / 2)]
+                detectors[f"{p.name.value}+squeeze"] = EnsembleDetector(members, 1)
+    bsub = {k: v[test] for k, v in benign.items()}
+    feature_names = [p.name.value for p in costs] + ([SQUEEZE_FEATURE] if sq else [])
+    auroc_table: dict[str, dict[str, float]] = {}
+    detection: dict[str, dict[str, dict[str, float]]] = {}
+    attacks_out: dict[str, Any] = {}
+    latency: dict[str, dict[str, float]] = {}
+    n_all = evalset.n
+    for name, sec in bres.seconds.items():
+        latency[name] = {"benign_seconds_per_input": sec / n_all, "benign_forward_per_input": bres.forward_passes[name] / n_all,
+                         "benign_backward_per_input": bres.backward_passes[name] / n_all}
+    warnings: list[str] = []
+    for a in job.attacks:
+        obs.cell_started(f"crafting {a.value}")
+        cr = craft(model, evalset.x, evalset.y, a, mode=job.craft_mode, seed=c.seed, batch_size=c.batch_size,
+                   params=job.attack_params.get(a))
+        obs.cell_finished(f"crafting {a.value}", {})
+        entry: dict[str, Any] = {"n_attempted": cr.n_attempted, "n_adversarial": int(cr.x.shape[0]),
+                                 "success_rate": cr.x.shape[0] / max(cr.n_attempted, 1),
+                                 "craft_mode": job.craft_mode if a in (AttackName.FGSM, AttackName.BIM) else "native",
+                                 "mean_l2": float(cr.l2.mean()) if cr.l2.size else None,
+                                 "mean_linf": float(cr.linf.mean()) if cr.linf.size else None}
+        if cr.x.shape[0] == 0:
+            warnings.append(f"{a.value} produced no adversarial example: no AUROC for it")
+            attacks_out[a.value] = entry
+            obs.cell_finished(a.value, {})
+            continue
+        obs.cell_started(f"costs of {cr.x.shape[0]} {a.value} inputs")
+        adv, ares, _ = features_for(model, cr.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
+        obs.cell_finished(a.value, {})
+        entry["costs"] = {k: _stats(v) for k, v in ares.costs.items()}
+        n_adv = int(cr.x.shape[0])
+        for name, sec in ares.seconds.items():
+            latency[name].setdefault("adversarial_seconds_per_input", {})[a.value] = sec / n_adv  # type: ignore[index]
+        auroc_table[a.value] = {}
+        for f in feature_names:
+            sign = 1.0 if f == SQUEEZE_FEATURE else -1.0  # cheap cost = suspicious
+            auroc_table[a.value][f] = auroc(sign * benign[f], sign * adv[f])
+        for dname, det in detectors.items():
+            if dname not in auroc_table[a.value]:  # per-cost z-scores are monotone in the cost: same AUROC
+                auroc_table[a.value][dname] = auroc(det.score(benign), det.score(adv))
+        detection[a.value] = {dname: rates(det.flag(bsub), det.flag(adv)) for dname, det in detectors.items()}
+        attacks_out[a.value] = entry
+    data_dict = {"path": inputs.data_spec, "sha256": inputs.data.sha256, "n_selected": evalset.n_selected,
+                 "n_evaluated": evalset.n, "clean_accuracy": evalset.clean_accuracy}
+    return {"schema_version": SCHEMA_VERSION, "kind": KIND, "mode": "eval", "command": command,
+            "model": _model_dict(model, inputs.model_spec), "data": data_dict,
+            "config": {"costs": [p.to_dict() for p in costs], "attacks": [a.value for a in job.attacks],
+                       "craft_mode": job.craft_mode, "target_fpr": job.fpr, "seed": c.seed, "n": c.n,
+                       "batch_size": c.batch_size, "squeeze": sq.to_dict() if sq else None,
+                       "thresholds_from": job.detector_path or "z-score fitted on the even-indexed half of the benign inputs"},
+            "benign": {"costs": {k: _stats(v) for k, v in bres.costs.items()},
+                       "squeeze": _stats(benign[SQUEEZE_FEATURE]) if sq else None},
+            "thresholds": {k: d.to_dict() for k, d in detectors.items()},
+            "auroc": auroc_table, "detection": detection, "attacks": attacks_out, "latency": latency,
+            "warnings": warnings}

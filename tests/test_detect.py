@@ -1,0 +1,233 @@
+"""Attack-as-Defense detection: costs, detectors, the detector file, metrics and the CLI (demo model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from robaudit.attacks.registry import AttackName
+from robaudit.detect.costs import default_cost_params, measure_costs
+from robaudit.detect.detectors import (EnsembleDetector, KNNDetector, ThresholdDetector, ZScoreDetector,
+                                       detector_class, detector_from_dict)
+from robaudit.detect.interface import CostName, CostParams, DetectorFileError, DetectorKind, DetectorMismatch
+from robaudit.detect.metrics import auroc, rates
+from robaudit.detect.squeeze import SqueezeParams, bit_depth, median_filter, squeeze_scores
+from robaudit.detect.store import DetectorFile, load_detector_file
+from robaudit.engine.detect_job import DetectCommon, EvalJob, craft, run_eval_job
+from robaudit.engine.evaluation import build_evaluation_set
+from robaudit.engine.session import InputOptions, load_inputs
+from robaudit.errors import ConfigError
+
+DEMO = InputOptions(model="demo:mnist", data="demo:mnist", device="cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # cost attacks are many small sequential passes: one thread avoids oversubscription on shared CPUs
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo(_one_thread):
+    inp = load_inputs(DEMO)
+    ev = build_evaluation_set(inp.model, inp.data, 24, 0, 64)
+    return inp.model, ev
+
+
+def _small(name: CostName) -> CostParams:
+    p = default_cost_params(name, (1, 28, 28))
+    return CostParams(p.name, max_iter=60, eps=p.eps, step=p.step * 5 if p.eps else p.step, threshold=p.threshold)
+
+
+def test_costs_deterministic_with_seed(demo):
+    model, ev = demo
+    params = [_small(c) for c in CostName]
+    a = measure_costs(model, ev.x[:8], params, batch_size=5, seed=3)
+    b = measure_costs(model, ev.x[:8], params, batch_size=5, seed=3)
+    for c in CostName:
+        np.testing.assert_array_equal(a.costs[c.value], b.costs[c.value])
+        assert a.costs[c.value].min() >= 0 and a.costs[c.value].max() <= 60
+    # batching does not change BIM/JSMA costs (deterministic, per-sample early exit)
+    c = measure_costs(model, ev.x[:8], params[:3], batch_size=8, seed=3)
+    for name in ("bim-linf", "bim-l2", "jsma"):
+        np.testing.assert_array_equal(a.costs[name], c.costs[name])
+
+
+def test_early_exit_saves_passes(demo):
+    model, ev = demo
+    p = _small(CostName.BIM_LINF)
+    r = measure_costs(model, ev.x[:8], [p], batch_size=8)
+    # one forward pass per iteration a sample is alive, plus the pass that sees it flip
+    assert r.forward_passes["bim-linf"] == int((r.costs["bim-linf"] + 1).sum())
+    assert r.forward_passes["bim-linf"] < 8 * (p.max_iter + 1) or (r.costs["bim-linf"] == p.max_iter).all()
+
+
+def test_benign_costs_exceed_adversarial(demo):
+    model, ev = demo
+    p = default_cost_params(CostName.BIM_LINF, model.info.input_shape)
+    benign = measure_costs(model, ev.x, [p]).costs["bim-linf"]
+    cr = craft(model, ev.x, ev.y, AttackName.BIM, mode="early")
+    assert cr.x.shape[0] >= 0.8 * ev.n
+    adv = measure_costs(model, cr.x, [p]).costs["bim-linf"]
+    assert np.median(benign) > 5 * max(np.median(adv), 1)
+    assert auroc(-benign, -adv) > 0.95
+
+
+def _features(rng, n, cost_name="bim-linf", shift=0.0):
+    return {cost_name: rng.gamma(4.0, 40.0, n) + shift, "bim-l2": rng.gamma(3.0, 50.0, n) + shift,
+            "squeeze": rng.random(n)}
+
+
+def test_detectors_json_roundtrip():
+    rng = np.random.default_rng(0)
+    benign, adv = _features(rng, 80), _features(rng, 40)
+    adv = {k: v / 10 for k, v in adv.items()}
+    z = ZScoreDetector.fit("bim-linf", benign["bim-linf"], 0.05)
+    knn = KNNDetector.fit(["bim-linf", "bim-l2"], benign, adv, k=5)
+    th = ThresholdDetector.fit(benign["squeeze"], 0.1)
+    ens = EnsembleDetector([z, ZScoreDetector.fit("bim-l2", benign["bim-l2"], 0.05), th], k=2)
+    probe = _features(rng, 30)
+    for det in (z, knn, th, ens):
+        back = detector_from_dict(json.loads(json.dumps(det.to_dict())))
+        assert type(back) is type(det)
+        np.testing.assert_allclose(back.score(probe), det.score(probe))
+        np.testing.assert_array_equal(back.flag(probe), det.flag(probe))
+
+
+def test_every_detector_kind_is_registered():
+    for kind in DetectorKind:
+        assert detector_class(kind).kind is kind
+
+
+def test_zscore_threshold_and_transform():
+    rng = np.random.default_rng(1)
+    skewed = rng.lognormal(4.0, 0.8, 2000)
+    det = ZScoreDetector.fit("c", skewed, 0.05)
+    assert det.transform == "log"
+    assert abs(det.flag({"c": skewed}).mean() - 0.05) < 0.02
+    normal = rng.normal(200, 20, 2000)
+    det = ZScoreDetector.fit("c", normal, 0.05)
+    assert det.transform == "none"
+    assert det.threshold_cost() == pytest.approx(200 - 1.645 * 20, abs=3)
+    with pytest.raises(ConfigError):
+        ZScoreDetector.fit("c", normal, 0.7)
+
+
+def test_knn_needs_both_classes():
+    rng = np.random.default_rng(2)
+    f = _features(rng, 10)
+    with pytest.raises(ConfigError):
+        KNNDetector(["bim-linf"], f["bim-linf"][:, None], np.zeros(10, np.int64))
+
+
+def test_auroc_matches_sklearn_on_fixed_example():
+    from sklearn.metrics import roc_auc_score
+
+    benign = np.array([0.1, 0.4, 0.35, 0.8, 0.4, 0.2])
+    adv = np.array([0.9, 0.4, 0.65, 0.8, 0.7])
+    y = np.r_[np.zeros(benign.size), np.ones(adv.size)]
+    assert auroc(benign, adv) == pytest.approx(roc_auc_score(y, np.r_[benign, adv]), abs=1e-12)
+    assert auroc(np.array([0.0, 1.0]), np.array([2.0, 3.0])) == 1.0
+    assert np.isnan(auroc(np.array([]), adv))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=1, max_size=30), st.lists(st.integers(0, 20), min_size=1, max_size=30))
+def test_auroc_matches_sklearn_property(benign, adv):
+    from sklearn.metrics import roc_auc_score
+
+    b, a = np.array(benign, float), np.array(adv, float)
+    y = np.r_[np.zeros(b.size), np.ones(a.size)]
+    assert auroc(b, a) == pytest.approx(roc_auc_score(y, np.r_[b, a]), abs=1e-12)
+
+
+def test_rates():
+    r = rates(np.array([True, False, False, False]), np.array([True, True, False, True]))
+    assert r == {"tpr": 0.75, "fpr": 0.25, "accuracy": 0.75}
+
+
+def test_squeezers(demo):
+    x = torch.tensor([[[[0.1, 0.6], [0.4, 0.9]]]])
+    assert bit_depth(x, 1, (0.0, 1.0)).tolist() == [[[[0.0, 1.0], [0.0, 1.0]]]]
+    img = torch.zeros(1, 1, 5, 5)
+    img[0, 0, 2, 2] = 1.0  # an isolated pixel disappears under a median filter
+    assert median_filter(img, 3).abs().sum() == 0
+    assert median_filter(torch.rand(2, 3, 8, 8), 2).shape == (2, 3, 8, 8)
+    model, ev = demo
+    s = squeeze_scores(model, ev.x[:4], SqueezeParams(1, 2))
+    assert s.shape == (4,) and (s >= 0).all() and (s <= 2).all()
+
+
+def _dfile(sha="a" * 64):
+    z = ZScoreDetector("bim-linf", 5.0, 0.5, 1.645, "log")
+    return DetectorFile(model_sha256=sha, costs=[default_cost_params(CostName.BIM_LINF, (1, 28, 28))], detector=z,
+                        input_shape=(1, 28, 28), squeeze=SqueezeParams(1, 2), model_path="m.pt", fit={"n": 3})
+
+
+def test_detector_file_roundtrip_and_version(tmp_path):
+    path = _dfile().save(tmp_path / "d.json")
+    back = load_detector_file(path)
+    assert back.to_dict() == _dfile().to_dict()
+    raw = json.loads(path.read_text())
+    assert "pickle" not in path.read_text() and raw["version"] == 1
+    raw["version"] = 99
+    (tmp_path / "v.json").write_text(json.dumps(raw))
+    with pytest.raises(DetectorFileError, match="version"):
+        load_detector_file(tmp_path / "v.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(DetectorFileError):
+        load_detector_file(tmp_path / "bad.json")
+
+
+def test_detector_refuses_another_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from robaudit.cli_detect import detect_app
+
+    dfile = _dfile("0" * 64)
+    with pytest.raises(DetectorMismatch):
+        dfile.check_model("1" * 64)
+    # end to end: a detector fitted on the demo model refuses the demo CIFAR model
+    runner = CliRunner()
+    res = runner.invoke(detect_app, ["fit", "demo:mnist", "--data", "demo:mnist", "-n", "12", "--max-iter", "30",
+                                     "--device", "cpu", "--out", str(tmp_path / "d.json"), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(detect_app, ["score", "demo:cifar10", "--data", "demo:cifar10", "-n", "3", "--device", "cpu",
+                                     "--detector", str(tmp_path / "d.json"), "--out", str(tmp_path / "s.json")])
+    assert isinstance(res.exception, DetectorMismatch)
+    assert "sha256" in str(res.exception)
+    res = runner.invoke(detect_app, ["score", "demo:mnist", "--data", "demo:mnist", "-n", "4", "--device", "cpu",
+                                     "--detector", str(tmp_path / "d.json"), "--out", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["kind"] == "detect" and len(report["inputs"]) == 4
+    assert {"bim-linf", "score", "adversarial"} <= set(report["inputs"][0])
+
+
+def test_eval_report(tmp_path):
+    job = EvalJob(common=DetectCommon(inputs=DEMO, n=12, max_iter=120, costs=(CostName.BIM_LINF, CostName.JSMA)),
+                  attacks=(AttackName.FGSM, AttackName.BIM), squeeze=True)
+    report = run_eval_job(job, ["robaudit", "detect", "eval"])
+    assert report["schema_version"] and report["kind"] == "detect"
+    assert set(report["auroc"]) == {"fgsm", "bim"}
+    assert {"bim-linf", "jsma", "squeeze", "bim-linf+squeeze"} <= set(report["auroc"]["bim"])
+    assert report["auroc"]["bim"]["bim-linf"] > 0.9
+    assert report["latency"]["bim-linf"]["benign_forward_per_input"] > 1
+    json.dumps(report, allow_nan=False)
+
+
+def test_unknown_names_are_config_errors():
+    with pytest.raises(ConfigError):
+        CostName.parse_list("bim-linf,pgd")
+    with pytest.raises(ConfigError):
+        DetectorKind.parse("svm")
+    with pytest.raises(ConfigError):
+        CostParams(CostName.BIM_LINF, max_iter=0, eps=0.3, step=0.001)
