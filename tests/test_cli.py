@@ -122,3 +122,30 @@ def test_version_and_attack_list():
     assert proc.returncode == 0
     for name in ("cw-l2", "hopskipjump", "universal", "shadow"):
         assert name in proc.stdout
+
+
+def test_black_box_onnx_runs_only_query_attacks(tmp_path):
+    """An ONNX graph onnx2torch cannot convert is audited through onnxruntime, query attacks only."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(DEMO / "mnist_cnn.onnx"))
+    out = model.graph.output[0]
+    raw = out.name + "_pre_shrink"
+    for node in model.graph.node:
+        node.output[:] = [raw if o == out.name else o for o in node.output]
+    model.graph.node.append(helper.make_node("Shrink", [raw], [out.name], lambd=0.0, bias=0.0))
+    path = tmp_path / "bb.onnx"
+    onnx.save(model, str(path))
+    report_path = tmp_path / "r.json"
+    proc = robaudit_cli("attack", str(path), "--data", "demo:mnist", "--attack", "fgsm,hopskipjump", "-n", "6",
+                        "--param", "hopskipjump.max_iter=2", "-q", "--out", str(report_path))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_path.read_text())
+    assert validation_errors(report) == []
+    assert report["model"]["white_box"] is False
+    assert any("only query-based attacks" in w for w in report["warnings"])
+    rows = {r["attack"]: r for r in report["results"]}
+    assert rows["fgsm"]["status"] == "skipped" and "black-box" in rows["fgsm"]["reason"]
+    assert rows["hopskipjump"]["status"] == "ok" and rows["hopskipjump"]["backward_passes_per_image"] == 0
+    assert rows["hopskipjump"]["success_rate"] > 0.5
