@@ -111,14 +111,41 @@ def test_zscore_threshold_and_transform():
     rng = np.random.default_rng(1)
     skewed = rng.lognormal(4.0, 0.8, 2000)
     det = ZScoreDetector.fit("c", skewed, 0.05)
-    assert det.transform == "log"
+    assert det.transform in ("log", "yeo-johnson")
     assert abs(det.flag({"c": skewed}).mean() - 0.05) < 0.02
+    assert det.fit_info["rule"] in ("normal", "empirical") and "fit_fpr" in det.fit_info
     normal = rng.normal(200, 20, 2000)
     det = ZScoreDetector.fit("c", normal, 0.05)
     assert det.transform == "none"
     assert det.threshold_cost() == pytest.approx(200 - 1.645 * 20, abs=3)
     with pytest.raises(ConfigError):
         ZScoreDetector.fit("c", normal, 0.7)
+
+
+def _capped_costs(rng, n, cap=500, left=False):
+    """Skewed costs with a point mass at the cap (inputs that never flip within max_iter)."""
+    raw = rng.lognormal(4.8, 1.0, n)
+    if left:  # most of the mass near the cap, a long tail of cheap inputs (MNIST-like)
+        raw = np.where(rng.random(n) < 0.3, cap, cap - rng.lognormal(4.0, 1.0, n))
+    return np.clip(np.round(raw), 0, cap)
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_zscore_calibrated_on_skewed_capped_costs(left):
+    rng = np.random.default_rng(7)
+    train, held_out = _capped_costs(rng, 400, left=left), _capped_costs(rng, 20000, left=left)
+    assert (train == 500).mean() > 0.02  # a point mass at the cap
+    det = ZScoreDetector.fit("c", train, 0.05)
+    info = det.fit_info
+    assert info["rule"] in ("normal", "empirical") and info["point_mass_at_max"] is not None
+    assert abs(info["fit_fpr"] - 0.05) <= 0.02
+    assert 0.02 <= det.flag({"c": held_out}).mean() <= 0.09
+    back = detector_from_dict(json.loads(json.dumps(det.to_dict())))
+    np.testing.assert_array_equal(back.flag({"c": held_out}), det.flag({"c": held_out}))
+    assert back.fit_info["rule"] == info["rule"]
+    # the threshold in cost units agrees with the flags
+    thr = det.threshold_cost()
+    assert (det.flag({"c": held_out}) == (held_out < thr)).mean() > 0.999
 
 
 def test_knn_needs_both_classes():

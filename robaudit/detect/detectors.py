@@ -27,22 +27,52 @@ def normality_pvalue(values: np.ndarray) -> float:
     return float(stats.shapiro(v[:5000]).pvalue)
 
 
+TRANSFORMS = ("none", "log", "yeo-johnson")
+NORMALITY_ALPHA = 0.05
+"""Normality is rejected (and the empirical rule used) when the Shapiro-Wilk p-value is below this."""
+
+
+def _point_mass_at_max(v: np.ndarray) -> bool:
+    """True when the largest value repeats in at least 1 % of the sample (e.g. costs capped at ``max_iter``)."""
+    return v.size >= 3 and int((v == v.max()).sum()) >= max(2, int(np.ceil(0.01 * v.size)))
+
+
+def _empirical_threshold(t: np.ndarray, fpr: float) -> float:
+    """A threshold ``thr`` (flag when ``t < thr``) at a midpoint between distinct sorted values,
+    chosen so that the fraction of ``t`` below it is closest to ``fpr`` (the lower one on a tie)."""
+    u, counts = np.unique(t, return_counts=True)
+    below = np.concatenate([[0], np.cumsum(counts)]) / t.size  # fraction below each candidate
+    cand = np.concatenate([[u[0] - max(1.0, abs(u[0]))], (u[:-1] + u[1:]) / 2, [u[-1] + max(1.0, abs(u[-1]))]])
+    j = int(np.argmin(np.abs(below - fpr) + 1e-12 * below))
+    return float(cand[j])
+
+
 class ZScoreDetector(Detector):
     """Flags an input when its (transformed) cost lies below ``mean - z * std`` of benign costs.
 
-    Fitted on benign costs only. ``z`` is the normal quantile for the target false-positive rate.
-    If the benign costs fail a Shapiro-Wilk normality check (p < 0.05) and are skewed, a log
-    transform ``log(1 + cost)`` is used when it makes them more normal. Score: ``(mean - t(cost)) / std``
-    (larger = cheaper to attack = more suspicious); flag when score > z.
+    Fitted on benign costs only:
+
+    1. transform: none when the raw costs pass a Shapiro-Wilk normality check; otherwise the more
+       normal (higher p-value) of ``log(1 + cost)`` and a Yeo-Johnson transform whose lambda is
+       fitted by maximum likelihood on the benign costs (leaving out a point mass at the maximum,
+       i.e. inputs that never flipped within ``max_iter``);
+    2. ``z``: the normal quantile of the target false-positive rate (rule ``normal``) when the
+       transformed costs pass the normality check *and* that ``z`` flags a fraction of the benign
+       costs within binomial noise of the target; otherwise (rule ``empirical``) the threshold is
+       the empirical ``fpr`` quantile of the transformed benign costs and ``z = (mean - q) / std``.
+
+    ``fit_info`` records the rule, the p-values and the fitted (training) false-positive rate.
+    Score: ``(mean - t(cost)) / std`` (larger = cheaper to attack = more suspicious); flag when score > z.
     """
 
     kind: ClassVar[DetectorKind] = DetectorKind.ZSCORE
 
     def __init__(self, cost: str, mean: float, std: float, z: float, transform: str = "none",
-                 fit_info: Mapping[str, Any] | None = None) -> None:
-        if transform not in ("none", "log"):
-            raise ConfigError(f"unknown transform {transform!r}")
+                 fit_info: Mapping[str, Any] | None = None, lmbda: float = 0.0) -> None:
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"unknown transform {transform!r} (known: {', '.join(TRANSFORMS)})")
         self.cost, self.mean, self.std, self.z, self.transform = cost, float(mean), float(std), float(z), transform
+        self.lmbda = float(lmbda)
         self.fit_info = dict(fit_info or {})
 
     @property
@@ -50,8 +80,23 @@ class ZScoreDetector(Detector):
         return (self.cost,)
 
     @staticmethod
-    def _t(values: np.ndarray, transform: str) -> np.ndarray:
-        return np.log1p(np.maximum(values, 0.0)) if transform == "log" else values
+    def _t(values: np.ndarray, transform: str, lmbda: float = 0.0) -> np.ndarray:
+        v = np.maximum(np.asarray(values, dtype=np.float64), 0.0)
+        if transform == "log":
+            return np.log1p(v)
+        if transform == "yeo-johnson":  # costs are >= 0: only the non-negative branch applies
+            return np.log1p(v) if abs(lmbda) < 1e-12 else ((v + 1.0) ** lmbda - 1.0) / lmbda
+        return np.asarray(values, dtype=np.float64)
+
+    def _inverse(self, t: float) -> float:
+        if self.transform == "log":
+            return float(np.expm1(t))
+        if self.transform == "yeo-johnson":
+            if abs(self.lmbda) < 1e-12:
+                return float(np.expm1(t))
+            base = t * self.lmbda + 1.0
+            return float(base ** (1.0 / self.lmbda) - 1.0) if base > 0 else (-1.0 if self.lmbda > 0 else float("inf"))
+        return float(t)
 
     @classmethod
     def fit(cls, cost: str, benign: np.ndarray, fpr: float = 0.05) -> "ZScoreDetector":
@@ -59,28 +104,51 @@ class ZScoreDetector(Detector):
         b = np.asarray(benign, dtype=np.float64)
         if b.size < 2:
             raise ConfigError(f"the z-score detector needs at least 2 benign inputs, got {b.size}")
-        p_raw = normality_pvalue(b)
-        skew = float(stats.skew(b)) if np.ptp(b) > 0 else 0.0
-        transform = "none"
-        p_log = normality_pvalue(cls._t(b, "log"))
-        if p_raw < 0.05 and abs(skew) > 0.5 and p_log > p_raw:
-            transform = "log"
-        t = cls._t(b, transform)
+        if not np.isfinite(b).all():
+            raise ConfigError("the z-score detector needs finite benign costs")
+        capped = _point_mass_at_max(b)
+        body = b[b < b.max()] if capped else b
+        p = {"none": normality_pvalue(b), "log": normality_pvalue(cls._t(b, "log"))}
+        lmbda = 0.0
+        if body.size >= 3 and np.ptp(body) > 0:
+            _, lmbda = stats.yeojohnson(np.maximum(body, 0.0))
+            lmbda = float(np.clip(lmbda, -5.0, 5.0))
+            p["yeo-johnson"] = normality_pvalue(cls._t(b, "yeo-johnson", lmbda))
+        if p["none"] >= NORMALITY_ALPHA:
+            transform = "none"
+        else:
+            transform = max((k for k in p if k != "none"), key=lambda k: p[k], default="none")
+            if p.get(transform, 0.0) <= p["none"]:
+                transform = "none"
+        t = cls._t(b, transform, lmbda)
+        mean = float(t.mean())
         std = float(t.std(ddof=1)) or 1e-12
-        z = float(stats.norm.ppf(1.0 - fpr))
-        det = cls(cost, float(t.mean()), std, z, transform)
-        det.fit_info = {"n_benign": int(b.size), "target_fpr": fpr, "skew": skew, "shapiro_p_raw": p_raw,
-                        "shapiro_p_log": p_log, "fit_fpr": float(det.flag({cost: b}).mean()),
+        z_normal = float(stats.norm.ppf(1.0 - fpr))
+        normal_fpr = float((t < mean - z_normal * std).mean())
+        # binomial tolerance on the fitted rate (and at least 1.5 points)
+        tol = max(0.015, 2.0 * np.sqrt(fpr * (1.0 - fpr) / b.size))
+        if p[transform] >= NORMALITY_ALPHA and abs(normal_fpr - fpr) <= tol:
+            rule, z = "normal", z_normal
+        else:
+            rule = "empirical"
+            z = (mean - _empirical_threshold(t, fpr)) / std
+        det = cls(cost, mean, std, z, transform, lmbda=lmbda)
+        skew = float(stats.skew(b)) if np.ptp(b) > 0 else 0.0
+        det.fit_info = {"n_benign": int(b.size), "target_fpr": fpr, "rule": rule, "transform": transform,
+                        "lambda": lmbda if transform == "yeo-johnson" else None, "skew": skew,
+                        "point_mass_at_max": {"value": float(b.max()), "fraction": float((b == b.max()).mean())}
+                        if capped else None,
+                        "shapiro_p": {k: float(v) for k, v in p.items()}, "normality_alpha": NORMALITY_ALPHA,
+                        "normal_rule_fit_fpr": normal_fpr, "fit_fpr": float(det.flag({cost: b}).mean()),
                         "threshold_cost": det.threshold_cost()}
         return det
 
     def threshold_cost(self) -> float:
         """The cost below which an input is flagged (in iterations)."""
-        t = self.mean - self.z * self.std
-        return float(np.expm1(t)) if self.transform == "log" else float(t)
+        return self._inverse(self.mean - self.z * self.std)
 
     def score(self, features: Features) -> np.ndarray:
-        return (self.mean - self._t(feature(features, self.cost), self.transform)) / self.std
+        return (self.mean - self._t(feature(features, self.cost), self.transform, self.lmbda)) / self.std
 
     def flag(self, features: Features) -> np.ndarray:
         return self.score(features) > self.z
@@ -90,12 +158,12 @@ class ZScoreDetector(Detector):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "cost": self.cost, "mean": self.mean, "std": self.std, "z": self.z,
-                "transform": self.transform, "fit_info": self.fit_info}
+                "transform": self.transform, "lambda": self.lmbda, "fit_info": self.fit_info}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ZScoreDetector":
         return cls(str(d["cost"]), float(d["mean"]), float(d["std"]), float(d["z"]), str(d.get("transform", "none")),
-                   d.get("fit_info"))
+                   d.get("fit_info"), float(d.get("lambda", 0.0)))
 
 
 class ThresholdDetector(Detector):

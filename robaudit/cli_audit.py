@@ -1,0 +1,273 @@
+"""``robaudit audit`` and ``robaudit report`` (table, Markdown, HTML, JUnit, JSON, diff, gates).
+
+Registered in :mod:`robaudit.cli` with ``register(app)``. Exit codes: 0 every gate passes, 1 a
+gate failed (each failure printed with metric, threshold and value; reports are written first),
+2 usage/input/config error, 3 internal failure.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from robaudit.errors import EXIT_GATE, ConfigError
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+class ReportFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    html = "html"
+    junit = "junit"
+    json = "json"
+
+
+class SummaryFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+    none = "none"
+
+
+def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
+    """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`)."""
+    from robaudit.report.gates import gates_markdown
+    from robaudit.report.render import results_markdown, results_table
+
+    if fmt is ReportFormat.json:
+        from robaudit.report.writer import _clean
+
+        return json.dumps(_clean(report), indent=2) + "\n"
+    if fmt is ReportFormat.markdown:
+        return results_markdown(report) + gates_markdown(report.get("gates") or [])
+    if fmt is ReportFormat.html:
+        from robaudit.report.html import report_html
+
+        return report_html(report)
+    if fmt is ReportFormat.junit:
+        from robaudit.report.junit import report_junit
+
+        return report_junit(report)
+    if fmt is ReportFormat.table:
+        console = Console(record=True, width=width, file=io.StringIO())
+        console.print(results_table(report, width=width))
+        for g in report.get("gates") or []:
+            console.print(f"gate {'pass' if g['passed'] else 'FAIL'}: {g['gate']}  [{g.get('detail')}]",
+                          markup=False, highlight=False)
+        return console.export_text()
+    raise AssertionError(f"unhandled format {fmt}")
+
+
+def parse_gate_options(values: list[str] | None) -> list[Any]:
+    """``--gate`` values: an expression (has an operator), or a profile name/path whose gates to use."""
+    from robaudit.config import load_profile
+    from robaudit.report.gates import parse_gate
+
+    gates = []
+    for v in values or []:
+        if any(op in v for op in ("<", ">")):
+            gates.append(parse_gate(v))
+        else:
+            gates.extend(parse_gate(g) for g in load_profile(v).gates)
+    return gates
+
+
+def apply_gates(report: dict[str, Any], gates: list[Any]) -> list[Any]:
+    from robaudit.report.gates import evaluate_gates
+
+    results = evaluate_gates(gates, report)
+    report["gates"] = [r.to_dict() for r in results]
+    return results
+
+
+def _print_failures(results: list[Any], prefix: str = "") -> int:
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        _err.print(f"robaudit: gate failed: {prefix}{r.gate.text}: {r.detail}", markup=False, highlight=False,
+                   soft_wrap=True)
+    return len(failed)
+
+
+class _AuditProgress:
+    """Overall and per-cell progress bars with ETA on stderr."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.overall: Any = None
+        self.cell: Any = None
+
+    def plan_started(self, total_cells: int, finished_cells: int) -> None:
+        self.overall = self.progress.add_task("audit", total=total_cells, completed=finished_cells)
+        if finished_cells:
+            self.progress.console.print(f"resuming: {finished_cells} of {total_cells} cells already done",
+                                        highlight=False)
+
+    def cell_started(self, cell_id: str, total_chunks: int, finished_chunks: int) -> None:
+        if self.cell is not None:
+            self.progress.remove_task(self.cell)
+        self.cell = self.progress.add_task(f"  {cell_id}", total=total_chunks, completed=finished_chunks)
+
+    def chunk_finished(self, cell_id: str) -> None:
+        if self.cell is not None:
+            self.progress.advance(self.cell)
+
+    def cell_finished(self, cell_id: str, row: dict[str, Any]) -> None:
+        self.progress.advance(self.overall)
+
+    def warn(self, text: str) -> None:
+        self.progress.console.print(f"warning: {text}", markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``audit`` and ``report`` commands to ``app``."""
+    app.command("audit")(audit_cmd)
+    app.command("report")(report_cmd)
+
+
+def audit_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model files (.pt, .onnx, .pt2) or demo:mnist / demo:cifar10.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")],
+    profile: Annotated[str, typer.Option("--profile", "-P", help="Profile name (quick, ci-gate, ...) or path to a YAML file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: journal, report(s), summary.md.")] = Path("robaudit-audit"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the audit journaled in --out (refused if model, data, profile, seed or version changed).")] = False,
+    num: Annotated[Optional[int], typer.Option("-n", "--num", help="Override the profile's sample size.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override the profile's seed.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Override the profile's batch size.")] = None,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="Extra gate EXPR, or a profile whose gates to add (repeatable).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean applied inside the model.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std applied inside the model.")] = None,
+    clip: Annotated[str, typer.Option(help="Valid input range lo,hi of the model's pixel space.")] = "0,1",
+    layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC when the data layout is ambiguous.")] = None,
+    x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
+    y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
+    fmt: Annotated[SummaryFormat, typer.Option("--format", help="What to print: table, markdown, json or none.")] = SummaryFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Run a profile's plan of cells (model x attack x target x defences) with a crash-safe journal."""
+    from robaudit.cli import _floats
+    from robaudit.config import load_profile
+    from robaudit.engine.audit import AuditJob, run_audit
+    from robaudit.engine.session import InputOptions
+    from robaudit.report.gates import check_selectors, parse_gate
+    from robaudit.report.writer import write_json_atomic, write_text_atomic
+
+    prof = load_profile(profile).with_overrides(samples=num if num is not None else "keep", seed=seed,
+                                                batch_size=batch_size)
+    gates = [parse_gate(g) for g in prof.gates] + parse_gate_options(gate)
+    labels, names = {a.label for a in prof.attacks}, {a.name for a in prof.attacks}
+    for g in gates:
+        check_selectors(g, labels, names, set(prof.targets))
+    clip_range = _floats(clip, "--clip", 2)
+    assert clip_range is not None
+    if clip_range[0] >= clip_range[1]:
+        raise ConfigError(f"--clip lo must be below hi, got {clip}")
+    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
+        raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if len(set(models)) != len(models):
+        raise ConfigError("the same model is listed twice")
+    inputs = InputOptions(model="", data=data, device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                          clip=(clip_range[0], clip_range[1]), layout=layout.upper() if layout else None,
+                          x_key=x_key, y_key=y_key)
+    job = AuditJob(models=tuple(models), inputs=inputs, profile=prof, out=out, resume=resume)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_err,
+                        disable=quiet, transient=True)
+    with progress:
+        result = run_audit(job, ["robaudit", *sys.argv[1:]], _AuditProgress(progress))
+
+    failed = 0
+    summaries = []
+    for path, report in result.reports:
+        gate_results = apply_gates(report, gates)
+        write_json_atomic(path, report)
+        summaries.append(render(report, ReportFormat.markdown))
+        prefix = f"{report['model']['path']}: " if len(result.reports) > 1 else ""
+        failed += _print_failures(gate_results, prefix)
+    write_text_atomic(out / "summary.md", "\n".join(summaries))
+    for path, report in result.reports:
+        if fmt is SummaryFormat.json:
+            typer.echo(render(report, ReportFormat.json), nl=False)
+        elif fmt is SummaryFormat.markdown:
+            typer.echo(render(report, ReportFormat.markdown), nl=False)
+        elif fmt is SummaryFormat.table:
+            typer.echo(render(report, ReportFormat.table, width=max(_out.width, 100)), nl=False)
+        if fmt is not SummaryFormat.json:
+            _err.print(f"report written to {path}", highlight=False)
+    if failed:
+        _err.print(f"robaudit: {failed} gate(s) failed", highlight=False)
+        raise typer.Exit(EXIT_GATE)
+
+
+def report_cmd(
+    paths: Annotated[list[str], typer.Argument(help="REPORT.json, or: diff OLD.json NEW.json", metavar="REPORT.json | diff OLD NEW")],
+    fmt: Annotated[ReportFormat, typer.Option("--format", help="table, markdown, html, junit or json.")] = ReportFormat.table,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rendering to this file (atomically) instead of stdout.")] = None,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="Gate EXPR or profile (repeatable): exit 1 if one fails.")] = None,
+    tolerance: Annotated[float, typer.Option(help="diff: changes up to this size count as unchanged.")] = 0.0,
+    fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression", help="diff: exit 1 if any metric got worse.")] = False,
+) -> None:
+    """Render a report (table, Markdown, self-contained HTML, JUnit XML, JSON), gate it, or diff two reports."""
+    from robaudit.report import read_report
+    from robaudit.report.writer import write_text_atomic
+
+    if paths and paths[0] == "diff":
+        _diff(paths[1:], fmt, out, tolerance, fail_on_regression)
+        return
+    if len(paths) != 1:
+        raise ConfigError("report takes one REPORT.json (or: report diff OLD.json NEW.json)")
+    if tolerance != 0.0 or fail_on_regression:
+        raise ConfigError("--tolerance and --fail-on-regression apply to `report diff` only")
+    report = read_report(paths[0])
+    results = apply_gates(report, parse_gate_options(gate)) if gate else []
+    text = render(report, fmt, width=max(_out.width, 100) if out is None else 160)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text_atomic(out, text)
+        _err.print(f"{fmt.value} written to {out}", highlight=False)
+    if _print_failures(results):
+        raise typer.Exit(EXIT_GATE)
+
+
+def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: float, fail: bool) -> None:
+    from robaudit.report import read_report
+    from robaudit.report.diff import diff_dict, diff_markdown, diff_reports, regressions
+    from robaudit.report.writer import write_text_atomic
+
+    if len(paths) != 2:
+        raise ConfigError("report diff takes two reports: OLD.json NEW.json")
+    if tolerance < 0:
+        raise ConfigError(f"--tolerance must be >= 0, got {tolerance}")
+    old, new = read_report(paths[0]), read_report(paths[1])
+    changes = diff_reports(old, new)
+    if fmt is ReportFormat.json:
+        text = json.dumps({"old": paths[0], "new": paths[1], "tolerance": tolerance,
+                           "changes": diff_dict(changes, tolerance)}, indent=2) + "\n"
+    elif fmt in (ReportFormat.markdown, ReportFormat.table):
+        text = diff_markdown(changes, tolerance, paths[0], paths[1])
+    else:
+        raise ConfigError(f"report diff writes table, markdown or json, not {fmt.value}")
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        write_text_atomic(out, text)
+    worse = regressions(changes, tolerance)
+    if fail and worse:
+        for c in worse:
+            _err.print(f"robaudit: regression: {c.cell} {c.metric}: {c.old} -> {c.new}", markup=False,
+                       highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_GATE)

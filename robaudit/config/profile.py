@@ -1,0 +1,455 @@
+"""Load and validate audit profiles (YAML, ``yaml.safe_load`` only).
+
+Every problem is a :class:`ConfigError` (exit 2) naming the file, the key and the reason, e.g.
+``profiles/x.yaml: attacks.pgd.steps: must be >= 0, got -3``. Validation covers the whole
+profile (unknown keys, unknown attack/target/defence names, impossible combinations,
+out-of-range values, gate syntax) before anything is loaded or run.
+
+Format (see the README section "Audits, profiles and gates" for a commented example)::
+
+    name: quick                 # optional, defaults to the file name
+    description: text
+    seed: 0                     # sampling and per-cell attack seeds derive from it
+    samples: 64                 # inputs sampled from the data (null: all of them)
+    batch_size: 32              # also the journal granularity of long attacks
+    examples: 4                 # adversarial examples kept per attack cell (HTML grid)
+    backend: torch              # default backend for every attack
+    attacks:                    # LABEL: {attack: NAME, eps, norm, backend, PARAM: VALUE...}
+      pgd: {eps: 0.1, steps: 10}
+      pgd-strong: {attack: pgd, eps: 0.3, steps: 40}
+    targets: [untargeted]       # or all
+    defences: [[]]              # stacks; [] is the undefended model; or {combinations_of: [ss, jpeg]}
+    clever: null                # {inputs, batches, batch_size, radius, norm}
+    detect: null                # {costs, attacks, craft, squeeze, max_iter, samples}
+    gates: ["pgd untargeted success_rate <= 0.3", "clean_accuracy >= 0.95"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robaudit.errors import ConfigError
+
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
+"""Where the shipped profiles live (``profiles/`` at the project root)."""
+
+KNOWN_DEFENCES: dict[str, str] = {
+    "ss": "spatial smoothing (median filter)",
+    "fs": "feature squeezing (bit-depth reduction)",
+    "jpeg": "JPEG compression",
+    "tvm": "total variance minimisation",
+    "gauss": "Gaussian noise augmentation",
+}
+"""Defence names a profile may use. The defence engine (issue 4) is not built yet: profiles with
+defended stacks validate, but ``audit`` refuses to run them (exit 2)."""
+
+DETECT_COSTS = ("bim-linf", "bim-l2", "jsma", "boundary")
+DETECT_CRAFT = ("early", "full")
+CLEVER_NORMS = ("l1", "l2", "linf")
+
+_TOP_KEYS = ("name", "description", "seed", "samples", "batch_size", "examples", "backend", "attacks", "targets",
+             "defences", "clever", "detect", "gates")
+_ATTACK_KEYS = ("attack", "eps", "norm", "backend")
+_CLEVER_KEYS = {"inputs": int, "batches": int, "batch_size": int, "radius": float, "norm": str}
+_DETECT_KEYS = {"costs": list, "attacks": list, "craft": str, "squeeze": bool, "max_iter": int, "samples": int}
+MAX_EXAMPLES = 16
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a profile, under its label (the key in ``attacks:``)."""
+
+    label: str
+    name: str
+    """Registry name (``pgd``)."""
+    eps: float | None = None
+    norm: str | None = None
+    backend: str = "torch"
+    params: dict[str, Any] = field(default_factory=dict)
+    """Attack parameter overrides, validated against the attack's ``Params``."""
+
+
+@dataclass(frozen=True)
+class CleverSpec:
+    inputs: int = 100
+    batches: int = 50
+    batch_size: int = 10
+    radius: float = 5.0
+    norm: str = "l2"
+
+
+@dataclass(frozen=True)
+class DetectSpec:
+    costs: tuple[str, ...] = ("bim-linf",)
+    attacks: tuple[str, ...] = ("fgsm", "bim", "jsma", "cw-l2", "deepfool")
+    craft: str = "early"
+    squeeze: bool = False
+    max_iter: int | None = None
+    samples: int | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile. ``digest`` identifies its content (journal fingerprint)."""
+
+    name: str
+    source: str
+    description: str = ""
+    seed: int = 0
+    samples: int | None = 100
+    batch_size: int = 64
+    examples: int = 4
+    attacks: tuple[AttackSpec, ...] = ()
+    targets: tuple[str, ...] = ("untargeted",)
+    defences: tuple[tuple[str, ...], ...] = ((),)
+    clever: CleverSpec | None = None
+    detect: DetectSpec | None = None
+    gates: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["attacks"] = [dataclasses.asdict(a) for a in self.attacks]
+        d["defences"] = [list(s) for s in self.defences]
+        return d
+
+    @property
+    def digest(self) -> str:
+        body = {k: v for k, v in self.to_dict().items() if k not in ("source", "description")}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+    def with_overrides(self, *, samples: int | None | str = "keep", seed: int | None = None,
+                       batch_size: int | None = None) -> "Profile":
+        """A copy with CLI overrides (``-n``, ``--seed``, ``--batch-size``) applied and checked."""
+        changes: dict[str, Any] = {}
+        if samples != "keep":
+            if samples is not None and (not isinstance(samples, int) or samples < 1):
+                raise ConfigError(f"-n must be >= 1, got {samples}")
+            changes["samples"] = samples
+        if seed is not None:
+            if seed < 0:
+                raise ConfigError(f"--seed must be >= 0, got {seed}")
+            changes["seed"] = seed
+        if batch_size is not None:
+            if batch_size < 1:
+                raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+            changes["batch_size"] = batch_size
+        return dataclasses.replace(self, **changes)
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")) if PROFILES_DIR.is_dir() else []
+
+
+def resolve_profile_path(spec: str) -> Path:
+    """A path to a YAML file, or the name of a shipped profile (``quick``)."""
+    p = Path(spec)
+    if p.suffix.lower() in (".yaml", ".yml") or p.exists() or "/" in spec:
+        if not p.is_file():
+            raise ConfigError(f"profile file {spec} does not exist")
+        return p
+    shipped = PROFILES_DIR / f"{spec}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"unknown profile {spec!r}: not a file, and not a shipped profile "
+                      f"(shipped: {', '.join(profile_names()) or 'none'})")
+
+
+def load_profile(spec: str) -> Profile:
+    """Read and validate a profile by name or path."""
+    import yaml
+
+    path = resolve_profile_path(spec)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_profile(raw, source=str(path), default_name=path.stem)
+
+
+class _Ctx:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {reason}")
+
+
+def _int(ctx: _Ctx, key: str, value: Any, lo: int, hi: int | None = None, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ctx.fail(key, f"must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ctx.fail(key, f"must be {rng}, got {value}")
+    return value
+
+
+def _num(ctx: _Ctx, key: str, value: Any, lo: float = 0.0, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ctx.fail(key, f"must be a number, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
+        raise ctx.fail(key, f"must be {rng}, got {value:g}")
+    return float(value)
+
+
+def _unknown(ctx: _Ctx, prefix: str, got: dict[str, Any], known: Any) -> None:
+    for key in got:
+        if key not in known:
+            raise ctx.fail(f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
+
+
+def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "profile") -> Profile:
+    """Validate a parsed YAML document and build a :class:`Profile`."""
+    ctx = _Ctx(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a profile is a mapping of keys (attacks, targets, ...), got "
+                          f"{type(raw).__name__}")
+    _unknown(ctx, "", raw, _TOP_KEYS)
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise ctx.fail("name", f"must be a non-empty string, got {name!r}")
+    description = raw.get("description", "") or ""
+    if not isinstance(description, str):
+        raise ctx.fail("description", "must be a string")
+    seed = _int(ctx, "seed", raw.get("seed", 0), 0, 2**31 - 1)
+    samples = _int(ctx, "samples", raw.get("samples", 100), 1, allow_none=True)
+    batch_size = _int(ctx, "batch_size", raw.get("batch_size", 64), 1, 65536)
+    examples = _int(ctx, "examples", raw.get("examples", 4), 0, MAX_EXAMPLES)
+    backend = raw.get("backend", "torch")
+    if backend not in ("torch", "art"):
+        raise ctx.fail("backend", f"unknown backend {backend!r} (known: torch, art)")
+    targets = _targets(ctx, raw.get("targets", ["untargeted"]))
+    attacks = _attacks(ctx, raw.get("attacks"), backend, targets)
+    defences = _defences(ctx, raw.get("defences", [[]]))
+    clever = _clever(ctx, raw.get("clever"), samples)
+    detect = _detect(ctx, raw.get("detect"))
+    if not attacks and clever is None and detect is None:
+        raise ctx.fail("attacks", "the profile runs nothing: give attacks, clever or detect")
+    gates = _gates(ctx, raw.get("gates", []), attacks, targets)
+    assert seed is not None and batch_size is not None and examples is not None
+    return Profile(name=name, source=source, description=description, seed=seed, samples=samples,
+                   batch_size=batch_size, examples=examples, attacks=attacks, targets=targets, defences=defences,
+                   clever=clever, detect=detect, gates=gates)
+
+
+def _targets(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    from robaudit.attacks.targets import parse_targets
+
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ctx.fail("targets", f"must be a non-empty list of target settings, got {value!r}")
+    try:
+        return tuple(t.value for t in parse_targets(",".join(value)))
+    except ConfigError as exc:
+        raise ctx.fail("targets", str(exc)) from None
+
+
+def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...]) -> tuple[AttackSpec, ...]:
+    from robaudit.attacks.base import AttackKind, Norm, TargetMode, params_from_overrides
+    from robaudit.attacks.registry import AttackName, attack_names, get_attack_class
+
+    if value is None:
+        return ()
+    if isinstance(value, list):  # [fgsm, pgd] shorthand: defaults for each
+        if not all(isinstance(v, str) for v in value):
+            raise ctx.fail("attacks", "a list of attacks must hold names only; use a mapping for parameters")
+        value = {v: {} for v in value}
+    if not isinstance(value, dict):
+        raise ctx.fail("attacks", f"must be a mapping LABEL: {{parameters}}, got {type(value).__name__}")
+    out = []
+    for label, spec in value.items():
+        key = f"attacks.{label}"
+        if not isinstance(label, str) or not label or any(c.isspace() or c in "/|" for c in label):
+            raise ctx.fail(key, "an attack label is one word without spaces, '/' or '|'")
+        spec = {} if spec is None else spec
+        if not isinstance(spec, dict):
+            raise ctx.fail(key, f"must be a mapping of parameters, got {spec!r}")
+        name = spec.get("attack", label)
+        try:
+            attack = AttackName(str(name).lower())
+        except ValueError:
+            raise ctx.fail(f"{key}.attack" if "attack" in spec else key,
+                           f"unknown attack {name!r} (known: {', '.join(attack_names())})") from None
+        a_backend = spec.get("backend", backend)
+        if a_backend not in ("torch", "art"):
+            raise ctx.fail(f"{key}.backend", f"unknown backend {a_backend!r} (known: torch, art)")
+        cls = get_attack_class(attack, a_backend)
+        norm = spec.get("norm")
+        if norm is not None:
+            try:
+                norm_v = Norm.parse(str(norm))
+            except ConfigError as exc:
+                raise ctx.fail(f"{key}.norm", str(exc)) from None
+            if norm_v not in cls.norms:
+                raise ctx.fail(f"{key}.norm", f"{attack.value} does not support norm {norm_v.value} "
+                                              f"(supported: {', '.join(n.value for n in cls.norms)})")
+            norm = norm_v.value
+        eff_norm = Norm(norm) if norm else cls.norms[0]
+        eps = spec.get("eps")
+        if eps is not None:
+            if cls.kind is not AttackKind.FIXED_EPS:
+                raise ctx.fail(f"{key}.eps", f"{attack.value} is a minimisation attack: it has no eps budget")
+            eps = _num(ctx, f"{key}.eps", eps, 0.0, 1.0 if eff_norm is Norm.LINF else None)
+        elif cls.kind is AttackKind.FIXED_EPS and eff_norm not in cls.default_eps:
+            raise ctx.fail(key, f"{attack.value} needs eps for norm {eff_norm.value} (no default)")
+        params = {k: v for k, v in spec.items() if k not in _ATTACK_KEYS}
+        for pk, pv in params.items():
+            if isinstance(pv, bool) or pv is None:
+                continue
+            if not isinstance(pv, (int, float, str)):
+                raise ctx.fail(f"{key}.{pk}", f"must be a number, a string or a boolean, got {pv!r}")
+            if isinstance(pv, (int, float)) and pv < 0:
+                raise ctx.fail(f"{key}.{pk}", f"must be >= 0, got {pv}")
+        try:
+            params_from_overrides(cls.Params, params)
+        except ConfigError as exc:
+            bad = next((k for k in params if f"'{k}'" in str(exc) or f"{k}=" in str(exc)), None)
+            raise ctx.fail(f"{key}.{bad}" if bad else key, str(exc)) from None
+        supported = [t for t in targets if cls.supports_targeted or TargetMode(t) is TargetMode.UNTARGETED]
+        supported = [t for t in supported if cls.supports_untargeted or TargetMode(t) is not TargetMode.UNTARGETED]
+        if not supported:
+            can = "untargeted" if cls.supports_untargeted else "targeted settings (least-likely, next-class)"
+            raise ctx.fail(key, f"{attack.value} supports only {can}, and targets are [{', '.join(targets)}]: "
+                                "this attack would never run")
+        out.append(AttackSpec(label=label, name=attack.value, eps=eps, norm=norm, backend=a_backend, params=params))
+    return tuple(out)
+
+
+def _defences(ctx: _Ctx, value: Any) -> tuple[tuple[str, ...], ...]:
+    known = ", ".join(KNOWN_DEFENCES)
+    if value is None:
+        return ((),)
+    if isinstance(value, dict):
+        _unknown(ctx, "defences.", value, ("combinations_of",))
+        names = value.get("combinations_of")
+        if not isinstance(names, list) or not names:
+            raise ctx.fail("defences.combinations_of", "must be a non-empty list of defence names")
+        for n in names:
+            if n not in KNOWN_DEFENCES:
+                raise ctx.fail("defences.combinations_of", f"unknown defence {n!r} (known: {known})")
+        if len(set(names)) != len(names):
+            raise ctx.fail("defences.combinations_of", "lists a defence twice")
+        return tuple(c for r in range(len(names) + 1) for c in itertools.combinations(names, r))
+    if not isinstance(value, list) or not value:
+        raise ctx.fail("defences", "must be a list of stacks (each a list of defence names; [] is no defence) "
+                                   "or {combinations_of: [names]}")
+    stacks: list[tuple[str, ...]] = []
+    for i, stack in enumerate(value):
+        key = f"defences[{i}]"
+        if isinstance(stack, str):
+            stack = [stack]
+        if not isinstance(stack, list):
+            raise ctx.fail(key, f"a stack is a list of defence names, got {stack!r}")
+        for n in stack:
+            if n not in KNOWN_DEFENCES:
+                raise ctx.fail(key, f"unknown defence {n!r} (known: {known})")
+        if len(set(stack)) != len(stack):
+            raise ctx.fail(key, "a stack cannot apply the same defence twice")
+        if tuple(stack) in stacks:
+            raise ctx.fail(key, f"stack [{', '.join(stack)}] is listed twice")
+        stacks.append(tuple(stack))
+    return tuple(stacks)
+
+
+def _clever(ctx: _Ctx, value: Any, samples: int | None) -> CleverSpec | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ctx.fail("clever", f"must be a mapping ({', '.join(_CLEVER_KEYS)}) or null")
+    _unknown(ctx, "clever.", value, _CLEVER_KEYS)
+    spec = CleverSpec()
+    kw: dict[str, Any] = {}
+    for k in ("inputs", "batches", "batch_size"):
+        if k in value:
+            kw[k] = _int(ctx, f"clever.{k}", value[k], 1)
+    if "radius" in value:
+        kw["radius"] = _num(ctx, "clever.radius", value["radius"], 0.0)
+        if kw["radius"] == 0:
+            raise ctx.fail("clever.radius", "must be > 0")
+    if "norm" in value:
+        if value["norm"] not in CLEVER_NORMS:
+            raise ctx.fail("clever.norm", f"unknown norm {value['norm']!r} (known: {', '.join(CLEVER_NORMS)})")
+        kw["norm"] = value["norm"]
+    spec = dataclasses.replace(spec, **kw)
+    if samples is not None and spec.inputs > samples:
+        raise ctx.fail("clever.inputs", f"{spec.inputs} is more than the profile's samples ({samples})")
+    return spec
+
+
+def _detect(ctx: _Ctx, value: Any) -> DetectSpec | None:
+    from robaudit.attacks.registry import AttackName, attack_names
+
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ctx.fail("detect", f"must be a mapping ({', '.join(_DETECT_KEYS)}) or null")
+    _unknown(ctx, "detect.", value, _DETECT_KEYS)
+    kw: dict[str, Any] = {}
+    if "costs" in value:
+        costs = value["costs"]
+        if not isinstance(costs, list) or not costs:
+            raise ctx.fail("detect.costs", "must be a non-empty list")
+        for c in costs:
+            if c not in DETECT_COSTS:
+                raise ctx.fail("detect.costs", f"unknown cost attack {c!r} (known: {', '.join(DETECT_COSTS)})")
+        kw["costs"] = tuple(costs)
+    if "attacks" in value:
+        attacks = value["attacks"]
+        if not isinstance(attacks, list) or not attacks:
+            raise ctx.fail("detect.attacks", "must be a non-empty list of attack names")
+        for a in attacks:
+            if str(a) not in {n.value for n in AttackName}:
+                raise ctx.fail("detect.attacks", f"unknown attack {a!r} (known: {', '.join(attack_names())})")
+        kw["attacks"] = tuple(attacks)
+    if "craft" in value:
+        if value["craft"] not in DETECT_CRAFT:
+            raise ctx.fail("detect.craft", f"must be one of {', '.join(DETECT_CRAFT)}, got {value['craft']!r}")
+        kw["craft"] = value["craft"]
+    if "squeeze" in value:
+        if not isinstance(value["squeeze"], bool):
+            raise ctx.fail("detect.squeeze", f"must be true or false, got {value['squeeze']!r}")
+        kw["squeeze"] = value["squeeze"]
+    if "max_iter" in value:
+        kw["max_iter"] = _int(ctx, "detect.max_iter", value["max_iter"], 1)
+    if "samples" in value:
+        kw["samples"] = _int(ctx, "detect.samples", value["samples"], 2)
+    return DetectSpec(**kw)
+
+
+def _gates(ctx: _Ctx, value: Any, attacks: tuple[AttackSpec, ...], targets: tuple[str, ...]) -> tuple[str, ...]:
+    from robaudit.report.gates import check_selectors, parse_gate
+
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ctx.fail("gates", "must be a list of gate expressions like 'pgd untargeted success_rate <= 0.3'")
+    labels = {a.label for a in attacks}
+    names = {a.name for a in attacks}
+    out = []
+    for i, g in enumerate(value):
+        try:
+            gate = parse_gate(g)
+            check_selectors(gate, labels, names, set(targets))
+        except ConfigError as exc:
+            raise ctx.fail(f"gates[{i}]", str(exc)) from None
+        out.append(gate.text)
+    return tuple(out)

@@ -1,0 +1,334 @@
+"""Cells: the pure units of work of an audit, and the registry of engines that run them.
+
+A cell is identified by a stable id (``m0/attack/pgd/untargeted/none``) built from the model
+index, the kind, the label, the target setting and the defence stack. Its seed derives from the
+profile seed and that id only, so a cell gives the same rows whether it runs first, last, after a
+resume, or (later) in another process. An attack cell runs in chunks of ``batch_size`` samples;
+each chunk is seeded from the cell seed and its index and yields a self-contained record
+(per-sample success and distances), which is what the journal stores.
+
+Engines register per :class:`CellKind`; a kind whose engine is not built maps to ``None`` and
+profiles asking for it are refused before anything runs (a test walks every kind).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from robaudit.config import AttackSpec, Profile
+from robaudit.errors import ConfigError
+
+
+class CellKind(str, Enum):
+    ATTACK = "attack"
+    """An attack x target setting x defence stack, on one model."""
+    CLEVER = "clever"
+    """CLEVER robustness scores of one model (issue 5)."""
+    DETECT = "detect"
+    """Attack-as-Defense detection evaluation of one model."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: CellKind
+    model_index: int
+    label: str
+    """Attack label from the profile, or the kind for CLEVER/detection cells."""
+    target: str | None = None
+    defences: tuple[str, ...] = ()
+    attack: AttackSpec | None = None
+
+    @property
+    def defence_key(self) -> str:
+        return "+".join(self.defences) or "none"
+
+    @property
+    def id(self) -> str:
+        return f"m{self.model_index}/{self.kind.value}/{self.label}/{self.target or '-'}/{self.defence_key}"
+
+    def seed(self, profile_seed: int) -> int:
+        """The cell's seed: a hash of the profile seed and the cell id (never of the run order)."""
+        digest = hashlib.sha256(f"{profile_seed}|{self.id}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+
+    def chunk_seed(self, profile_seed: int, chunk: int) -> int:
+        digest = hashlib.sha256(f"{profile_seed}|{self.id}|{chunk}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") % (2**31 - 1)
+
+
+def expand(profile: Profile, n_models: int) -> list[Cell]:
+    """The plan: every model x (attack x target x defence stack), then CLEVER and detection cells."""
+    cells: list[Cell] = []
+    for m in range(n_models):
+        for stack in profile.defences:
+            for spec in profile.attacks:
+                for target in profile.targets:
+                    cells.append(Cell(CellKind.ATTACK, m, spec.label, target, stack, spec))
+        if profile.clever is not None:
+            for stack in profile.defences:
+                cells.append(Cell(CellKind.CLEVER, m, "clever", None, stack))
+        if profile.detect is not None:
+            cells.append(Cell(CellKind.DETECT, m, "detect"))
+    return cells
+
+
+# --- engine registry -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CellContext:
+    """What every cell of one model needs: the loaded model, its evaluation set, the profile."""
+
+    model: Any
+    """The :class:`~robaudit.models.Classifier`."""
+    evalset: Any
+    """The :class:`~robaudit.engine.evaluation.EvaluationSet` (same for every cell of the model)."""
+    profile: Profile
+    device: str | None = None
+
+
+ChunkRecord = dict[str, Any]
+CellRunner = Callable[[CellContext, Cell, dict[int, ChunkRecord], Callable[[ChunkRecord], None]],
+                      tuple[dict[str, Any], dict[str, Any] | None]]
+"""``runner(ctx, cell, finished_chunks, on_chunk) -> (row, examples)``: runs the chunks not yet in
+``finished_chunks``, handing each new record to ``on_chunk`` (the journal) before the next starts."""
+
+ENGINES: dict[CellKind, str | None] = {
+    CellKind.ATTACK: "robaudit.engine.cells:run_attack_cell",  # a CellRunner
+    CellKind.CLEVER: None,  # issue 5: CLEVER scores
+    CellKind.DETECT: None,  # the A2D engine exists as `robaudit detect`; not yet wired into audits
+}
+"""Which kinds this robaudit can run (``module:function``), ``None`` where the engine is missing."""
+
+DEFENCE_ENGINE: str | None = None
+"""``module:function`` that wraps a model in a defence stack (issue 4); ``None``: not built."""
+
+_MISSING_HINT = {
+    CellKind.CLEVER: "this robaudit has no CLEVER engine yet; remove the clever section to run the rest",
+    CellKind.DETECT: "this robaudit cannot run detection cells in an audit yet; use `robaudit detect eval`, "
+                     "or remove the detect section",
+}
+
+
+def check_runnable(cells: list[Cell], source: str) -> None:
+    """Refuse (exit 2) a plan with cells whose engine is missing, saying which and why."""
+    problems = []
+    for kind in CellKind:
+        if ENGINES[kind] is None and any(c.kind is kind for c in cells):
+            problems.append(f"profile requests {kind.value} cells but {_MISSING_HINT[kind]}")
+    stacks = sorted({c.defences for c in cells if c.defences})
+    if stacks and DEFENCE_ENGINE is None:
+        shown = ", ".join("[" + ", ".join(s) + "]" for s in stacks[:4]) + (" ..." if len(stacks) > 4 else "")
+        problems.append(f"profile requests defence stacks {shown} but this robaudit has no defence engine yet; "
+                        "keep only the undefended stack (defences: [[]]) to run the rest")
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+# --- the attack cell -------------------------------------------------------------------------
+
+
+def to_png_b64(img: np.ndarray) -> str:
+    """A CHW float image in [0, 1] as a base64 PNG (grayscale for one channel)."""
+    from PIL import Image
+
+    arr = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    pil = Image.fromarray(arr[0], mode="L") if arr.shape[0] == 1 else Image.fromarray(arr[:3].transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def example_record(x: torch.Tensor, x_adv: torch.Tensor, clip: tuple[float, float], position: int,
+                   index: int, label: int, pred_adv: int, target: int | None, success: bool) -> dict[str, Any]:
+    lo, hi = clip
+    span = hi - lo
+    clean = (x.double().numpy() - lo) / span
+    adv = (x_adv.double().numpy() - lo) / span
+    delta = adv - clean
+    scale = float(np.abs(delta).max())
+    shown = 0.5 + 0.5 * delta / scale if scale > 0 else np.full_like(delta, 0.5)
+    return {"position": position, "index": index, "label": label, "pred_adv": pred_adv, "target": target,
+            "success": success, "delta_linf": scale * span, "clean_png": to_png_b64(clean),
+            "adv_png": to_png_b64(adv), "delta_png": to_png_b64(shown)}
+
+
+def _plan_for(cell: Cell, profile: Profile, seed: int = 0, device: str | None = None) -> Any:
+    """The single-attack :class:`AttackPlan` of an attack cell."""
+    from robaudit.attacks.base import Norm, TargetMode
+    from robaudit.attacks.registry import AttackName
+    from robaudit.engine.attack_run import AttackPlan
+
+    spec = cell.attack
+    assert spec is not None and cell.target is not None
+    name = AttackName(spec.name)
+    return AttackPlan(attacks=(name,), targets=(TargetMode(cell.target),),
+                      norm=Norm(spec.norm) if spec.norm else None, eps=spec.eps, backend=spec.backend,
+                      params={name: dict(spec.params)}, batch_size=profile.batch_size, seed=seed, device=device)
+
+
+def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chunk: int,
+                     device: str | None) -> dict[str, Any]:
+    """Attack samples ``[chunk * batch_size, (chunk + 1) * batch_size)`` of the evaluation set.
+
+    Returns a JSON-ready record: per-sample success and distances, costs, and the examples kept
+    for the report. Depends only on its arguments (and the cell's derived seed).
+    """
+    from robaudit.attacks.base import Criterion, TargetMode
+    from robaudit.attacks.registry import AttackName
+    from robaudit.attacks.targets import compute_targets
+    from robaudit.engine.attack_run import _Unsupported, make_attack, verify_bounds
+    from robaudit.engine.session import seed_everything
+    from robaudit.errors import AttackFailure
+    from robaudit.metrics import perturbation_norms
+
+    spec = cell.attack
+    assert spec is not None and cell.target is not None
+    name = AttackName(spec.name)
+    bs = profile.batch_size
+    lo, hi = chunk * bs, min((chunk + 1) * bs, evalset.n)
+    x, y = evalset.x[lo:hi], evalset.y[lo:hi]
+    seed = cell.chunk_seed(profile.seed, chunk)
+    plan = _plan_for(cell, profile, seed, device)
+    attack = make_attack(name, plan)
+    assert not isinstance(attack, _Unsupported)
+    targets = compute_targets(TargetMode(cell.target), evalset.clean_logits[lo:hi], y)
+    seed_everything(seed)
+    with torch.enable_grad():
+        out = attack.generate(model, x, y, targets, clip=model.clip, batch_size=bs, seed=seed, device=device)
+    if out.x_adv.shape != x.shape:
+        raise AttackFailure(f"attack {name.value} returned shape {tuple(out.x_adv.shape)}, expected {tuple(x.shape)}")
+    dist = perturbation_norms(x, out.x_adv)
+    verify_bounds(attack, x, out.x_adv, dist, model.clip)
+    logits = model.predict(out.x_adv, batch_size=bs)
+    success = Criterion(y, targets).is_adversarial(logits)
+    preds = logits.argmax(dim=1)
+    examples = []
+    for pos in range(lo, min(hi, profile.examples)):
+        i = pos - lo
+        examples.append(example_record(
+            x[i], out.x_adv[i], model.clip, pos, int(evalset.indices[pos]), int(y[i]), int(preds[i]),
+            None if targets is None else int(targets[i]), bool(success[i])))
+    return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
+            "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
+            "seconds": out.seconds, "forward": out.forward_passes, "backward": out.backward_passes,
+            "examples": examples}
+
+
+def n_chunks(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
+                    chunks: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Combine the chunk records of a cell into its result row and its examples entry."""
+    from robaudit.metrics import summarize
+
+    row = base_row(cell, profile)
+    success = torch.tensor([s for c in chunks for s in c["success"]], dtype=torch.bool)
+    l2 = torch.tensor([v for c in chunks for v in c["l2"]], dtype=torch.float64)
+    linf = torch.tensor([v for c in chunks for v in c["linf"]], dtype=torch.float64)
+    l0 = torch.tensor([v for c in chunks for v in c["l0"]], dtype=torch.float64)
+    n = int(success.numel())
+    if n != evalset_n:
+        raise AssertionError(f"cell {cell.id}: {n} samples in chunks, expected {evalset_n}")
+    seconds = float(sum(c["seconds"] for c in chunks))
+    fwd = sum(c["forward"] for c in chunks)
+    bwd = sum(c["backward"] for c in chunks)
+    n_success = int(success.sum())
+    l2_s, linf_s, l2_a, linf_a = summarize(l2[success]), summarize(linf[success]), summarize(l2), summarize(linf)
+    row.update({
+        "status": "ok", "reason": None, "n": n, "n_success": n_success, "success_rate": n_success / n,
+        "l2_mean": l2_s["mean"], "l2_median": l2_s["median"],
+        "linf_mean": linf_s["mean"], "linf_median": linf_s["median"], "linf_max": linf_s["max"],
+        "l2_mean_all": l2_a["mean"], "l2_median_all": l2_a["median"],
+        "linf_mean_all": linf_a["mean"], "linf_median_all": linf_a["median"],
+        "l0_mean": summarize(l0[success])["mean"],
+        "seconds": seconds, "seconds_per_image": seconds / n,
+        "forward_passes_per_image": fwd / n, "backward_passes_per_image": bwd / n,
+    })
+    samples = [e for c in chunks for e in c.get("examples", [])]
+    examples = None
+    if samples:
+        examples = {"cell_id": cell.id, "label": cell.label, "attack": row["attack"], "target": cell.target,
+                    "defences": list(cell.defences), "samples": samples}
+    return row, examples
+
+
+def base_row(cell: Cell, profile: Profile) -> dict[str, Any]:
+    """The descriptive part of a row (what ran, with which budget and parameters)."""
+    import dataclasses
+
+    from robaudit.attacks.base import TargetMode
+    from robaudit.attacks.registry import AttackName
+    from robaudit.engine.attack_run import _base_row, make_attack
+
+    spec = cell.attack
+    assert spec is not None and cell.target is not None
+    name = AttackName(spec.name)
+    plan = _plan_for(cell, profile)
+    attack = make_attack(name, plan)
+    row = _base_row(name, TargetMode(cell.target), attack, plan)
+    row["defences"] = list(cell.defences)
+    row["cell_id"] = cell.id
+    row["label"] = cell.label
+    row["seed"] = cell.seed(profile.seed)
+    if not hasattr(attack, "params"):
+        return row
+    row["params"] = dataclasses.asdict(attack.params)
+    return row
+
+
+def precheck_attack_cell(cell: Cell, profile: Profile, white_box: bool) -> dict[str, Any] | None:
+    """A finished row for a cell that cannot run (unsupported setting, black-box model), else ``None``."""
+    from robaudit.attacks.base import TargetMode
+    from robaudit.attacks.registry import AttackName
+    from robaudit.engine.attack_run import _skipped, _Unsupported, make_attack
+
+    spec = cell.attack
+    assert spec is not None and cell.target is not None
+    name = AttackName(spec.name)
+    plan = _plan_for(cell, profile)
+    attack = make_attack(name, plan)
+    row = base_row(cell, profile)
+    if isinstance(attack, _Unsupported):
+        supported = ", ".join(n.value for n in attack.cls.norms)
+        return _skipped(row, "unsupported", f"norm {attack.norm.value} not supported (supported: {supported})")
+    if not attack.supports(TargetMode(cell.target)):
+        return _skipped(row, "unsupported", f"{name.value} does not support the {cell.target} setting")
+    if attack.needs_gradients and not white_box:
+        return _skipped(row, "skipped", "black-box model: only query-based attacks run")
+    return None
+
+
+def run_attack_cell(ctx: CellContext, cell: Cell, finished: dict[int, ChunkRecord],
+                    on_chunk: Callable[[ChunkRecord], None]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The :data:`CellRunner` of attack cells."""
+    pre = precheck_attack_cell(cell, ctx.profile, ctx.model.white_box)
+    if pre is not None:
+        return pre, None
+    records = []
+    for k in range(n_chunks(ctx.evalset.n, ctx.profile.batch_size)):
+        rec = finished.get(k)
+        if rec is None:
+            rec = run_attack_chunk(ctx.model, ctx.evalset, cell, ctx.profile, k, ctx.device)
+            on_chunk(rec)
+        records.append(rec)
+    return attack_cell_row(cell, ctx.profile, ctx.evalset.n, ctx.model, records)
+
+
+def get_runner(kind: CellKind) -> CellRunner:
+    import importlib
+
+    entry = ENGINES[kind]
+    if entry is None:
+        raise ConfigError(f"this robaudit cannot run {kind.value} cells: {_MISSING_HINT.get(kind, 'no engine')}")
+    module, func = entry.split(":")
+    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]

@@ -1,0 +1,146 @@
+"""The audit journal: an append-only JSON-lines file, fsynced after every record.
+
+Line 1 is a header with the run's fingerprint (robaudit version, models, data, profile, seed);
+then ``chunk`` records (one finished batch of samples of a cell) and ``cell`` records (a finished
+cell's row). A process killed at any moment leaves at most a torn last line, which a resume drops.
+A lock file (``flock``, released by the kernel even on SIGKILL) refuses a second run on the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from robaudit.errors import ConfigError
+
+JOURNAL_NAME = "journal.jsonl"
+LOCK_NAME = ".robaudit.lock"
+
+
+@dataclass
+class JournalState:
+    """What a journal says is already done."""
+
+    header: dict[str, Any] | None = None
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """cell id -> ``{"row": ..., "examples": ...}``"""
+    chunks: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    """cell id -> chunk index -> chunk record"""
+    valid_bytes: int = 0
+    """Length of the intact prefix of the file (a torn last line is cut off on resume)."""
+
+
+def read_journal(path: Path) -> JournalState:
+    state = JournalState()
+    if not path.exists():
+        return state
+    data = path.read_bytes()
+    pos = 0
+    for raw in data.splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            break  # torn write: the process died mid-line
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        pos += len(raw)
+        kind = rec.get("type")
+        if kind == "header":
+            state.header = rec
+        elif kind == "chunk":
+            state.chunks.setdefault(rec["cell"], {})[int(rec["record"]["chunk"])] = rec["record"]
+        elif kind == "cell":
+            state.cells[rec["cell"]] = {"row": rec["row"], "examples": rec.get("examples")}
+    state.valid_bytes = pos
+    return state
+
+
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two fingerprints (empty when a resume is safe)."""
+    out = []
+    labels = {"robaudit_version": "robaudit version", "models": "model", "data": "data", "seed": "seed",
+              "profile": "profile"}
+    for key, label in labels.items():
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "models":
+            a_list, b_list = a or [], b or []
+            if len(a_list) != len(b_list):
+                out.append(f"the models changed ({len(a_list)} before, {len(b_list)} now)")
+                continue
+            for i, (ma, mb) in enumerate(zip(a_list, b_list)):
+                if ma != mb:
+                    what = "content (sha256)" if ma.get("sha256") != mb.get("sha256") else "options"
+                    out.append(f"model {i} ({mb.get('spec')}) changed: {what}")
+        elif key == "data":
+            what = "content (sha256)" if (a or {}).get("sha256") != (b or {}).get("sha256") else "options"
+            out.append(f"the data ({(b or {}).get('spec')}) changed: {what}")
+        elif key == "profile":
+            out.append(f"the profile changed ({(a or {}).get('name')} -> {(b or {}).get('name')}, "
+                       "attacks, targets, defences, samples, batch size or examples differ)")
+        else:
+            out.append(f"the {label} changed ({a} -> {b})")
+    return out
+
+
+class Journal:
+    """An open journal in an output folder (holds the folder's lock while open)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / JOURNAL_NAME
+        self._lock_fh: TextIO | None = None
+        self._fh: Any = None
+
+    def lock(self) -> None:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fh = open(self.folder / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            who = fh.read().strip()
+            fh.close()
+            raise ConfigError(f"another robaudit audit is running on {self.folder}"
+                              f"{f' (pid {who})' if who else ''}: wait for it, or use another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_fh = fh
+
+    def open(self, header: dict[str, Any], state: JournalState | None) -> None:
+        """Start a fresh journal (``state`` None) or continue ``state``'s intact prefix."""
+        if state is None:
+            self._fh = open(self.path, "wb")  # noqa: SIM115
+            self._write({"type": "header", **header})
+        else:
+            self._fh = open(self.path, "r+b")  # noqa: SIM115
+            self._fh.truncate(state.valid_bytes)
+            self._fh.seek(state.valid_bytes)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
+        self._fh.write(line.encode("utf-8"))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def chunk_finished(self, cell_id: str, record: dict[str, Any]) -> None:
+        self._write({"type": "chunk", "cell": cell_id, "record": record})
+
+    def cell_finished(self, cell_id: str, row: dict[str, Any], examples: dict[str, Any] | None) -> None:
+        self._write({"type": "cell", "cell": cell_id, "row": row, "examples": examples})
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self._lock_fh is not None:
+            self._lock_fh.close()  # releases the flock
+            self._lock_fh = None

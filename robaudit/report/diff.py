@@ -1,0 +1,101 @@
+"""Compare two reports cell by cell: what got better or worse.
+
+Cells are matched by ``cell_id`` when both reports have one, else by (attack label, target,
+defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
+distances of successful examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DIFF_METRICS: tuple[tuple[str, int], ...] = (
+    ("robust_accuracy", +1), ("success_rate", -1), ("l2_median", +1), ("l2_mean", +1), ("linf_median", +1),
+)
+"""(metric, direction): +1 when a larger value is more robust, -1 when a smaller one is."""
+
+
+@dataclass(frozen=True)
+class Change:
+    cell: str
+    metric: str
+    old: float | None
+    new: float | None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.old is None or self.new is None else self.new - self.old
+
+    def verdict(self, tolerance: float) -> str:
+        """``better``, ``worse``, ``same``, ``new``, ``gone`` or ``n/a``."""
+        if self.old is None and self.new is None:
+            return "n/a"
+        if self.old is None:
+            return "new"
+        if self.new is None:
+            return "gone"
+        d = self.new - self.old
+        direction = dict(DIFF_METRICS)[self.metric]
+        if abs(d) <= tolerance:
+            return "same"
+        return "better" if d * direction > 0 else "worse"
+
+
+def _key(row: dict[str, Any]) -> str:
+    return str(row.get("cell_id") or f"{row.get('label', row.get('attack'))}/{row.get('target')}/"
+               f"{'+'.join(row.get('defences') or []) or 'none'}")
+
+
+def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    from robaudit.report.gates import row_metric
+
+    old_rows = {_key(r): r for r in old.get("results", [])}
+    new_rows = {_key(r): r for r in new.get("results", [])}
+    changes = [Change("(report)", "clean_accuracy", old.get("data", {}).get("clean_accuracy"),
+                      new.get("data", {}).get("clean_accuracy"))]
+    for key in list(dict.fromkeys([*old_rows, *new_rows])):
+        o, n = old_rows.get(key), new_rows.get(key)
+        for metric, _ in DIFF_METRICS:
+            ov = row_metric(old, o, metric) if o is not None and o.get("status") == "ok" else None
+            nv = row_metric(new, n, metric) if n is not None and n.get("status") == "ok" else None
+            if ov is None and nv is None:
+                continue
+            changes.append(Change(key, metric, ov, nv))
+    return changes
+
+
+def _verdict(c: Change, tolerance: float) -> str:
+    if c.metric == "clean_accuracy":
+        if c.old is None or c.new is None:
+            return "n/a"
+        d = c.new - c.old
+        return "same" if abs(d) <= tolerance else ("better" if d > 0 else "worse")
+    return c.verdict(tolerance)
+
+
+def regressions(changes: list[Change], tolerance: float) -> list[Change]:
+    return [c for c in changes if _verdict(c, tolerance) in ("worse", "gone")]
+
+
+def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_name: str) -> str:
+    worse = regressions(changes, tolerance)
+    better = [c for c in changes if _verdict(c, tolerance) == "better"]
+    lines = [f"### robaudit diff: `{old_name}` -> `{new_name}`", "",
+             f"{len(better)} better, {len(worse)} worse (tolerance {tolerance:g}).", "",
+             "| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
+    for c in changes:
+        v = _verdict(c, tolerance)
+        if v == "same" or v == "n/a":
+            continue
+        fmt = (lambda x: "-" if x is None else f"{x:.4g}")
+        delta = "-" if c.delta is None else f"{c.delta:+.4g}"
+        lines.append(f"| {c.cell} | {c.metric} | {fmt(c.old)} | {fmt(c.new)} | {delta} | {v} |")
+    if len(lines) == 6:
+        lines.append("| (no change) | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def diff_dict(changes: list[Change], tolerance: float) -> list[dict[str, Any]]:
+    return [{"cell": c.cell, "metric": c.metric, "old": c.old, "new": c.new, "delta": c.delta,
+             "verdict": _verdict(c, tolerance)} for c in changes]

@@ -1,0 +1,200 @@
+"""Gates: thresholds on report metrics that decide a CI pass or fail.
+
+A gate is one line, ``[SELECTOR ...] METRIC OP VALUE``, for example::
+
+    pgd untargeted success_rate <= 0.3     # one cell
+    untargeted success_rate <= 0.5         # a group: every attack's untargeted cell
+    success_rate <= 0.9                    # every cell
+    clean_accuracy >= 0.95                 # a report-level metric (no selectors)
+    cw-l2 l2_median >= 1.0%                # a trailing % divides by 100
+
+Selectors are attack labels or names (``pgd``), target settings (``untargeted``, ``least-likely``,
+``next-class``) and ``defences=none`` / ``defences=ss+jpeg``. A gate on a group holds when it holds
+for every matching cell; the reported value is the worst one. Cells that did not run (status
+``unsupported`` or ``skipped``) are left out of groups.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from robaudit.errors import ConfigError
+
+ROW_METRICS = (
+    "success_rate", "robust_accuracy", "l2_mean", "l2_median", "linf_mean", "linf_median", "linf_max",
+    "l2_mean_all", "l2_median_all", "linf_mean_all", "linf_median_all", "l0_mean",
+)
+"""Metrics of one result row. ``robust_accuracy`` (untargeted rows only) is
+``clean_accuracy * (1 - success_rate)``: the share of the sampled inputs still classified correctly."""
+REPORT_METRICS = ("clean_accuracy",)
+"""Metrics of the whole report (no selectors)."""
+OPS = ("<=", ">=", "<", ">")
+
+_TARGET_ALIASES = {"untargeted": "untargeted", "least-likely": "least-likely", "ll": "least-likely",
+                   "next-class": "next-class", "next": "next-class"}
+_GATE_RE = re.compile(r"^\s*(?P<sel>(?:\S+\s+)*?)(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
+                      r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)\s*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One parsed gate."""
+
+    text: str
+    """The expression as written."""
+    selectors: tuple[str, ...]
+    """Words that pick the cells (empty: every cell, or the report for report-level metrics)."""
+    metric: str
+    op: str
+    threshold: float
+
+    def holds(self, value: float) -> bool:
+        if self.op == "<=":
+            return value <= self.threshold
+        if self.op == ">=":
+            return value >= self.threshold
+        if self.op == "<":
+            return value < self.threshold
+        return value > self.threshold
+
+    def worst(self, values: list[float]) -> float:
+        """The value that decides a group: the largest for upper bounds, the smallest for lower bounds."""
+        return max(values) if self.op in ("<=", "<") else min(values)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: Gate
+    passed: bool
+    value: float | None
+    """The deciding (worst) value; ``None`` when the metric has no value."""
+    cell: str | None
+    """Cell id of the deciding row (``None`` for report-level metrics)."""
+    detail: str
+    """One line a person can read: metric, threshold, value and where."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gate": self.gate.text, "metric": self.gate.metric, "op": self.gate.op,
+                "threshold": self.gate.threshold, "value": self.value, "cell": self.cell,
+                "passed": self.passed, "detail": self.detail}
+
+
+def parse_gate(text: str) -> Gate:
+    """Parse ``[SELECTOR ...] METRIC OP VALUE``; a :class:`ConfigError` says what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"a gate must be a non-empty string like 'pgd untargeted success_rate <= 0.3', got {text!r}")
+    m = _GATE_RE.match(text)
+    if m is None:
+        raise ConfigError(f"cannot parse gate {text!r}: expected '[SELECTOR ...] METRIC OP VALUE' with OP one of "
+                          f"{' '.join(OPS)}, e.g. 'pgd untargeted success_rate <= 0.3'")
+    metric = m["metric"]
+    if metric not in ROW_METRICS and metric not in REPORT_METRICS:
+        raise ConfigError(f"gate {text!r}: unknown metric {metric!r} "
+                          f"(known: {', '.join(REPORT_METRICS + ROW_METRICS)})")
+    raw = m["value"]
+    value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    selectors = tuple(m["sel"].split())
+    if metric in REPORT_METRICS and selectors:
+        raise ConfigError(f"gate {text!r}: {metric} is a report-level metric and takes no selectors")
+    if metric in ("success_rate", "robust_accuracy", "clean_accuracy") and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"gate {text!r}: {metric} is a fraction in [0, 1], got {value:g} (write 30% or 0.3)")
+    return Gate(text=" ".join(text.split()), selectors=selectors, metric=metric, op=m["op"], threshold=value)
+
+
+def _defence_key(row: dict[str, Any]) -> str:
+    return "+".join(row.get("defences") or []) or "none"
+
+
+def selector_matches(selector: str, row: dict[str, Any]) -> bool:
+    s = selector.lower()
+    if s.startswith(("defences=", "defence=", "defenses=", "defense=")):
+        return s.split("=", 1)[1] == _defence_key(row)
+    if s in _TARGET_ALIASES:
+        return row.get("target") == _TARGET_ALIASES[s]
+    return s in (str(row.get("label", "")).lower(), str(row.get("attack", "")).lower())
+
+
+def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: set[str]) -> None:
+    """Refuse selectors that can never match (a typo would otherwise silently gate nothing)."""
+    known_words = {w.lower() for w in labels | attacks} | set(_TARGET_ALIASES)
+    for s in gate.selectors:
+        low = s.lower()
+        if low.startswith(("defences=", "defence=", "defenses=", "defense=")):
+            continue
+        if low not in known_words:
+            raise ConfigError(f"gate {gate.text!r}: selector {s!r} is not an attack or a target setting here "
+                              f"(attacks: {', '.join(sorted(labels | attacks)) or 'none'}; "
+                              f"targets: {', '.join(sorted(targets)) or 'none'})")
+        if low in _TARGET_ALIASES and _TARGET_ALIASES[low] not in targets:
+            raise ConfigError(f"gate {gate.text!r}: target setting {s!r} is not part of this audit "
+                              f"(targets: {', '.join(sorted(targets))})")
+
+
+def row_metric(report: dict[str, Any], row: dict[str, Any], metric: str) -> float | None:
+    if metric == "robust_accuracy":
+        rate = row.get("success_rate")
+        if row.get("target") != "untargeted" or rate is None:
+            return None
+        return float(report.get("data", {}).get("clean_accuracy", 0.0)) * (1.0 - float(rate))
+    value = row.get(metric)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _cell_name(row: dict[str, Any]) -> str:
+    return str(row.get("cell_id") or f"{row.get('label', row.get('attack'))}/{row.get('target')}/{_defence_key(row)}")
+
+
+def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
+    """Evaluate one gate on a report. A selector that matches no cell is a :class:`ConfigError`."""
+    thr = f"{gate.op} {gate.threshold:g}"
+    if gate.metric in REPORT_METRICS:
+        value = report.get("data", {}).get(gate.metric)
+        if value is None:
+            return GateResult(gate, False, None, None, f"{gate.metric}: no value in the report (needs {thr})")
+        value = float(value)
+        ok = gate.holds(value)
+        return GateResult(gate, ok, value, None, f"{gate.metric} = {value:.4g} (needs {thr})")
+    rows = report.get("results", [])
+    matched = [r for r in rows if all(selector_matches(s, r) for s in gate.selectors)]
+    if not matched:
+        labels = {str(r.get("label", r.get("attack"))) for r in rows} | {str(r.get("attack")) for r in rows}
+        targets = {str(r.get("target")) for r in rows}
+        check_selectors(gate, labels, set(), targets)
+        raise ConfigError(f"gate {gate.text!r} matches no cell of the report")
+    ran = [r for r in matched if r.get("status") == "ok"]
+    if not ran:
+        reasons = "; ".join(f"{_cell_name(r)}: {r.get('status')} ({r.get('reason')})" for r in matched[:3])
+        return GateResult(gate, False, None, None, f"{gate.metric}: no cell ran ({reasons}) (needs {thr})")
+    values = [(row_metric(report, r, gate.metric), r) for r in ran]
+    missing = [r for v, r in values if v is None]
+    present = [(v, r) for v, r in values if v is not None]
+    if missing:
+        why = "no successful example" if gate.metric.endswith(("_mean", "_median", "_max")) else "not defined"
+        return GateResult(gate, False, None, _cell_name(missing[0]),
+                          f"{gate.metric} has no value for {_cell_name(missing[0])} ({why}) (needs {thr})")
+    worst = gate.worst([v for v, _ in present])  # type: ignore[misc]
+    cell = next(r for v, r in present if v == worst)
+    ok = gate.holds(worst)
+    where = _cell_name(cell) + (f" (worst of {len(present)} cells)" if len(present) > 1 else "")
+    return GateResult(gate, ok, worst, _cell_name(cell), f"{gate.metric} = {worst:.4g} at {where} (needs {thr})")
+
+
+def evaluate_gates(gates: list[Gate], report: dict[str, Any]) -> list[GateResult]:
+    return [evaluate_gate(g, report) for g in gates]
+
+
+def gates_markdown(gates: list[dict[str, Any]]) -> str:
+    """A Markdown table of evaluated gates (``GateResult.to_dict()`` entries, as stored in reports)."""
+    if not gates:
+        return ""
+    failed = sum(not g["passed"] for g in gates)
+    head = f"**Gates: all {len(gates)} passed**" if not failed else f"**Gates: {failed} of {len(gates)} FAILED**"
+    lines = ["", head, "", "| | gate | value | where |", "|---|---|---|---|"]
+    for g in gates:
+        value = "-" if g.get("value") is None else f"{g['value']:.4g}"
+        lines.append(f"| {'pass' if g['passed'] else 'FAIL'} | `{g['gate']}` | {value} | "
+                     f"{str(g.get('cell') or '-').replace('|', '/')} |")
+    return "\n".join(lines) + "\n"

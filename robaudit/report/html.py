@@ -1,0 +1,133 @@
+"""Self-contained HTML report: one file, inline SVG charts, base64 PNG example images, no scripts."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from robaudit.report.render import COLUMNS, _cells
+from robaudit.report.svg import grouped_bars
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1300px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.pass{color:#1a7f37;font-weight:bold}.fail{color:#cf222e;font-weight:bold}
+.dim{color:#888}.charts{display:flex;flex-wrap:wrap;gap:24px}
+.grid td{text-align:center;vertical-align:top;font-size:11px}
+.grid img{width:84px;height:84px;image-rendering:pixelated;border:1px solid #ccc}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;margin:6px 0}
+"""
+
+
+def _series_name(row: dict[str, Any], multi_defence: bool) -> str:
+    stack = "+".join(row.get("defences") or []) or "none"
+    return f"{row.get('target')}" + (f" / {stack}" if multi_defence else "")
+
+
+def charts(report: dict[str, Any]) -> list[str]:
+    """Success-rate and L2 bars per attack, one bar per target setting (and defence stack)."""
+    rows = [r for r in report.get("results", []) if r.get("status") == "ok"]
+    if not rows:
+        return []
+    multi = len({tuple(r.get("defences") or []) for r in report.get("results", [])}) > 1
+    groups = list(dict.fromkeys(str(r.get("label", r.get("attack"))) for r in report["results"]))
+    series = list(dict.fromkeys(_series_name(r, multi) for r in report["results"]))
+    success = {(str(r.get("label", r.get("attack"))), _series_name(r, multi)): r.get("success_rate") for r in rows}
+    l2 = {(str(r.get("label", r.get("attack"))), _series_name(r, multi)): r.get("l2_mean") for r in rows}
+    return [grouped_bars("Attack success rate", groups, series, success, y_max=1.0, percent=True,
+                         y_label="success rate"),
+            grouped_bars("Mean L2 distance of successful examples", groups, series, l2, y_label="L2 (pixel space)")]
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{b64}" alt="{escape(alt)}">'
+
+
+def example_grid(entry: dict[str, Any]) -> str:
+    samples = entry.get("samples", [])
+    head = "".join(f"<th>#{s.get('index')}</th>" for s in samples)
+    kinds = (("clean", "clean_png", lambda s: f"label {s.get('label')}"),
+             ("adversarial", "adv_png",
+              lambda s: f"pred {s.get('pred_adv')}" + (f" (target {s['target']})" if s.get("target") is not None else "")
+              + (" ✓" if s.get("success") else " ✗")),
+             ("perturbation", "delta_png", lambda s: f"Linf {s.get('delta_linf', 0):.3g}"))
+    body = []
+    for name, key, caption in kinds:
+        cells = "".join(f"<td>{_img(s[key], name + ' ' + str(s.get('index')))}"
+                        f"<br>{escape(caption(s))}</td>" for s in samples)
+        body.append(f'<tr><th class="l">{name}</th>{cells}</tr>')
+    defences = "+".join(entry.get("defences") or []) or "none"
+    title = f"{entry.get('label', entry.get('attack'))} / {entry.get('target')}" + \
+        (f" / {defences}" if defences != "none" else "")
+    return (f"<h3>{escape(title)}</h3><table class=\"grid\"><tr><th></th>{head}</tr>{''.join(body)}</table>")
+
+
+def results_html_table(report: dict[str, Any]) -> str:
+    head = "".join(f'<th class="{"l" if k in ("attack", "target", "budget") else ""}">{escape(h)}</th>'
+                   for k, h in COLUMNS)
+    lines = [f"<table><tr><th class=\"l\">defences</th>{head}</tr>"]
+    for row in report.get("results", []):
+        cells = _cells(row)
+        stack = escape("+".join(row.get("defences") or []) or "none")
+        label = row.get("label")
+        if label and label != row.get("attack"):
+            cells[0] = f"{label} ({row.get('attack')})"
+        if row.get("status") != "ok":
+            lines.append(f'<tr class="dim"><td class="l">{stack}</td>'
+                         + "".join(f'<td class="l">{escape(c)}</td>' for c in cells[:3])
+                         + f'<td class="l" colspan="{len(COLUMNS) - 3}">{escape(cells[3])}</td></tr>')
+            continue
+        tds = "".join(f'<td class="{"l" if i < 3 else ""}">{escape(c)}</td>' for i, c in enumerate(cells))
+        lines.append(f'<tr><td class="l">{stack}</td>{tds}</tr>')
+    lines.append("</table>")
+    return "".join(lines)
+
+
+def _value(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def gates_html(report: dict[str, Any]) -> str:
+    gates = report.get("gates") or []
+    if not gates:
+        return ""
+    failed = sum(not g["passed"] for g in gates)
+    head = (f'<p class="pass">All {len(gates)} gates passed.</p>' if not failed
+            else f'<p class="fail">{failed} of {len(gates)} gates failed.</p>')
+    rows = "".join(
+        f'<tr><td class="l {"pass" if g["passed"] else "fail"}">{"pass" if g["passed"] else "FAIL"}</td>'
+        f'<td class="l"><code>{escape(g["gate"])}</code></td>'
+        f'<td>{_value(g.get("value"))}</td>'
+        f'<td class="l">{escape(g.get("cell") or "-")}</td></tr>' for g in gates)
+    return (f"<h2>Gates</h2>{head}<table><tr><th></th><th class=\"l\">gate</th><th>value</th>"
+            f"<th class=\"l\">where</th></tr>{rows}</table>")
+
+
+def report_html(report: dict[str, Any]) -> str:
+    model, data = report.get("model", {}), report.get("data", {})
+    profile = (report.get("config") or {}).get("profile") or {}
+    title = f"robaudit report: {model.get('path', '?')}"
+    summary = (f"Data <code>{escape(str(data.get('path', '?')))}</code>: clean accuracy "
+               f"<b>{100 * float(data.get('clean_accuracy', 0.0)):.1f}%</b> on {data.get('n_selected', '?')} sampled "
+               f"inputs; attacks ran on the {data.get('n_evaluated', '?')} classified correctly. "
+               f"Seed {report.get('seed')}, device {escape(str(report.get('device')))}, robaudit "
+               f"{escape(str(report.get('robaudit_version')))}, created {escape(str(report.get('created')))}"
+               + (f", profile <code>{escape(str(profile.get('name')))}</code>" if profile else "") + ".")
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1><p>{summary}</p>"]
+    for w in report.get("warnings", []):
+        parts.append(f'<div class="warn">warning: {escape(w)}</div>')
+    parts.append(gates_html(report))
+    svgs = charts(report)
+    if svgs:
+        parts.append('<h2>Success and distance per attack</h2><div class="charts">' + "".join(svgs) + "</div>")
+    parts.append("<h2>Results</h2>" + results_html_table(report))
+    examples = report.get("examples") or []
+    if examples:
+        parts.append("<h2>Examples</h2><p>The first correctly classified inputs of the evaluation set; the "
+                     "perturbation is scaled to its own Linf (grey = 0).</p>")
+        parts.extend(example_grid(e) for e in examples)
+    parts.append("</body></html>\n")
+    return "".join(parts)

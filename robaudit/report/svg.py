@@ -1,0 +1,74 @@
+"""Tiny inline-SVG grouped bar charts (no plotting dependency)."""
+
+from __future__ import annotations
+
+from html import escape
+
+PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    import math
+
+    exp = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * exp:
+            return step * exp
+    return 10 * exp
+
+
+def grouped_bars(title: str, groups: list[str], series: list[str], values: dict[tuple[str, str], float | None],
+                 *, y_max: float | None = None, percent: bool = False, y_label: str = "") -> str:
+    """An SVG chart: one cluster of bars per group, one bar colour per series. ``None``: no bar, 'n/a'."""
+    width_per_group = max(60, 26 * len(series) + 24)
+    left, right, top, bottom = 56, 16, 40, 60
+    plot_w = width_per_group * max(1, len(groups))
+    plot_h = 220
+    legend_h = 20 * ((len(series) + 2) // 3)
+    width = max(left + plot_w + right, left + 200 * min(3, len(series)) + right)
+    height = top + plot_h + bottom + legend_h
+    present = [v for v in values.values() if v is not None]
+    top_value = y_max if y_max is not None else _nice_max(max(present) if present else 1.0)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+             'font-family="sans-serif" font-size="12">',
+             f'<text x="{left}" y="20" font-size="14" font-weight="bold">{escape(title)}</text>']
+    for i in range(5):
+        frac = i / 4
+        y = top + plot_h - frac * plot_h
+        tick = frac * top_value
+        label = f"{100 * tick:.0f}%" if percent else f"{tick:.3g}"
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{label}</text>')
+    if y_label:
+        parts.append(f'<text x="14" y="{top + plot_h / 2:.1f}" transform="rotate(-90 14 {top + plot_h / 2:.1f})" '
+                     f'text-anchor="middle" fill="#555">{escape(y_label)}</text>')
+    bar_w = 22
+    for gi, group in enumerate(groups):
+        gx = left + gi * width_per_group + (width_per_group - bar_w * len(series)) / 2
+        for si, s in enumerate(series):
+            v = values.get((group, s))
+            x = gx + si * bar_w
+            colour = PALETTE[si % len(PALETTE)]
+            if v is None:
+                parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - 4}" text-anchor="middle" '
+                             f'font-size="9" fill="#999">n/a</text>')
+                continue
+            h = max(0.0, min(1.0, v / top_value)) * plot_h if top_value > 0 else 0.0
+            shown = f"{100 * v:.0f}%" if percent else f"{v:.3g}"
+            parts.append(f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2}" height="{h:.1f}" '
+                         f'fill="{colour}"><title>{escape(group)} / {escape(s)}: {shown}</title></rect>')
+            parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" '
+                         f'font-size="9">{shown}</text>')
+        parts.append(f'<text x="{left + gi * width_per_group + width_per_group / 2:.1f}" y="{top + plot_h + 18}" '
+                     f'text-anchor="middle">{escape(group)}</text>')
+    parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>')
+    for si, s in enumerate(series):
+        lx = left + (si % 3) * 200
+        ly = top + plot_h + 38 + 20 * (si // 3)
+        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{PALETTE[si % len(PALETTE)]}"/>')
+        parts.append(f'<text x="{lx + 16}" y="{ly}">{escape(s)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

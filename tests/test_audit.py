@@ -1,0 +1,158 @@
+"""`robaudit audit` end to end: reports, gates and exit codes, journal, lock, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robaudit.engine.audit import strip_timing
+from robaudit.engine.journal import JOURNAL_NAME, Journal
+from robaudit.report.schema import validation_errors
+
+from .conftest import DEMO
+
+EXE = Path(sys.executable).parent / "robaudit"
+ENV = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}  # 2 threads on 2 busy cores: 10x slower
+
+
+def robaudit_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(EXE), *args], capture_output=True, text=True, timeout=600, env=ENV)
+
+pytestmark = pytest.mark.skipif(not (DEMO / "mnist_cnn.pt").exists(), reason="bundled demo model missing")
+
+PROFILE = """\
+seed: 5
+samples: 24
+batch_size: 8
+examples: 3
+attacks:
+  fgsm: {eps: 0.1}
+  pgd: {eps: 0.1, steps: 10}
+  cw: {attack: cw-l2, max_iter: 10, binary_search_steps: 3}
+  bim: {eps: 0.1, steps: 10}
+targets: [untargeted]
+gates:
+  - clean_accuracy >= 0.9
+  - fgsm untargeted success_rate <= 0.05
+"""
+
+
+@pytest.fixture()
+def profile(baseline) -> str:
+    """The baseline's profile file (its path is part of the report, so runs compared must share it)."""
+    return str(baseline[1].parent / "p.yaml")
+
+
+def _audit(profile: str, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return robaudit_cli("audit", "demo:mnist", "--data", "demo:mnist", "--profile", profile, "--out", str(out),
+                        "-q", *extra)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("baseline")
+    path = tmp / "p.yaml"
+    path.write_text(PROFILE)
+    proc = _audit(str(path), tmp / "out", "--format", "markdown")
+    return proc, tmp / "out"
+
+
+def test_gate_failure_exits_1_after_writing_everything(baseline):
+    proc, out = baseline
+    assert proc.returncode == 1, proc.stderr
+    assert "gate failed: fgsm untargeted success_rate <= 0.05: success_rate = " in proc.stderr
+    assert "(needs <= 0.05)" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert validation_errors(report) == []
+    assert report["schema_version"] == "1.1" and report["kind"] == "audit"
+    assert [g["passed"] for g in report["gates"]] == [True, False]
+    assert [r["cell_id"] for r in report["results"]] == [f"m0/attack/{a}/untargeted/none"
+                                                         for a in ("fgsm", "pgd", "cw", "bim")]
+    cw = report["results"][2]
+    assert cw["attack"] == "cw-l2" and cw["label"] == "cw" and cw["success_rate"] > 0.5
+    assert len(report["examples"]) == 4 and all(len(e["samples"]) == 3 for e in report["examples"])
+    summary = (out / "summary.md").read_text()
+    assert "**Gates: 1 of 2 FAILED**" in summary and summary in proc.stdout
+
+
+def test_same_folder_without_resume_is_refused(baseline, profile):
+    _, out = baseline
+    proc = _audit(profile, out)
+    assert proc.returncode == 2 and "pass --resume" in proc.stderr
+
+
+def test_resume_refuses_changed_seed_and_data(baseline, tmp_path):
+    _, out = baseline
+    changed = tmp_path / "seed.yaml"
+    changed.write_text(PROFILE.replace("seed: 5", "seed: 6"))
+    proc = _audit(str(changed), out, "--resume")
+    assert proc.returncode == 2 and "the seed changed (5 -> 6)" in proc.stderr
+    changed.write_text(PROFILE.replace("steps: 10", "steps: 11"))
+    proc = _audit(str(changed), out, "--resume")
+    assert proc.returncode == 2 and "the profile changed" in proc.stderr
+    proc = robaudit_cli("audit", "demo:mnist-onnx", "--data", "demo:mnist", "--profile", str(changed),
+                        "--out", str(out), "--resume", "-q")
+    assert proc.returncode == 2 and "model 0 (demo:mnist-onnx) changed" in proc.stderr
+
+
+def test_second_run_on_a_locked_folder_is_refused(tmp_path, profile):
+    holder = Journal(tmp_path / "out")
+    holder.lock()
+    try:
+        proc = _audit(profile, tmp_path / "out")
+    finally:
+        holder.close()
+    assert proc.returncode == 2 and "another robaudit audit is running" in proc.stderr
+    assert f"(pid {os.getpid()})" in proc.stderr
+
+
+def test_resume_after_torn_write_matches(baseline, tmp_path, profile):
+    _, out = baseline
+    full = (out / JOURNAL_NAME).read_bytes()
+    lines = full.splitlines(keepends=True)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    # keep the header and two records, then half a line, as if killed mid-write
+    (cut / JOURNAL_NAME).write_bytes(b"".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    proc = _audit(profile, cut, "--resume")
+    assert proc.returncode == 1, proc.stderr
+    a = strip_timing(json.loads((out / "report.json").read_text()))
+    b = strip_timing(json.loads((cut / "report.json").read_text()))
+    assert a == b
+
+
+def test_sigkill_midway_then_resume_gives_the_same_report(baseline, tmp_path, profile):
+    _, reference = baseline
+    out = tmp_path / "killed"
+    cmd = [str(EXE), "audit", "demo:mnist", "--data", "demo:mnist", "--profile", profile, "--out", str(out), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    journal = out / JOURNAL_NAME
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and b'"type":"cell"' in journal.read_bytes():
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the audit finished before it could be killed"
+    assert not (out / "report.json").exists()
+    text = journal.read_text()
+    n_cells = text.count('"type":"cell"')
+    assert 1 <= n_cells < 4
+    resumed = _audit(profile, out, "--resume")
+    assert resumed.returncode == 1, resumed.stderr  # the same gate fails
+    a = strip_timing(json.loads((reference / "report.json").read_text()))
+    b = strip_timing(json.loads((out / "report.json").read_text()))
+    assert a == b
+    # the resumed run ran only what was missing
+    after = (out / JOURNAL_NAME).read_text()
+    assert after.count('"type":"cell"') == 4 and after.count('"type":"header"') == 1

@@ -1,0 +1,127 @@
+"""Profiles: every shipped profile validates; bad ones are refused with file, key and reason (exit 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from robaudit.config import load_profile, parse_profile, profile_names
+from robaudit.engine.cells import ENGINES, Cell, CellKind, check_runnable, expand
+from robaudit.errors import ConfigError
+
+from .conftest import robaudit_cli
+
+
+def test_shipped_profiles_exist_and_validate():
+    names = profile_names()
+    assert {"quick", "ci-gate", "paper-cifar10", "paper-imagenet", "a2d-mnist"} <= set(names)
+    for name in names:
+        p = load_profile(name)
+        assert p.name == name and p.source.endswith(f"{name}.yaml")
+
+
+def test_paper_profiles_are_the_study_grid():
+    for name in ("paper-cifar10", "paper-imagenet"):
+        p = load_profile(name)
+        assert len(p.attacks) == 7 and p.samples == 1000 and p.clever is not None
+        assert set(p.targets) == {"untargeted", "least-likely", "next-class"}
+        assert len(p.defences) == 16 and () in p.defences  # all combinations of four defences
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        (BASE + "sample: 10\n", "sample", "unknown key"),
+        ("attacks:\n  nope: {}\n", "attacks.nope", "unknown attack 'nope'"),
+        ("attacks:\n  x: {attack: pgdd}\n", "attacks.x.attack", "unknown attack 'pgdd'"),
+        ("attacks:\n  pgd: {eps: -0.1}\n", "attacks.pgd.eps", "must be between 0 and 1"),
+        ("attacks:\n  pgd: {eps: 8}\n", "attacks.pgd.eps", "must be between 0 and 1"),
+        ("attacks:\n  pgd: {steps: -3}\n", "attacks.pgd.steps", "must be >= 0"),
+        ("attacks:\n  pgd: {stepz: 3}\n", "attacks.pgd.stepz", "unknown parameter 'stepz'"),
+        ("attacks:\n  cw-l2: {eps: 0.1}\n", "attacks.cw-l2.eps", "minimisation attack"),
+        ("attacks:\n  pgd: {norm: l0}\n", "attacks.pgd.norm", "does not support norm l0"),
+        ("attacks:\n  deepfool: {}\ntargets: [least-likely]\n", "attacks.deepfool", "would never run"),
+        (BASE + "targets: [sideways]\n", "targets", "unknown target 'sideways'"),
+        (BASE + "samples: 0\n", "samples", "must be >= 1"),
+        (BASE + "seed: -1\n", "seed", "between 0 and"),
+        (BASE + "examples: 99\n", "examples", "between 0 and 16"),
+        (BASE + "defences: [[ss, ss]]\n", "defences[0]", "same defence twice"),
+        (BASE + "defences: [[magic]]\n", "defences[0]", "unknown defence 'magic'"),
+        (BASE + "clever: {radius: 0}\n", "clever.radius", "must be > 0"),
+        (BASE + "clever: {inputs: 500}\nsamples: 100\n", "clever.inputs", "more than the profile's samples"),
+        (BASE + "clever: {norm: l7}\n", "clever.norm", "unknown norm"),
+        (BASE + "detect: {costs: [walk]}\n", "detect.costs", "unknown cost attack"),
+        (BASE + "detect: {speed: 3}\n", "detect.speed", "unknown key"),
+        (BASE + "gates: ['pgd success_rate <= 0.3']\n", "gates[0]", "selector 'pgd' is not an attack"),
+        (BASE + "gates: ['fgsm success_rate <= 30']\n", "gates[0]", "fraction in [0, 1]"),
+        (BASE + "gates: ['fgsm speed <= 3']\n", "gates[0]", "unknown metric 'speed'"),
+        (BASE + "gates: ['fgsm success_rate ~ 3']\n", "gates[0]", "cannot parse gate"),
+        ("seed: 1\n", "attacks", "runs nothing"),
+    ],
+)
+def test_invalid_profiles_name_file_key_and_reason(tmp_path, text, key, reason):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {key}: "), msg
+    assert reason in msg, msg
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = _write(tmp_path, "!!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_profile(path)
+
+
+def test_unknown_profile_name_lists_shipped():
+    with pytest.raises(ConfigError, match="shipped: .*quick"):
+        load_profile("no-such-profile")
+
+
+def test_every_cell_kind_has_a_registry_entry():
+    assert set(ENGINES) == set(CellKind)
+
+
+def test_missing_engines_are_refused_before_running():
+    p = load_profile("paper-cifar10")
+    with pytest.raises(ConfigError) as err:
+        check_runnable(expand(p, 1), p.source)
+    msg = str(err.value)
+    assert "defence stacks [" in msg and "no defence engine yet" in msg and "clever cells" in msg
+    p = load_profile("a2d-mnist")
+    with pytest.raises(ConfigError, match="detect cells"):
+        check_runnable(expand(p, 1), p.source)
+
+
+def test_cell_ids_and_seeds_are_stable():
+    p = parse_profile({"attacks": {"fgsm": {}, "pgd": {}}, "targets": "all", "seed": 3})
+    cells = expand(p, 2)
+    assert len(cells) == 12 and len({c.id for c in cells}) == 12
+    c = next(c for c in cells if c.id == "m1/attack/pgd/next-class/none")
+    again = Cell(CellKind.ATTACK, 1, "pgd", "next-class", (), p.attacks[1])
+    assert again.seed(3) == c.seed(3) != c.seed(4)
+    assert len({c.seed(3) for c in cells}) == 12
+
+
+def test_cli_refuses_bad_profile_with_exit_2(tmp_path):
+    path = _write(tmp_path, "attacks:\n  pgd: {steps: -3}\n")
+    proc = robaudit_cli("audit", "demo:mnist", "--data", "demo:mnist", "--profile", path, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert "attacks.pgd.steps: must be >= 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_paper_profile_clearly(tmp_path):
+    proc = robaudit_cli("audit", "demo:cifar10", "--data", "demo:cifar10", "--profile", "paper-cifar10",
+                        "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert "no defence engine yet" in proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything ran
