@@ -41,10 +41,8 @@ PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
 KNOWN_DEFENCES: dict[str, str] = {
     "ss": "spatial smoothing (median filter)",
-    "fs": "feature squeezing (bit-depth reduction)",
     "jpeg": "JPEG compression",
     "tvm": "total variance minimisation",
-    "gauss": "Gaussian noise augmentation",
 }
 """Defence names a profile may use. The defence engine (issue 4) is not built yet: profiles with
 defended stacks validate, but ``audit`` refuses to run them (exit 2)."""

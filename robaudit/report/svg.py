@@ -27,7 +27,7 @@ def grouped_bars(title: str, groups: list[str], series: list[str], values: dict[
     plot_w = width_per_group * max(1, len(groups))
     plot_h = 220
     legend_h = 20 * ((len(series) + 2) // 3)
-    width = max(left + plot_w + right, left + 200 * min(3, len(series)) + right)
+    width = max(left + plot_w + right, left + 200 * min(3, len(series)) + right, left + 8 * len(title))
     height = top + plot_h + bottom + legend_h
     present = [v for v in values.values() if v is not None]
     top_value = y_max if y_max is not None else _nice_max(max(present) if present else 1.0)
