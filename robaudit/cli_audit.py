@@ -43,14 +43,14 @@ class SummaryFormat(str, Enum):
 def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
     """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`)."""
     from robaudit.report.gates import gates_markdown
-    from robaudit.report.render import results_markdown, results_table
+    from robaudit.report.render import detection_markdown, detection_table, results_markdown, results_table
 
     if fmt is ReportFormat.json:
         from robaudit.report.writer import _clean
 
         return json.dumps(_clean(report), indent=2) + "\n"
     if fmt is ReportFormat.markdown:
-        return results_markdown(report) + gates_markdown(report.get("gates") or [])
+        return results_markdown(report) + detection_markdown(report) + gates_markdown(report.get("gates") or [])
     if fmt is ReportFormat.html:
         from robaudit.report.html import report_html
 
@@ -62,6 +62,9 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
     if fmt is ReportFormat.table:
         console = Console(record=True, width=width, file=io.StringIO())
         console.print(results_table(report, width=width))
+        det = detection_table(report)
+        if det is not None:
+            console.print(det)
         for g in report.get("gates") or []:
             console.print(f"gate {'pass' if g['passed'] else 'FAIL'}: {g['gate']}  [{g.get('detail')}]",
                           markup=False, highlight=False)
@@ -167,8 +170,9 @@ def audit_cmd(
                                                 batch_size=batch_size)
     gates = [parse_gate(g) for g in prof.gates] + parse_gate_options(gate)
     labels, names = {a.label for a in prof.attacks}, {a.name for a in prof.attacks}
+    detect_words = prof.detect.selector_words() if prof.detect is not None else None
     for g in gates:
-        check_selectors(g, labels, names, set(prof.targets))
+        check_selectors(g, labels, names, set(prof.targets), detect_words=detect_words)
     clip_range = _floats(clip, "--clip", 2)
     assert clip_range is not None
     if clip_range[0] >= clip_range[1]:

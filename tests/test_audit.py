@@ -71,7 +71,7 @@ def test_gate_failure_exits_1_after_writing_everything(baseline):
     assert "(needs <= 0.05)" in proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert validation_errors(report) == []
-    assert report["schema_version"] == "1.1" and report["kind"] == "audit"
+    assert report["schema_version"] == "1.2" and report["kind"] == "audit"
     assert [g["passed"] for g in report["gates"]] == [True, False]
     assert [r["cell_id"] for r in report["results"]] == [f"m0/attack/{a}/untargeted/none"
                                                          for a in ("fgsm", "pgd", "cw", "bim")]
@@ -156,3 +156,68 @@ def test_sigkill_midway_then_resume_gives_the_same_report(baseline, tmp_path, pr
     # the resumed run ran only what was missing
     after = (out / JOURNAL_NAME).read_text()
     assert after.count('"type":"cell"') == 4 and after.count('"type":"header"') == 1
+
+
+DETECT_PROFILE = """\
+seed: 3
+samples: 16
+batch_size: 8
+examples: 0
+attacks:
+  fgsm: {eps: 0.1}
+detect:
+  costs: [bim-linf]
+  attacks: {fgsm: {}, bim: {steps: 50}, deepfool: {}}
+  max_iter: 100
+gates:
+  - detect auroc >= 0.5
+  - detect attack=fgsm cost=bim-linf auroc > 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def detect_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("detect")
+    path = tmp / "d.yaml"
+    path.write_text(DETECT_PROFILE)
+    start = time.monotonic()
+    proc = _audit(str(path), tmp / "out", "--format", "markdown")
+    return proc, tmp / "out", str(path), time.monotonic() - start
+
+
+def test_audit_with_detect_section_reports_auroc_rows_and_gates(detect_run):
+    proc, out, _, seconds = detect_run
+    assert proc.returncode == 1, proc.stderr  # the impossible gate fails, after everything is written
+    assert "gate failed: detect attack=fgsm cost=bim-linf auroc > 1.0: auroc = 1 at m0/detect/detect/-/none " \
+           "fgsm/bim-linf (needs > 1)" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert validation_errors(report) == []
+    assert [r["cell_id"] for r in report["results"]] == ["m0/attack/fgsm/untargeted/none"]
+    (det,) = report["detection"]
+    assert det["cell_id"] == "m0/detect/detect/-/none" and det["status"] == "ok"
+    assert det["n_benign"] == report["data"]["n_evaluated"] > 8
+    assert [(r["attack"], r["cost"]) for r in det["rows"]] == [("fgsm", "bim-linf"), ("bim", "bim-linf"),
+                                                               ("deepfool", "bim-linf")]
+    for row in det["rows"]:
+        assert row["status"] == "ok" and row["n_adversarial"] > 8 and row["auroc"] >= 0.9
+        assert 0 <= row["fpr"] <= 1 and 0 <= row["detection_rate"] <= 1
+    assert len(det["roc"]) == 3 and all(c["fpr"][0] == 0 and c["tpr"][-1] == 1 for c in det["roc"])
+    assert [g["passed"] for g in report["gates"]] == [True, False]
+    assert "**Detection** `m0/detect/detect/-/none`" in (out / "summary.md").read_text()
+    journal = (out / JOURNAL_NAME).read_text()
+    assert journal.count('"cell":"m0/detect/detect/-/none"') == 3  # two chunks and the finished cell
+    assert seconds < 40
+
+
+def test_detect_cell_resumes_from_its_journaled_chunks(detect_run, tmp_path):
+    _, out, profile, _ = detect_run
+    lines = (out / JOURNAL_NAME).read_bytes().splitlines(keepends=True)
+    first_detect_chunk = next(i for i, ln in enumerate(lines) if b'"type":"chunk","cell":"m0/detect' in ln)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / JOURNAL_NAME).write_bytes(b"".join(lines[: first_detect_chunk + 1]))
+    proc = _audit(profile, cut, "--resume")
+    assert proc.returncode == 1, proc.stderr
+    a = strip_timing(json.loads((out / "report.json").read_text()))
+    b = strip_timing(json.loads((cut / "report.json").read_text()))
+    assert a == b

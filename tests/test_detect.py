@@ -148,6 +148,12 @@ def test_zscore_calibrated_on_skewed_capped_costs(left):
     assert (det.flag({"c": held_out}) == (held_out < thr)).mean() > 0.999
 
 
+def test_zscore_all_benign_at_cap_flags_any_cheaper_input():
+    det = ZScoreDetector.fit("c", np.full(100, 500.0), 0.05)
+    assert det.fit_info["fit_fpr"] == 0.0
+    assert det.flag({"c": np.array([499.0, 500.0, 3.0])}).tolist() == [True, False, True]
+
+
 def test_knn_needs_both_classes():
     rng = np.random.default_rng(2)
     f = _features(rng, 10)

@@ -61,6 +61,17 @@ BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
         (BASE + "clever: {norm: l7}\n", "clever.norm", "unknown norm"),
         (BASE + "detect: {costs: [walk]}\n", "detect.costs", "unknown cost attack"),
         (BASE + "detect: {speed: 3}\n", "detect.speed", "unknown key"),
+        (BASE + "detect: {attacks: [walk]}\n", "detect.attacks.walk", "unknown attack 'walk'"),
+        (BASE + "detect: {attacks: {fgsm: {norm: l2, eps: 1.0}}}\n", "detect.attacks.fgsm.norm", "Linf"),
+        (BASE + "detect: {attacks: {bim: {steps: -1}}}\n", "detect.attacks.bim.steps", "must be >= 0"),
+        (BASE + "detect: {fpr: 1.0}\n", "detect.fpr", "strictly between 0 and 1"),
+        (BASE + "detect: {costs: [jsma, jsma]}\n", "detect.costs", "twice"),
+        (BASE + "gates: ['detect auroc >= 0.9']\n", "gates[0]", "no detect section"),
+        (BASE + "detect: {attacks: [fgsm]}\ngates: ['detect pgd auroc >= 0.9']\n", "gates[0]",
+         "selector 'pgd' is not a detection attack or score"),
+        (BASE + "detect: {attacks: [fgsm]}\ngates: ['detect success_rate <= 0.9']\n", "gates[0]",
+         "'detect' selects detection rows"),
+        (BASE + "detect: {attacks: [fgsm]}\ngates: ['detect auroc >= 90']\n", "gates[0]", "fraction in [0, 1]"),
         (BASE + "gates: ['pgd success_rate <= 0.3']\n", "gates[0]", "selector 'pgd' is not an attack"),
         (BASE + "gates: ['fgsm success_rate <= 30']\n", "gates[0]", "fraction in [0, 1]"),
         (BASE + "gates: ['fgsm speed <= 3']\n", "gates[0]", "unknown metric 'speed'"),
@@ -99,8 +110,21 @@ def test_missing_engines_are_refused_before_running():
     msg = str(err.value)
     assert "defence stacks [" in msg and "no defence engine yet" in msg and "clever cells" in msg
     p = load_profile("a2d-mnist")
-    with pytest.raises(ConfigError, match="detect cells"):
-        check_runnable(expand(p, 1), p.source)
+    check_runnable(expand(p, 1), p.source)  # the detection engine is part of audits
+
+
+def test_detect_section_parses_names_and_parameters():
+    p = parse_profile({"detect": {"costs": ["bim-linf", "jsma"], "squeeze": True,
+                                  "attacks": {"fgsm": {}, "strong": {"attack": "bim", "eps": 0.2, "steps": 30}}},
+                       "gates": ["detect attack=strong cost=jsma auroc >= 0.8", "detect fpr <= 0.1"]})
+    assert p.detect is not None and [a.label for a in p.detect.attacks] == ["fgsm", "strong"]
+    assert p.detect.attacks[1].name == "bim" and p.detect.attacks[1].params == {"steps": 30}
+    assert p.detect.feature_names() == ("bim-linf", "jsma", "squeeze", "bim-linf+squeeze", "jsma+squeeze")
+    default = parse_profile({"detect": True})
+    assert [a.name for a in default.detect.attacks] == ["fgsm", "bim", "jsma", "cw-l2", "deepfool"]
+    assert p.to_dict()["detect"]["attacks"][1]["label"] == "strong"
+    cells = expand(p, 2)
+    assert [c.id for c in cells] == ["m0/detect/detect/-/none", "m1/detect/detect/-/none"]
 
 
 def test_cell_ids_and_seeds_are_stable():

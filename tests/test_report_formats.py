@@ -148,3 +148,80 @@ def test_report_cli_gate_and_diff(tmp_path):
     assert proc.returncode == 1 and "regression: m0/attack/fgsm/untargeted/none success_rate" in proc.stderr
     assert "| m0/attack/fgsm/untargeted/none | success_rate | 0.2 | 0.9 | +0.7 | worse |" in proc.stdout
     assert robaudit_cli("report", "diff", str(a), str(a), "--fail-on-regression").returncode == 0
+
+
+def _detection(aurocs):
+    """A detection entry: ``aurocs`` maps (attack, cost) to AUROC (None: the attack found nothing)."""
+    rows, roc = [], []
+    for (attack, cost), a in aurocs.items():
+        ok = a is not None
+        rows.append({"attack": attack, "attack_name": attack, "cost": cost, "n_benign": 20,
+                     "n_adversarial": 18 if ok else 0, "status": "ok" if ok else "no-adversarial",
+                     "reason": None if ok else "none", "auroc": a, "detection_rate": 0.9 if ok else None,
+                     "fpr": 0.05 if ok else None, "accuracy": 0.92 if ok else None})
+        if ok:
+            roc.append({"attack": attack, "cost": cost, "fpr": [0.0, 0.1, 1.0], "tpr": [0.0, 0.9, 1.0]})
+    return {"cell_id": "m0/detect/detect/-/none", "kind": "detect", "status": "ok", "reason": None, "seed": 1,
+            "n_benign": 20, "craft": "early", "target_fpr": 0.05, "costs": [], "squeeze": None,
+            "attacks": {}, "rows": rows, "roc": roc, "seconds": 1.0}
+
+
+DET = {("fgsm", "bim-linf"): 0.97, ("jsma", "bim-linf"): 0.91, ("fgsm", "jsma"): 0.8, ("jsma", "jsma"): 0.7,
+       ("deepfool", "bim-linf"): None}
+
+
+@pytest.mark.parametrize(
+    ("expr", "passed", "value", "where"),
+    [
+        ("detect auroc >= 0.75", False, 0.7, "jsma/jsma"),  # worst of every row that has examples
+        ("detect bim-linf auroc >= 0.9", True, 0.91, "jsma/bim-linf"),
+        ("detect bim-linf fgsm auroc >= 0.95", True, 0.97, "fgsm/bim-linf"),
+        ("auroc >= 0.5", True, 0.7, "jsma/jsma"),  # the word detect is optional
+        ("detect jsma auroc >= 0.75", False, 0.7, "jsma/jsma"),  # jsma: the attack or the cost
+        ("detect attack=jsma auroc >= 0.75", False, 0.7, "jsma/jsma"),
+        ("detect cost=jsma fgsm auroc >= 0.75", True, 0.8, "fgsm/jsma"),
+        ("detect fpr <= 0.1", True, 0.05, "fgsm/bim-linf"),
+        ("detect detection_rate >= 95%", False, 0.9, "fgsm/bim-linf"),
+    ],
+)
+def test_detection_gates(expr, passed, value, where):
+    report = _report(copy.deepcopy(ROWS))
+    report["detection"] = [_detection(DET)]
+    result = evaluate_gate(parse_gate(expr), report)
+    assert result.passed is passed and result.value == pytest.approx(value)
+    assert result.cell == f"m0/detect/detect/-/none {where}"
+
+
+def test_detection_gate_errors():
+    report = _report(copy.deepcopy(ROWS))
+    with pytest.raises(ConfigError, match="no detection cells"):
+        evaluate_gate(parse_gate("detect auroc >= 0.9"), report)
+    report["detection"] = [_detection(DET)]
+    with pytest.raises(ConfigError, match="selector 'pgd' is not a detection attack or score"):
+        evaluate_gate(parse_gate("detect pgd auroc >= 0.9"), report)
+    result = evaluate_gate(parse_gate("detect deepfool auroc >= 0.9"), report)
+    assert not result.passed and "no detection row has a value" in result.detail
+    with pytest.raises(ConfigError, match="'detect' selects detection rows"):
+        parse_gate("detect success_rate <= 0.5")
+
+
+def test_detection_report_is_schema_valid_renders_and_diffs():
+    report = _report(copy.deepcopy(ROWS))
+    report["schema_version"] = "1.2"
+    report["detection"] = [_detection(DET)]
+    assert validation_errors(report) == []
+    bad = copy.deepcopy(report)
+    bad["detection"][0]["rows"][0]["auroc"] = 1.5
+    assert validation_errors(bad)
+    html = render(report, ReportFormat.html)
+    assert "<h2>Detection</h2>" in html and html.count("<polyline") == 4 and "ROC: fgsm" in html
+    assert "AUROC 0.970" in html and "<script" not in html
+    md = render(report, ReportFormat.markdown)
+    assert "**Detection** `m0/detect/detect/-/none`" in md and "| fgsm | bim-linf | 20 | 18 | 0.970 |" in md
+    assert "AUROC" in render(report, ReportFormat.table)
+    junit = render(report, ReportFormat.junit)
+    assert "m0/detect/detect/-/none fgsm/bim-linf" in junit and "<skipped" in junit
+    new = copy.deepcopy(report)
+    new["detection"][0]["rows"][0]["auroc"] = 0.9
+    worse = {(c.cell, c.metric) for c in regressions(diff_reports(report, new), 0.0)}
+    assert worse == {("m0/detect/detect/-/none fgsm/bim-linf", "auroc")}

@@ -20,7 +20,7 @@ Format (see the README section "Audits, profiles and gates" for a commented exam
     targets: [untargeted]       # or all
     defences: [[]]              # stacks; [] is the undefended model; or {combinations_of: [ss, jpeg]}
     clever: null                # {inputs, batches, batch_size, radius, norm}
-    detect: null                # {costs, attacks, craft, squeeze, max_iter, samples}
+    detect: null                # {costs, attacks, craft, squeeze, max_iter, samples, fpr}
     gates: ["pgd untargeted success_rate <= 0.3", "clean_accuracy >= 0.95"]
 """
 
@@ -55,7 +55,8 @@ _TOP_KEYS = ("name", "description", "seed", "samples", "batch_size", "examples",
              "defences", "clever", "detect", "gates")
 _ATTACK_KEYS = ("attack", "eps", "norm", "backend")
 _CLEVER_KEYS = {"inputs": int, "batches": int, "batch_size": int, "radius": float, "norm": str}
-_DETECT_KEYS = {"costs": list, "attacks": list, "craft": str, "squeeze": bool, "max_iter": int, "samples": int}
+_DETECT_KEYS = {"costs": list, "attacks": list, "craft": str, "squeeze": bool, "max_iter": int, "samples": int,
+                "fpr": float}
 MAX_EXAMPLES = 16
 
 
@@ -82,14 +83,34 @@ class CleverSpec:
     norm: str = "l2"
 
 
+DEFAULT_DETECT_ATTACKS = ("fgsm", "bim", "jsma", "cw-l2", "deepfool")
+
+
 @dataclass(frozen=True)
 class DetectSpec:
+    """The ``detect:`` section: one detection cell per model (A2D attack costs as the detector)."""
+
     costs: tuple[str, ...] = ("bim-linf",)
-    attacks: tuple[str, ...] = ("fgsm", "bim", "jsma", "cw-l2", "deepfool")
+    attacks: tuple[AttackSpec, ...] = ()
+    """Attacks that craft the adversarial examples to detect (untargeted, Linf; ``eps`` None: 0.3 on
+    one-channel inputs, 8/255 otherwise). A list of names in YAML gives each its defaults."""
     craft: str = "early"
     squeeze: bool = False
     max_iter: int | None = None
+    """Override of every cost attack's iteration cap."""
     samples: int | None = None
+    """Benign inputs of the detection cell: the first ``samples`` of the evaluation set (None: all)."""
+    fpr: float = 0.05
+    """Target false-positive rate of the thresholds (fitted on the even-indexed half of the benign inputs)."""
+
+    def feature_names(self) -> tuple[str, ...]:
+        """Scores the detection cell reports, one AUROC row per (attack, feature)."""
+        extra = ("squeeze", *(f"{c}+squeeze" for c in self.costs)) if self.squeeze else ()
+        return (*self.costs, *extra)
+
+    def selector_words(self) -> set[str]:
+        """Words a detection gate may select rows with: attack labels and names, feature names."""
+        return {a.label for a in self.attacks} | {a.name for a in self.attacks} | set(self.feature_names())
 
 
 @dataclass(frozen=True)
@@ -114,6 +135,8 @@ class Profile:
         d = dataclasses.asdict(self)
         d["attacks"] = [dataclasses.asdict(a) for a in self.attacks]
         d["defences"] = [list(s) for s in self.defences]
+        if self.detect is not None:
+            d["detect"]["attacks"] = [dataclasses.asdict(a) for a in self.detect.attacks]
         return d
 
     @property
@@ -234,10 +257,10 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
     attacks = _attacks(ctx, raw.get("attacks"), backend, targets)
     defences = _defences(ctx, raw.get("defences", [[]]))
     clever = _clever(ctx, raw.get("clever"), samples)
-    detect = _detect(ctx, raw.get("detect"))
+    detect = _detect(ctx, raw.get("detect"), backend)
     if not attacks and clever is None and detect is None:
         raise ctx.fail("attacks", "the profile runs nothing: give attacks, clever or detect")
-    gates = _gates(ctx, raw.get("gates", []), attacks, targets)
+    gates = _gates(ctx, raw.get("gates", []), attacks, targets, detect)
     assert seed is not None and batch_size is not None and examples is not None
     return Profile(name=name, source=source, description=description, seed=seed, samples=samples,
                    batch_size=batch_size, examples=examples, attacks=attacks, targets=targets, defences=defences,
@@ -257,7 +280,8 @@ def _targets(ctx: _Ctx, value: Any) -> tuple[str, ...]:
         raise ctx.fail("targets", str(exc)) from None
 
 
-def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...]) -> tuple[AttackSpec, ...]:
+def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
+             prefix: str = "attacks") -> tuple[AttackSpec, ...]:
     from robaudit.attacks.base import AttackKind, Norm, TargetMode, params_from_overrides
     from robaudit.attacks.registry import AttackName, attack_names, get_attack_class
 
@@ -265,13 +289,13 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...]) -> t
         return ()
     if isinstance(value, list):  # [fgsm, pgd] shorthand: defaults for each
         if not all(isinstance(v, str) for v in value):
-            raise ctx.fail("attacks", "a list of attacks must hold names only; use a mapping for parameters")
+            raise ctx.fail(prefix, "a list of attacks must hold names only; use a mapping for parameters")
         value = {v: {} for v in value}
     if not isinstance(value, dict):
-        raise ctx.fail("attacks", f"must be a mapping LABEL: {{parameters}}, got {type(value).__name__}")
+        raise ctx.fail(prefix, f"must be a mapping LABEL: {{parameters}}, got {type(value).__name__}")
     out = []
     for label, spec in value.items():
-        key = f"attacks.{label}"
+        key = f"{prefix}.{label}"
         if not isinstance(label, str) or not label or any(c.isspace() or c in "/|" for c in label):
             raise ctx.fail(key, "an attack label is one word without spaces, '/' or '|'")
         spec = {} if spec is None else spec
@@ -391,9 +415,7 @@ def _clever(ctx: _Ctx, value: Any, samples: int | None) -> CleverSpec | None:
     return spec
 
 
-def _detect(ctx: _Ctx, value: Any) -> DetectSpec | None:
-    from robaudit.attacks.registry import AttackName, attack_names
-
+def _detect(ctx: _Ctx, value: Any, backend: str) -> DetectSpec | None:
     if value is None or value is False:
         return None
     if value is True:
@@ -409,15 +431,19 @@ def _detect(ctx: _Ctx, value: Any) -> DetectSpec | None:
         for c in costs:
             if c not in DETECT_COSTS:
                 raise ctx.fail("detect.costs", f"unknown cost attack {c!r} (known: {', '.join(DETECT_COSTS)})")
+        if len(set(costs)) != len(costs):
+            raise ctx.fail("detect.costs", "lists a cost attack twice")
         kw["costs"] = tuple(costs)
-    if "attacks" in value:
-        attacks = value["attacks"]
-        if not isinstance(attacks, list) or not attacks:
-            raise ctx.fail("detect.attacks", "must be a non-empty list of attack names")
-        for a in attacks:
-            if str(a) not in {n.value for n in AttackName}:
-                raise ctx.fail("detect.attacks", f"unknown attack {a!r} (known: {', '.join(attack_names())})")
-        kw["attacks"] = tuple(attacks)
+    attacks = value.get("attacks", list(DEFAULT_DETECT_ATTACKS))
+    if attacks is None or (isinstance(attacks, (list, dict)) and not attacks):
+        raise ctx.fail("detect.attacks", "must be a non-empty list of attack names or a mapping LABEL: {parameters}")
+    specs = _attacks(ctx, attacks, "torch", ("untargeted",), prefix="detect.attacks")
+    for spec in specs:
+        if spec.backend != "torch":
+            raise ctx.fail(f"detect.attacks.{spec.label}.backend", "detection crafts with robaudit's torch attacks only")
+        if spec.norm not in (None, "linf"):
+            raise ctx.fail(f"detect.attacks.{spec.label}.norm", "detection crafts Linf examples (norm: linf)")
+    kw["attacks"] = specs
     if "craft" in value:
         if value["craft"] not in DETECT_CRAFT:
             raise ctx.fail("detect.craft", f"must be one of {', '.join(DETECT_CRAFT)}, got {value['craft']!r}")
@@ -429,11 +455,16 @@ def _detect(ctx: _Ctx, value: Any) -> DetectSpec | None:
     if "max_iter" in value:
         kw["max_iter"] = _int(ctx, "detect.max_iter", value["max_iter"], 1)
     if "samples" in value:
-        kw["samples"] = _int(ctx, "detect.samples", value["samples"], 2)
+        kw["samples"] = _int(ctx, "detect.samples", value["samples"], 4, allow_none=True)
+    if "fpr" in value:
+        kw["fpr"] = _num(ctx, "detect.fpr", value["fpr"], 0.0, 1.0)
+        if not 0.0 < kw["fpr"] < 1.0:
+            raise ctx.fail("detect.fpr", f"must be strictly between 0 and 1, got {kw['fpr']:g}")
     return DetectSpec(**kw)
 
 
-def _gates(ctx: _Ctx, value: Any, attacks: tuple[AttackSpec, ...], targets: tuple[str, ...]) -> tuple[str, ...]:
+def _gates(ctx: _Ctx, value: Any, attacks: tuple[AttackSpec, ...], targets: tuple[str, ...],
+           detect: DetectSpec | None = None) -> tuple[str, ...]:
     from robaudit.report.gates import check_selectors, parse_gate
 
     if value is None:
@@ -446,7 +477,8 @@ def _gates(ctx: _Ctx, value: Any, attacks: tuple[AttackSpec, ...], targets: tupl
     for i, g in enumerate(value):
         try:
             gate = parse_gate(g)
-            check_selectors(gate, labels, names, set(targets))
+            check_selectors(gate, labels, names, set(targets),
+                            detect_words=None if detect is None else detect.selector_words())
         except ConfigError as exc:
             raise ctx.fail(f"gates[{i}]", str(exc)) from None
         out.append(gate.text)

@@ -39,10 +39,13 @@ def _point_mass_at_max(v: np.ndarray) -> bool:
 
 def _empirical_threshold(t: np.ndarray, fpr: float) -> float:
     """A threshold ``thr`` (flag when ``t < thr``) at a midpoint between distinct sorted values,
-    chosen so that the fraction of ``t`` below it is closest to ``fpr`` (the lower one on a tie)."""
+    chosen so that the fraction of ``t`` below it is closest to ``fpr`` (the lower one on a tie).
+    The lowest candidate sits just below the smallest value: when every benign cost is the same
+    (all capped at ``max_iter``), any cheaper input is flagged and the fitted FPR is 0."""
     u, counts = np.unique(t, return_counts=True)
     below = np.concatenate([[0], np.cumsum(counts)]) / t.size  # fraction below each candidate
-    cand = np.concatenate([[u[0] - max(1.0, abs(u[0]))], (u[:-1] + u[1:]) / 2, [u[-1] + max(1.0, abs(u[-1]))]])
+    gap = (u[1] - u[0]) / 2 if u.size > 1 else 1e-9 * max(1.0, abs(u[0]))
+    cand = np.concatenate([[u[0] - gap], (u[:-1] + u[1:]) / 2, [u[-1] + max(1.0, abs(u[-1]))]])
     j = int(np.argmin(np.abs(below - fpr) + 1e-12 * below))
     return float(cand[j])
 

@@ -35,3 +35,21 @@ def rates(benign_flags: np.ndarray, adversarial_flags: np.ndarray) -> dict[str, 
     total = a.size + b.size
     acc = float((a.sum() + (~b).sum()) / total) if total else float("nan")
     return {"tpr": tpr, "fpr": fpr, "accuracy": acc}
+
+
+def roc_curve(benign_scores: np.ndarray, adversarial_scores: np.ndarray,
+              max_points: int = 64) -> tuple[list[float], list[float]]:
+    """ROC points ``(fpr, tpr)`` from (0, 0) to (1, 1), one per distinct threshold (larger score =
+    adversarial), thinned to at most ``max_points`` (first and last kept). Empty when a side is empty."""
+    neg = np.asarray(benign_scores, dtype=np.float64).ravel()
+    pos = np.asarray(adversarial_scores, dtype=np.float64).ravel()
+    if neg.size == 0 or pos.size == 0:
+        return [], []
+    thresholds = np.unique(np.concatenate([neg, pos]))[::-1]  # descending
+    neg_s, pos_s = np.sort(neg), np.sort(pos)
+    fpr = [0.0] + [float(neg.size - np.searchsorted(neg_s, t, side="left")) / neg.size for t in thresholds]
+    tpr = [0.0] + [float(pos.size - np.searchsorted(pos_s, t, side="left")) / pos.size for t in thresholds]
+    if len(fpr) > max_points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr = [fpr[i] for i in keep], [tpr[i] for i in keep]
+    return fpr, tpr

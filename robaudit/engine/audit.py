@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from robaudit import __version__
 from robaudit.config import Profile
-from robaudit.engine.cells import Cell, CellContext, CellKind, check_runnable, expand, get_runner, n_chunks
+from robaudit.engine.cells import Cell, CellContext, CellKind, cell_chunks, check_runnable, expand, get_runner
 from robaudit.engine.journal import Journal, JournalState, fingerprint_changes, read_journal
 from robaudit.engine.session import InputOptions, Inputs, load_inputs, seed_everything
 from robaudit.errors import ConfigError
@@ -155,6 +155,7 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
         obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
     ctx = CellContext(model=model, evalset=evalset, profile=profile, device=str(model.device))
     rows: list[dict[str, Any]] = []
+    detection: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     for cell in cells:
         done = state.cells.get(cell.id)
@@ -162,7 +163,7 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
             row, ex = done["row"], done["examples"]
         else:
             chunks = dict(state.chunks.get(cell.id, {}))
-            obs.cell_started(cell.id, n_chunks(evalset.n, profile.batch_size), len(chunks))
+            obs.cell_started(cell.id, cell_chunks(cell, profile, evalset.n), len(chunks))
 
             def on_chunk(rec: dict[str, Any], _cid: str = cell.id) -> None:
                 journal.chunk_finished(_cid, rec)
@@ -171,7 +172,18 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
             row, ex = get_runner(cell.kind)(ctx, cell, chunks, on_chunk)
             journal.cell_finished(cell.id, row, ex)
         obs.cell_finished(cell.id, row)
-        rows.append(row)
+        if cell.kind is CellKind.DETECT:
+            detection.append(row)
+            if row.get("status") != "ok":
+                row_notes = [f"{cell.id}: {row.get('status')}: {row.get('reason')}"]
+            else:
+                row_notes = []
+        else:
+            rows.append(row)
+            row_notes = []
+        for w in [*row_notes, *(row.get("notes") or [])]:
+            warnings.append(w)
+            obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
         if ex is not None:
             examples.append(ex)
 
@@ -190,6 +202,8 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
                           config=config, results=rows, warnings=warnings)
     report["kind"] = "audit"
     report["examples"] = examples
+    if detection:
+        report["detection"] = detection
     return report
 
 
@@ -203,6 +217,11 @@ def strip_timing(report: dict[str, Any]) -> dict[str, Any]:
     for row in out.get("results", []):
         for key in AUDIT_TIMING_FIELDS:
             row.pop(key, None)
+    for entry in out.get("detection", []):
+        for key in AUDIT_TIMING_FIELDS:
+            entry.pop(key, None)
+        for att in (entry.get("attacks") or {}).values():
+            att.pop("seconds", None)
     return out
 
 

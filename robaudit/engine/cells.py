@@ -103,7 +103,7 @@ CellRunner = Callable[[CellContext, Cell, dict[int, ChunkRecord], Callable[[Chun
 ENGINES: dict[CellKind, str | None] = {
     CellKind.ATTACK: "robaudit.engine.cells:run_attack_cell",  # a CellRunner
     CellKind.CLEVER: None,  # issue 5: CLEVER scores
-    CellKind.DETECT: None,  # the A2D engine exists as `robaudit detect`; not yet wired into audits
+    CellKind.DETECT: "robaudit.engine.detect_cell:run_detect_cell",  # A2D costs vs the profile's attacks
 }
 """Which kinds this robaudit can run (``module:function``), ``None`` where the engine is missing."""
 
@@ -200,14 +200,29 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     attack = make_attack(name, plan)
     assert not isinstance(attack, _Unsupported)
     targets = compute_targets(TargetMode(cell.target), evalset.clean_logits[lo:hi], y)
-    seed_everything(seed)
-    with torch.enable_grad():
-        out = attack.generate(model, x, y, targets, clip=model.clip, batch_size=bs, seed=seed, device=device)
+    eff = bs
+    notes: list[str] = []
+    while True:  # halve the batch on out-of-memory and retry the same samples, down to 1
+        try:
+            seed_everything(seed)
+            with torch.enable_grad():
+                out = attack.generate(model, x, y, targets, clip=model.clip, batch_size=eff, seed=seed, device=device)
+            logits = model.predict(out.x_adv, batch_size=eff)
+            break
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_out_of_memory(exc):
+                raise
+            if eff == 1:
+                raise AttackFailure(f"{cell.id}: out of memory even with a batch of 1 sample: "
+                                    f"{_oom_text(exc)}") from exc
+            notes.append(f"{cell.id}: chunk {chunk}: out of memory with a batch of {eff}; "
+                         f"retried with {max(1, eff // 2)}")
+            eff = max(1, eff // 2)
+            _release_memory()
     if out.x_adv.shape != x.shape:
         raise AttackFailure(f"attack {name.value} returned shape {tuple(out.x_adv.shape)}, expected {tuple(x.shape)}")
     dist = perturbation_norms(x, out.x_adv)
     verify_bounds(attack, x, out.x_adv, dist, model.clip)
-    logits = model.predict(out.x_adv, batch_size=bs)
     success = Criterion(y, targets).is_adversarial(logits)
     preds = logits.argmax(dim=1)
     examples = []
@@ -219,11 +234,51 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
             "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
             "seconds": out.seconds, "forward": out.forward_passes, "backward": out.backward_passes,
-            "examples": examples}
+            "examples": examples, **({"notes": notes, "batch_size": eff} if notes else {})}
+
+
+_OOM_MARKERS = ("out of memory", "DefaultCPUAllocator: can't allocate", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it wraps, e.g. an :class:`AttackFailure` around it) is an
+    out-of-memory error: CUDA's, a ``MemoryError``, or a ``RuntimeError`` saying so (CPU allocator)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _oom_text(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def n_chunks(n: int, batch_size: int) -> int:
     return (n + batch_size - 1) // batch_size
+
+
+def cell_chunks(cell: Cell, profile: Profile, evalset_n: int) -> int:
+    """How many journaled chunks ``cell`` runs in (for progress bars)."""
+    if cell.kind is CellKind.DETECT:
+        from robaudit.engine.detect_cell import detect_n
+
+        return n_chunks(detect_n(evalset_n, profile), profile.batch_size)
+    return n_chunks(evalset_n, profile.batch_size)
 
 
 def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
@@ -254,6 +309,9 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
         "seconds": seconds, "seconds_per_image": seconds / n,
         "forward_passes_per_image": fwd / n, "backward_passes_per_image": bwd / n,
     })
+    notes = [n for c in chunks for n in c.get("notes", [])]
+    if notes:
+        row["notes"] = notes
     samples = [e for c in chunks for e in c.get("examples", [])]
     examples = None
     if samples:

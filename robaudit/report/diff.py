@@ -2,7 +2,8 @@
 
 Cells are matched by ``cell_id`` when both reports have one, else by (attack label, target,
 defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
-distances of successful examples.
+distances of successful examples; detection rows (matched by cell id, attack and score) compare
+their AUROC (higher is better).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 DIFF_METRICS: tuple[tuple[str, int], ...] = (
     ("robust_accuracy", +1), ("success_rate", -1), ("l2_median", +1), ("l2_mean", +1), ("linf_median", +1),
+    ("auroc", +1),
 )
 """(metric, direction): +1 when a larger value is more robust, -1 when a smaller one is."""
 
@@ -48,7 +50,7 @@ def _key(row: dict[str, Any]) -> str:
 
 
 def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
-    from robaudit.report.gates import row_metric
+    from robaudit.report.gates import detection_rows, row_metric
 
     old_rows = {_key(r): r for r in old.get("results", [])}
     new_rows = {_key(r): r for r in new.get("results", [])}
@@ -57,11 +59,20 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     for key in list(dict.fromkeys([*old_rows, *new_rows])):
         o, n = old_rows.get(key), new_rows.get(key)
         for metric, _ in DIFF_METRICS:
+            if metric == "auroc":
+                continue
             ov = row_metric(old, o, metric) if o is not None and o.get("status") == "ok" else None
             nv = row_metric(new, n, metric) if n is not None and n.get("status") == "ok" else None
             if ov is None and nv is None:
                 continue
             changes.append(Change(key, metric, ov, nv))
+    old_det = {f"{r['cell_id']} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(old)}
+    new_det = {f"{r['cell_id']} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(new)}
+    for key in list(dict.fromkeys([*old_det, *new_det])):
+        ov = (old_det.get(key) or {}).get("auroc")
+        nv = (new_det.get(key) or {}).get("auroc")
+        if ov is not None or nv is not None:
+            changes.append(Change(key, "auroc", ov, nv))
     return changes
 
 

@@ -12,6 +12,17 @@ Selectors are attack labels or names (``pgd``), target settings (``untargeted``,
 ``next-class``) and ``defences=none`` / ``defences=ss+jpeg``. A gate on a group holds when it holds
 for every matching cell; the reported value is the worst one. Cells that did not run (status
 ``unsupported`` or ``skipped``) are left out of groups.
+
+Detection gates use a detection metric (``auroc``, ``detection_rate``, ``fpr``, ``accuracy``) and
+address the (crafting attack, score) rows of detection cells::
+
+    detect auroc >= 0.9                      # every attack x every score
+    detect bim-linf fgsm auroc >= 0.95       # FGSM examples, scored by the BIM-Linf cost
+    detect attack=jsma cost=bim-l2 fpr <= 0.1   # attack=/cost= when a name is both (jsma)
+
+The word ``detect`` is optional; other selectors are crafting-attack labels or names and score
+names (cost attacks, ``squeeze``, ``COST+squeeze``). Rows without adversarial examples (the attack
+never succeeded) are left out of groups.
 """
 
 from __future__ import annotations
@@ -29,6 +40,9 @@ ROW_METRICS = (
 )
 """Metrics of one result row. ``robust_accuracy`` (untargeted rows only) is
 ``clean_accuracy * (1 - success_rate)``: the share of the sampled inputs still classified correctly."""
+DETECT_METRICS = ("auroc", "detection_rate", "fpr", "accuracy")
+"""Metrics of detection rows (``report["detection"][*]["rows"]``): AUROC of the score against the
+attack's examples, and detection rate (TPR) / false-positive rate / accuracy at the fitted threshold."""
 REPORT_METRICS = ("clean_accuracy",)
 """Metrics of the whole report (no selectors)."""
 OPS = ("<=", ">=", "<", ">")
@@ -91,17 +105,60 @@ def parse_gate(text: str) -> Gate:
         raise ConfigError(f"cannot parse gate {text!r}: expected '[SELECTOR ...] METRIC OP VALUE' with OP one of "
                           f"{' '.join(OPS)}, e.g. 'pgd untargeted success_rate <= 0.3'")
     metric = m["metric"]
-    if metric not in ROW_METRICS and metric not in REPORT_METRICS:
+    if metric not in ROW_METRICS and metric not in REPORT_METRICS and metric not in DETECT_METRICS:
         raise ConfigError(f"gate {text!r}: unknown metric {metric!r} "
-                          f"(known: {', '.join(REPORT_METRICS + ROW_METRICS)})")
+                          f"(known: {', '.join(REPORT_METRICS + ROW_METRICS + DETECT_METRICS)})")
     raw = m["value"]
     value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
     selectors = tuple(m["sel"].split())
     if metric in REPORT_METRICS and selectors:
         raise ConfigError(f"gate {text!r}: {metric} is a report-level metric and takes no selectors")
-    if metric in ("success_rate", "robust_accuracy", "clean_accuracy") and not 0.0 <= value <= 1.0:
+    if metric in ("success_rate", "robust_accuracy", "clean_accuracy", *DETECT_METRICS) and not 0.0 <= value <= 1.0:
         raise ConfigError(f"gate {text!r}: {metric} is a fraction in [0, 1], got {value:g} (write 30% or 0.3)")
+    if metric not in DETECT_METRICS and any(s.lower() == "detect" for s in selectors):
+        raise ConfigError(f"gate {text!r}: 'detect' selects detection rows, whose metrics are "
+                          f"{', '.join(DETECT_METRICS)}")
+    if metric in DETECT_METRICS and any(s.lower().startswith(("defences=", "defence=", "defenses=", "defense="))
+                                        for s in selectors):
+        raise ConfigError(f"gate {text!r}: detection rows have no defence stack to select")
     return Gate(text=" ".join(text.split()), selectors=selectors, metric=metric, op=m["op"], threshold=value)
+
+
+def detection_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every (attack, score) row of the report's detection cells, with its ``cell_id``."""
+    out = []
+    for entry in report.get("detection") or []:
+        for row in entry.get("rows", []):
+            out.append({**row, "cell_id": entry.get("cell_id"), "cell_status": entry.get("status")})
+    return out
+
+
+def detect_selector_matches(selector: str, row: dict[str, Any]) -> bool:
+    s = selector.lower()
+    if s == "detect":
+        return True
+    if s.startswith("attack="):
+        s = s.split("=", 1)[1]
+        return s in (str(row.get("attack", "")).lower(), str(row.get("attack_name", "")).lower())
+    if s.startswith("cost="):
+        return s.split("=", 1)[1] == str(row.get("cost", "")).lower()
+    return s in (str(row.get("attack", "")).lower(), str(row.get("attack_name", "")).lower(),
+                 str(row.get("cost", "")).lower())
+
+
+def _check_detect_selectors(gate: Gate, words: set[str] | None) -> None:
+    if words is None:
+        raise ConfigError(f"gate {gate.text!r}: {gate.metric} is a detection metric, and this audit has no "
+                          "detect section")
+    known = {w.lower() for w in words}
+    for s in gate.selectors:
+        low = s.lower()
+        if low == "detect":
+            continue
+        word = low.split("=", 1)[1] if low.startswith(("attack=", "cost=")) else low
+        if word not in known:
+            raise ConfigError(f"gate {gate.text!r}: selector {s!r} is not a detection attack or score here "
+                              f"(known: {', '.join(sorted(words)) or 'none'})")
 
 
 def _defence_key(row: dict[str, Any]) -> str:
@@ -117,8 +174,14 @@ def selector_matches(selector: str, row: dict[str, Any]) -> bool:
     return s in (str(row.get("label", "")).lower(), str(row.get("attack", "")).lower())
 
 
-def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: set[str]) -> None:
-    """Refuse selectors that can never match (a typo would otherwise silently gate nothing)."""
+def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: set[str],
+                    detect_words: set[str] | None = None) -> None:
+    """Refuse selectors that can never match (a typo would otherwise silently gate nothing).
+
+    ``detect_words``: selector words of detection rows (``None``: the audit has no detection cells)."""
+    if gate.metric in DETECT_METRICS:
+        _check_detect_selectors(gate, detect_words)
+        return
     known_words = {w.lower() for w in labels | attacks} | set(_TARGET_ALIASES)
     for s in gate.selectors:
         low = s.lower()
@@ -144,6 +207,8 @@ def row_metric(report: dict[str, Any], row: dict[str, Any], metric: str) -> floa
 
 
 def _cell_name(row: dict[str, Any]) -> str:
+    if "cost" in row and "auroc" in row:
+        return f"{row.get('cell_id')} {row.get('attack')}/{row.get('cost')}"
     return str(row.get("cell_id") or f"{row.get('label', row.get('attack'))}/{row.get('target')}/{_defence_key(row)}")
 
 
@@ -157,6 +222,8 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
         value = float(value)
         ok = gate.holds(value)
         return GateResult(gate, ok, value, None, f"{gate.metric} = {value:.4g} (needs {thr})")
+    if gate.metric in DETECT_METRICS:
+        return _evaluate_detect_gate(gate, report, thr)
     rows = report.get("results", [])
     matched = [r for r in rows if all(selector_matches(s, r) for s in gate.selectors)]
     if not matched:
@@ -180,6 +247,32 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
     ok = gate.holds(worst)
     where = _cell_name(cell) + (f" (worst of {len(present)} cells)" if len(present) > 1 else "")
     return GateResult(gate, ok, worst, _cell_name(cell), f"{gate.metric} = {worst:.4g} at {where} (needs {thr})")
+
+
+def _evaluate_detect_gate(gate: Gate, report: dict[str, Any], thr: str) -> GateResult:
+    rows = detection_rows(report)
+    if not rows:
+        raise ConfigError(f"gate {gate.text!r}: the report has no detection cells")
+    matched = [r for r in rows if all(detect_selector_matches(s, r) for s in gate.selectors)]
+    if not matched:
+        words = {str(r.get(k)) for r in rows for k in ("attack", "attack_name", "cost")}
+        _check_detect_selectors(gate, words)
+        raise ConfigError(f"gate {gate.text!r} matches no detection row of the report")
+    ran = [r for r in matched if r.get("status") == "ok"]
+    if not ran:
+        reasons = "; ".join(f"{_cell_name(r)}: {r.get('status')} ({r.get('reason')})" for r in matched[:3])
+        return GateResult(gate, False, None, None, f"{gate.metric}: no detection row has a value ({reasons}) "
+                                                   f"(needs {thr})")
+    present = [(row_metric(report, r, gate.metric), r) for r in ran]
+    missing = [r for v, r in present if v is None]
+    if missing:
+        return GateResult(gate, False, None, _cell_name(missing[0]),
+                          f"{gate.metric} has no value for {_cell_name(missing[0])} (needs {thr})")
+    worst = gate.worst([v for v, _ in present])  # type: ignore[misc]
+    row = next(r for v, r in present if v == worst)
+    where = _cell_name(row) + (f" (worst of {len(present)} rows)" if len(present) > 1 else "")
+    return GateResult(gate, gate.holds(worst), worst, _cell_name(row),
+                      f"{gate.metric} = {worst:.4g} at {where} (needs {thr})")
 
 
 def evaluate_gates(gates: list[Gate], report: dict[str, Any]) -> list[GateResult]:

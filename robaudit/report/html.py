@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from robaudit.report.render import COLUMNS, _cells
-from robaudit.report.svg import grouped_bars
+from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1300px}
@@ -105,6 +105,39 @@ def gates_html(report: dict[str, Any]) -> str:
             f"<th class=\"l\">where</th></tr>{rows}</table>")
 
 
+def detection_html(report: dict[str, Any]) -> str:
+    """Detection cells: ROC curves (one chart per crafting attack, one curve per score) and the rows."""
+    from robaudit.report.render import DETECT_COLUMNS, _detect_cells
+
+    parts = []
+    for entry in report.get("detection") or []:
+        parts.append(f"<h3>{escape(str(entry.get('cell_id')))}</h3>")
+        if entry.get("status") != "ok":
+            parts.append(f'<p class="dim">{escape(str(entry.get("status")))}: {escape(str(entry.get("reason")))}</p>')
+            continue
+        parts.append(f"<p>{entry.get('n_benign')} benign inputs; examples crafted with <code>craft: "
+                     f"{escape(str(entry.get('craft')))}</code>; rates at thresholds for "
+                     f"{100 * float(entry.get('target_fpr') or 0):.0f}% target FPR "
+                     f"({escape(str(entry.get('thresholds_from', '')))}).</p>")
+        by_attack: dict[str, list[tuple[str, list[float], list[float]]]] = {}
+        auc = {(r.get("attack"), r.get("cost")): r.get("auroc") for r in entry.get("rows", [])}
+        for c in entry.get("roc", []):
+            a = auc.get((c.get("attack"), c.get("cost")))
+            name = f"{c.get('cost')}" + (f" (AUROC {a:.3f})" if a is not None else "")
+            by_attack.setdefault(str(c.get("attack")), []).append((name, c.get("fpr", []), c.get("tpr", [])))
+        if by_attack:
+            parts.append('<div class="charts">' + "".join(roc_chart(f"ROC: {a}", curves)
+                                                          for a, curves in by_attack.items()) + "</div>")
+        head = "".join(f'<th class="{"l" if k in ("attack", "cost") else ""}">{escape(h)}</th>'
+                       for k, h in DETECT_COLUMNS)
+        body = "".join(
+            f'<tr class="{"" if r.get("status") == "ok" else "dim"}">'
+            + "".join(f'<td class="{"l" if i < 2 else ""}">{escape(c)}</td>' for i, c in enumerate(_detect_cells(r)))
+            + "</tr>" for r in entry.get("rows", []))
+        parts.append(f"<table><tr>{head}</tr>{body}</table>")
+    return ("<h2>Detection</h2>" + "".join(parts)) if parts else ""
+
+
 def report_html(report: dict[str, Any]) -> str:
     model, data = report.get("model", {}), report.get("data", {})
     profile = (report.get("config") or {}).get("profile") or {}
@@ -123,7 +156,9 @@ def report_html(report: dict[str, Any]) -> str:
     svgs = charts(report)
     if svgs:
         parts.append('<h2>Success and distance per attack</h2><div class="charts">' + "".join(svgs) + "</div>")
-    parts.append("<h2>Results</h2>" + results_html_table(report))
+    if report.get("results"):
+        parts.append("<h2>Results</h2>" + results_html_table(report))
+    parts.append(detection_html(report))
     examples = report.get("examples") or []
     if examples:
         parts.append("<h2>Examples</h2><p>The first correctly classified inputs of the evaluation set; the "

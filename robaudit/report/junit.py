@@ -36,6 +36,15 @@ def report_junit(report: dict[str, Any], gate_results: list[dict[str, Any]] | No
                 ET.SubElement(case, "skipped", message=f"{row.get('status')}: {row.get('reason')}")
             else:
                 ET.SubElement(case, "system-out").text = f"success_rate {row.get('success_rate'):.4g}"
+        for entry in report.get("detection") or []:
+            for row in entry.get("rows", []):
+                case = ET.SubElement(suite, "testcase", classname=f"robaudit.detection.{model}",
+                                     name=f"{entry.get('cell_id')} {row.get('attack')}/{row.get('cost')}")
+                if row.get("status") != "ok":
+                    skipped += 1
+                    ET.SubElement(case, "skipped", message=f"{row.get('status')}: {row.get('reason')}")
+                else:
+                    ET.SubElement(case, "system-out").text = f"auroc {row.get('auroc'):.4g}"
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(failures))
     suite.set("errors", "0")

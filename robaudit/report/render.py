@@ -90,3 +90,52 @@ def results_markdown(report: dict[str, Any]) -> str:
     for w in report.get("warnings", []):
         lines.append(f"\n> warning: {w}")
     return "\n".join(lines) + "\n"
+
+
+DETECT_COLUMNS = (("attack", "attack"), ("cost", "score"), ("n_benign", "benign"), ("n_adversarial", "adversarial"),
+                  ("auroc", "AUROC"), ("detection_rate", "detection rate"), ("fpr", "FPR"), ("accuracy", "accuracy"))
+"""(key, header) of the detection rows' columns."""
+
+
+def _detect_cells(row: dict[str, Any]) -> list[str]:
+    out = []
+    for key, _ in DETECT_COLUMNS:
+        v = row.get(key)
+        if key == "attack" and row.get("attack_name") not in (None, v):
+            out.append(f"{v} ({row.get('attack_name')})")
+        elif key in ("detection_rate", "fpr", "accuracy") and v is not None:
+            out.append(f"{100 * v:.1f}%")
+        elif key == "auroc" and v is not None:
+            out.append(f"{v:.3f}")
+        else:
+            out.append("-" if v is None else str(v))
+    return out
+
+
+def detection_markdown(report: dict[str, Any]) -> str:
+    """Markdown tables of the report's detection cells (empty when it has none)."""
+    lines: list[str] = []
+    for entry in report.get("detection") or []:
+        lines += ["", f"**Detection** `{entry.get('cell_id')}`: "
+                  + (f"{entry.get('n_benign')} benign inputs, craft {entry.get('craft')}, thresholds at "
+                     f"{100 * float(entry.get('target_fpr') or 0):.0f}% target FPR"
+                     if entry.get("status") == "ok" else f"{entry.get('status')}: {entry.get('reason')}"), ""]
+        if not entry.get("rows"):
+            continue
+        lines.append("| " + " | ".join(h for _, h in DETECT_COLUMNS) + " |")
+        lines.append("|" + "|".join("---" for _ in DETECT_COLUMNS) + "|")
+        for row in entry["rows"]:
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in _detect_cells(row)) + " |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def detection_table(report: dict[str, Any]) -> Table | None:
+    rows = [(e, r) for e in report.get("detection") or [] for r in e.get("rows", [])]
+    if not rows:
+        return None
+    table = Table(title="Detection (A2D attack costs): AUROC, and rates at the fitted thresholds", title_justify="left")
+    for key, header in DETECT_COLUMNS:
+        table.add_column(header, justify="left" if key in ("attack", "cost") else "right")
+    for _, row in rows:
+        table.add_row(*_detect_cells(row), style=None if row.get("status") == "ok" else "dim")
+    return table

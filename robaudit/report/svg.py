@@ -72,3 +72,40 @@ def grouped_bars(title: str, groups: list[str], series: list[str], values: dict[
         parts.append(f'<text x="{lx + 16}" y="{ly}">{escape(s)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def roc_chart(title: str, curves: list[tuple[str, list[float], list[float]]], *, size: int = 240) -> str:
+    """An SVG ROC plot: one polyline per ``(name, fpr, tpr)`` curve, with the chance diagonal."""
+    left, top, right, bottom = 48, 34, 12, 44
+    legend_h = 16 * len(curves)
+    width, height = left + size + right, top + size + bottom + legend_h
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+             'font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="18" font-size="13" font-weight="bold">{escape(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="#333"/>']
+    for i in range(5):
+        frac = i / 4
+        x = left + frac * size
+        y = top + size - frac * size
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + size}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + size}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{frac:g}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{top + size + 14}" text-anchor="middle" fill="#555">{frac:g}</text>')
+    parts.append(f'<line x1="{left}" y1="{top + size}" x2="{left + size}" y2="{top}" stroke="#bbb" '
+                 'stroke-dasharray="4 3"/>')
+    parts.append(f'<text x="{left + size / 2:.1f}" y="{top + size + 30}" text-anchor="middle" fill="#555">'
+                 'false-positive rate</text>')
+    parts.append(f'<text x="12" y="{top + size / 2:.1f}" transform="rotate(-90 12 {top + size / 2:.1f})" '
+                 'text-anchor="middle" fill="#555">detection rate</text>')
+    for ci, (name, fpr, tpr) in enumerate(curves):
+        colour = PALETTE[ci % len(PALETTE)]
+        pts = " ".join(f"{left + f * size:.1f},{top + size - t * size:.1f}" for f, t in zip(fpr, tpr))
+        if pts:
+            parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2">'
+                         f'<title>{escape(name)}</title></polyline>')
+        ly = top + size + bottom + 16 * ci
+        parts.append(f'<rect x="{left}" y="{ly - 9}" width="12" height="10" fill="{colour}"/>')
+        parts.append(f'<text x="{left + 16}" y="{ly}">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
