@@ -104,3 +104,77 @@ def test_other_errors_are_not_retried(tmp_path, monkeypatch):
             raise AttackFailure("wrapped") from inner
     except AttackFailure as exc:
         assert is_out_of_memory(exc)
+
+
+# --- ImageNet-sized plumbing (slow) --------------------------------------------------------------
+
+IMAGENET_PROFILE = """\
+# paper-imagenet's attack x target grid, minus defences and CLEVER, with cheap attack parameters
+seed: 0
+samples: null
+batch_size: 4
+examples: 1
+attacks:
+  fgsm: {eps: 0.0157}
+  apgd: {eps: 0.0157, n_iter: 2}
+  cw-l2: {max_iter: 2, binary_search_steps: 1}
+  cw-linf: {max_iter: 2, search_steps: 1}
+  hopskipjump: {max_iter: 1, max_eval: 8, init_eval: 4, init_size: 4, max_queries: 40, query_batch: 8}
+  shadow: {nb_steps: 2}
+  universal: {eps: 0.0157, max_iter: 1}
+targets: all
+gates:
+  - clean_accuracy >= 1.0
+"""
+
+
+def _torchvision_model(arch: str, folder: Path) -> tuple[Path, Path]:
+    """A random-weight torchvision model as TorchScript, and an .npz of random inputs labelled with
+    the model's own predictions (so every input is classified correctly)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    kwargs = {"aux_logits": False, "init_weights": False} if arch == "inception_v3" else {}
+    net = getattr(torchvision.models, arch)(weights=None, **kwargs).eval()
+    size = 299 if arch == "inception_v3" else 224
+    x = torch.rand(6, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scripted = torch.jit.trace(net, x[:1])
+        y = scripted(x).argmax(1)
+    model_path, data_path = folder / f"{arch}.pt", folder / f"{arch}.npz"
+    scripted.save(str(model_path))
+    np.savez(data_path, x=x.numpy(), y=y.numpy().astype(np.int64))
+    return model_path, data_path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet50", "inception_v3"])
+def test_imagenet_sized_random_models_run_the_paper_grid(tmp_path, arch):
+    model_path, data_path = _torchvision_model(arch, tmp_path)
+    profile = tmp_path / "imagenet-grid.yaml"
+    profile.write_text(IMAGENET_PROFILE)
+    exe = Path(sys.executable).parent / "robaudit"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "COLUMNS": "200"}
+    start = time.monotonic()
+    proc = subprocess.run([str(exe), "audit", str(model_path), "--data", str(data_path), "--profile", str(profile),
+                           "--out", str(tmp_path / "out"), "-q", "--format", "none"],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert validation_errors(report) == []
+    size = 299 if arch == "inception_v3" else 224
+    assert report["model"]["input_shape"] == [3, size, size] and report["model"]["classes"] == 1000
+    assert report["data"]["n_evaluated"] == 6 and report["data"]["clean_accuracy"] == 1.0
+    rows = report["results"]
+    assert len(rows) == 21 and len({r["cell_id"] for r in rows}) == 21
+    ran = [r for r in rows if r["status"] == "ok"]
+    assert {r["attack"] for r in ran} == {"fgsm", "apgd", "cw-l2", "cw-linf", "hopskipjump", "shadow", "universal"}
+    assert [r["target"] for r in rows if r["status"] != "ok"] == ["least-likely", "next-class"]  # universal
+    for r in ran:
+        assert r["n"] == 6 and 0.0 <= r["success_rate"] <= 1.0
+        assert r["eps"] is None or r["linf_max"] is None or r["linf_max"] <= r["eps"] + 1e-6
+    html = subprocess.run([str(exe), "report", str(tmp_path / "out" / "report.json"), "--format", "html"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert html.returncode == 0 and html.stdout.count("<img") >= 3 * len(report["examples"])
+    print(f"{arch}: {seconds:.0f} s")
