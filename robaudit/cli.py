@@ -156,7 +156,8 @@ def attack(
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=quiet, transient=True)
     with progress:
-        report = run_attack_job(job, command, _ProgressObserver(progress))
+        report = run_attack_job(job, command, _ProgressObserver(progress),
+                                checkpoint=lambda partial: write_json_atomic(out, partial))
     path = write_json_atomic(out, report)
     _print_report(report, fmt)
     if fmt is not OutputFormat.json:

@@ -78,3 +78,15 @@ def test_bound_violations_are_internal_errors():
     nan[1, 0, 0, 0] = float("nan")
     with pytest.raises(AttackFailure, match="non-finite"):
         verify_bounds(_Fake(), x, nan, perturbation_norms(x, nan), (0.0, 1.0))
+
+
+def test_partial_reports_after_every_cell_are_valid():
+    partials = []
+    plan = AttackPlan(attacks=(AttackName.FGSM, AttackName.DEEPFOOL), targets=(TargetMode.UNTARGETED,
+                      TargetMode.NEXT_CLASS), eps=0.2, batch_size=64)
+    job = AttackJob(inputs=InputOptions(model="demo:mnist", data="demo:mnist", device="cpu"), plan=plan, n=16)
+    final = run_attack_job(job, ["test"], checkpoint=partials.append)
+    assert [len(p["results"]) for p in partials] == [1, 2, 3]  # the last cell completes the final report
+    assert all(p["partial"] is True and validation_errors(p) == [] for p in partials)
+    assert "partial" not in final and len(final["results"]) == 4
+    assert partials[-1]["results"] == final["results"][:3]

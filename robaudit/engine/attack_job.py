@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from robaudit.attacks.base import AttackKind
@@ -45,7 +46,10 @@ def model_warnings(model: Classifier, evalset: EvaluationSet) -> list[str]:
     return out
 
 
-def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None = None) -> dict[str, Any]:
+def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None = None,
+                   checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the job and return the report. ``checkpoint`` receives a partial report (``"partial": true``)
+    after every finished cell, so a long run that dies keeps what it finished."""
     obs = observer or NullObserver()
     check_plan(job.plan)
     seed_everything(job.plan.seed)
@@ -59,7 +63,6 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
     for w in model_warnings(model, evalset):
         warnings.append(w)
         obs.warn(w)
-    rows = run_attack_plan(model, evalset, plan, obs)
     model_dict = model.info.to_dict()
     model_dict["path"] = inputs.model_spec
     data_dict = {
@@ -74,8 +77,20 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
         "params": {k.value: v for k, v in plan.params.items()}, "n": job.n, "batch_size": plan.batch_size,
         "attack_defaults": _defaults(plan),
     }
-    return build_report(command=command, seed=plan.seed, device=model.device, model=model_dict, data=data_dict,
-                        config=config, results=rows, warnings=warnings)
+
+    def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return build_report(command=command, seed=plan.seed, device=model.device, model=model_dict,
+                            data=data_dict, config=config, results=rows, warnings=warnings)
+
+    done: list[dict[str, Any]] = []
+
+    def on_row(row: dict[str, Any]) -> None:
+        done.append(row)
+        if checkpoint is not None and len(done) < len(plan.cells()):
+            checkpoint({**report(list(done)), "partial": True})
+
+    run_attack_plan(model, evalset, plan, obs, on_row=on_row)
+    return report(done)
 
 
 def _defaults(plan: AttackPlan) -> dict[str, Any]:

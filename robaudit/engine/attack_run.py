@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,8 +70,9 @@ class _Unsupported:
 
 
 def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
-                    observer: Observer | None = None) -> list[dict[str, Any]]:
-    """Run all cells of ``plan``; returns one result row per (attack, target)."""
+                    observer: Observer | None = None,
+                    on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run all cells of ``plan``; returns one result row per (attack, target), each also passed to ``on_row``."""
     obs = observer or NullObserver()
     # Validate every attack's configuration before spending time on any of them.
     attacks = {name: make_attack(name, plan) for name in plan.attacks}
@@ -82,6 +84,8 @@ def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
         obs.cell_started(label)
         row = run_cell(model, evalset, attacks[name], name, mode, plan)
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         obs.cell_finished(label, row)
     return rows
 
