@@ -57,7 +57,8 @@ def results_table(report: dict[str, Any], width: int = 200) -> Table:
     title = (f"{model.get('path', '?')} on {data.get('path', '?')}: clean accuracy "
              f"{100 * float(data.get('clean_accuracy', 0.0)):.1f}%, {data.get('n_evaluated', '?')} correctly "
              f"classified inputs attacked ({data.get('n_dropped_misclassified', 0)} dropped)")
-    table = Table(title=title, title_justify="left")
+    reasons = dict.fromkeys(str(r.get("reason")) for r in report.get("results", []) if r.get("status") != "ok")
+    table = Table(title=title, title_justify="left", caption="; ".join(reasons) or None, caption_justify="left")
     keep = [i for i, (key, _) in enumerate(COLUMNS) if width >= WIDE_WIDTH or key not in WIDE_ONLY]
     for i in keep:
         key, header = COLUMNS[i]
@@ -65,8 +66,8 @@ def results_table(report: dict[str, Any], width: int = 200) -> Table:
         table.add_column(header, justify="left" if text else "right", no_wrap=text)
     for row in report.get("results", []):
         cells = _cells(row)
-        if row.get("status") != "ok":  # the reason spans the numeric columns: keep it readable
-            table.add_row(*cells[:3], " ".join(c for c in cells[3:] if c), *[""] * (len(keep) - 4), style="dim")
+        if row.get("status") != "ok":  # a narrow column cannot hold the reason: status here, reason below
+            table.add_row(*cells[:3], "-", str(row.get("status")), *[""] * (len(keep) - 5), style="dim")
         else:
             table.add_row(*[cells[i] for i in keep])
     return table
