@@ -227,7 +227,7 @@ class Attack(ABC):
             raise ConfigError(f"attack {self.name} does not support targeted attacks")
         if targets is None and not self.supports_untargeted:
             raise ConfigError(f"attack {self.name} does not support untargeted attacks")
-        dev = torch.device(device) if device is not None else _module_device(model)
+        dev = torch.device(device) if device is not None else module_device(model)
         counter = PassCounter()
         counted = CountingModel(model, counter)
         self.clip = clip
@@ -275,7 +275,8 @@ def project_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: Norm) -
     return x + delta
 
 
-def _module_device(model: torch.nn.Module) -> torch.device:
+def module_device(model: torch.nn.Module) -> torch.device:
+    """Device of a module's first parameter or buffer (CPU for a module with neither)."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():

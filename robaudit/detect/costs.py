@@ -27,7 +27,7 @@ import torch
 
 from robaudit.attacks._losses import LossName, loss_and_input_grad
 from robaudit.attacks._steps import ascent_step, l2_norm, l2_normalize, project
-from robaudit.attacks.base import CountingModel, Criterion, Norm, PassCounter
+from robaudit.attacks.base import CountingModel, Criterion, Norm, PassCounter, module_device
 from robaudit.detect.interface import CostName, CostParams
 from robaudit.errors import ConfigError
 
@@ -79,7 +79,7 @@ def measure_costs(model: torch.nn.Module, x: torch.Tensor, params: Sequence[Cost
     """Run every cost attack in ``params`` on ``x`` (any device) in batches; see the module doc."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
-    dev = torch.device(device) if device is not None else _device(model)
+    dev = torch.device(device) if device is not None else module_device(model)
     preds = []
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
@@ -271,11 +271,3 @@ def boundary_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
         step_s[active] = (step_s[active] * factor).clamp(1e-4, 0.5)
         step_o[active] = (step_o[active] * factor).clamp(1e-3, 1.0)
     return cost
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    for prm in model.parameters():
-        return prm.device
-    for buf in model.buffers():
-        return buf.device
-    return torch.device("cpu")

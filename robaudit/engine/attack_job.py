@@ -63,14 +63,8 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
     for w in model_warnings(model, evalset):
         warnings.append(w)
         obs.warn(w)
-    model_dict = model.info.to_dict()
-    model_dict["path"] = inputs.model_spec
-    data_dict = {
-        "path": inputs.data_spec, "format": data.format, "sha256": data.sha256, "n_total": int(data.x.shape[0]),
-        "n_selected": evalset.n_selected, "n_evaluated": evalset.n,
-        "n_dropped_misclassified": evalset.n_dropped, "clean_accuracy": evalset.clean_accuracy,
-        "notes": list(data.notes),
-    }
+    model_dict = inputs.model_section()
+    data_dict = inputs.data_section(evalset)
     config = {
         "attacks": [a.value for a in plan.attacks], "targets": [t.value for t in plan.targets],
         "norm": plan.norm.value if plan.norm else None, "eps": plan.eps, "backend": plan.backend,

@@ -187,14 +187,8 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
         if ex is not None:
             examples.append(ex)
 
-    model_dict = model.info.to_dict()
-    model_dict["path"] = inputs.model_spec
-    data_dict = {
-        "path": inputs.data_spec, "format": data.format, "sha256": data.sha256, "n_total": int(data.x.shape[0]),
-        "n_selected": evalset.n_selected, "n_evaluated": evalset.n,
-        "n_dropped_misclassified": evalset.n_dropped, "clean_accuracy": evalset.clean_accuracy,
-        "notes": list(data.notes),
-    }
+    model_dict = inputs.model_section()
+    data_dict = inputs.data_section(evalset)
     config = {"profile": profile.to_dict(), "cells": [c.id for c in cells],
               "attacks": [a.label for a in profile.attacks], "targets": list(profile.targets),
               "n": profile.samples, "batch_size": profile.batch_size}

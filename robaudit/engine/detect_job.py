@@ -140,12 +140,6 @@ def features_for(model: Classifier, x: torch.Tensor, costs: Sequence[CostParams]
     return feats, res, time.perf_counter() - start
 
 
-def _model_dict(model: Classifier, spec: str) -> dict[str, Any]:
-    d = model.info.to_dict()
-    d["path"] = spec
-    return d
-
-
 def _load_adversarial(opts: InputOptions, path: str, model: Classifier, n: int | None, seed: int) -> torch.Tensor:
     ds = load_dataset(resolve_data(path), layout=opts.layout, channels=model.info.input_shape[0], x_key=opts.x_key,
                       input_range=model.clip)
@@ -237,7 +231,7 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
     dfile = DetectorFile(model_sha256=model.info.sha256, costs=costs, detector=det, clip=model.clip,
                          input_shape=tuple(model.info.input_shape), squeeze=sq, model_path=inputs.model_spec, fit=fit)
     summary = {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": "fit",
-               "model": _model_dict(model, inputs.model_spec), "detector": det.to_dict()["kind"],
+               "model": inputs.model_section(), "detector": det.to_dict()["kind"],
                "n_benign": evalset.n, "fit": fit}
     return dfile, summary
 
@@ -284,7 +278,7 @@ def run_score_job(job: ScoreJob, command: list[str], observer: Observer | None =
     fwd = sum(res.forward_passes.values())
     bwd = sum(res.backward_passes.values())
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": command, "mode": "score",
-            "model": _model_dict(model, inputs.model_spec), "data": {"path": inputs.data_spec, "n": n},
+            "model": inputs.model_section(), "data": {"path": inputs.data_spec, "n": n},
             "detector": {"path": job.detector_path, "kind": dfile.detector.to_dict()["kind"],
                          "costs": [p.to_dict() for p in dfile.costs]},
             "summary": {"n": n, "flagged": int(flags.sum()), "flagged_rate": float(flags.mean()) if n else None},
@@ -389,7 +383,7 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
     data_dict = {"path": inputs.data_spec, "sha256": inputs.data.sha256, "n_selected": evalset.n_selected,
                  "n_evaluated": evalset.n, "clean_accuracy": evalset.clean_accuracy}
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "mode": "eval", "command": command,
-            "model": _model_dict(model, inputs.model_spec), "data": data_dict,
+            "model": inputs.model_section(), "data": data_dict,
             "config": {"costs": [p.to_dict() for p in costs], "attacks": [a.value for a in job.attacks],
                        "craft_mode": job.craft_mode, "target_fpr": job.fpr, "seed": c.seed, "n": c.n,
                        "batch_size": c.batch_size, "squeeze": sq.to_dict() if sq else None,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from robaudit.data import Dataset, load_dataset
 from robaudit.demo_assets import resolve_data, resolve_model
+from robaudit.engine.evaluation import EvaluationSet
 from robaudit.errors import DataLoadError
 from robaudit.models import Classifier
 from robaudit.models.loader import load_model
@@ -34,6 +36,20 @@ class Inputs:
     data: Dataset
     model_spec: str
     data_spec: str
+
+    def model_section(self) -> dict[str, Any]:
+        """The report's ``model`` object (path as the user gave it)."""
+        return {**self.model.info.to_dict(), "path": self.model_spec}
+
+    def data_section(self, evalset: EvaluationSet) -> dict[str, Any]:
+        """The report's ``data`` object for an evaluation set drawn from this data."""
+        data = self.data
+        return {
+            "path": self.data_spec, "format": data.format, "sha256": data.sha256, "n_total": int(data.x.shape[0]),
+            "n_selected": evalset.n_selected, "n_evaluated": evalset.n,
+            "n_dropped_misclassified": evalset.n_dropped, "clean_accuracy": evalset.clean_accuracy,
+            "notes": list(data.notes),
+        }
 
 
 def load_inputs(opts: InputOptions) -> Inputs:
