@@ -17,6 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from robaudit import __version__
 from robaudit.cli_audit import register as register_audit
+from robaudit.cli_clever import register as register_clever
+from robaudit.cli_defend import defend_app
 from robaudit.cli_detect import detect_app
 from robaudit.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, RobauditError
 
@@ -202,7 +204,9 @@ def list_attacks() -> None:
 
 
 register_audit(app)  # `audit` and `report` (issue 7)
+register_clever(app)  # `clever` (issue 5)
 app.add_typer(detect_app, name="detect")
+app.add_typer(defend_app, name="defend")
 
 
 def main() -> None:

@@ -43,14 +43,16 @@ class SummaryFormat(str, Enum):
 def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
     """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`)."""
     from robaudit.report.gates import gates_markdown
-    from robaudit.report.render import detection_markdown, detection_table, results_markdown, results_table
+    from robaudit.report.render import (defences_markdown, defences_table, detection_markdown, detection_table,
+                                        results_markdown, results_table)
 
     if fmt is ReportFormat.json:
         from robaudit.report.writer import _clean
 
         return json.dumps(_clean(report), indent=2) + "\n"
     if fmt is ReportFormat.markdown:
-        return results_markdown(report) + detection_markdown(report) + gates_markdown(report.get("gates") or [])
+        return (results_markdown(report) + defences_markdown(report) + detection_markdown(report)
+                + gates_markdown(report.get("gates") or []))
     if fmt is ReportFormat.html:
         from robaudit.report.html import report_html
 
@@ -62,6 +64,9 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
     if fmt is ReportFormat.table:
         console = Console(record=True, width=width, file=io.StringIO())
         console.print(results_table(report, width=width))
+        dt = defences_table(report)
+        if dt is not None:
+            console.print(dt)
         det = detection_table(report)
         if det is not None:
             console.print(det)
@@ -159,20 +164,20 @@ def audit_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run a profile's plan of cells (model x attack x target x defences) with a crash-safe journal."""
-    from robaudit.cli import _floats
     from robaudit.config import load_profile
-    from robaudit.engine.audit import AuditJob, run_audit
-    from robaudit.engine.session import InputOptions
-    from robaudit.report.gates import check_selectors, parse_gate
-    from robaudit.report.writer import write_json_atomic, write_text_atomic
 
     prof = load_profile(profile).with_overrides(samples=num if num is not None else "keep", seed=seed,
                                                 batch_size=batch_size)
-    gates = [parse_gate(g) for g in prof.gates] + parse_gate_options(gate)
-    labels, names = {a.label for a in prof.attacks}, {a.name for a in prof.attacks}
-    detect_words = prof.detect.selector_words() if prof.detect is not None else None
-    for g in gates:
-        check_selectors(g, labels, names, set(prof.targets), detect_words=detect_words)
+    inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key)
+    execute_audit(tuple(models), inputs, prof, out, resume, gate, fmt, quiet)
+
+
+def input_options(data: str, device: str, mean: str | None, std: str | None, clip: str, layout: str | None,
+                  x_key: str | None, y_key: str | None) -> Any:
+    """Checked :class:`InputOptions` (its model left empty) from the shared CLI options."""
+    from robaudit.cli import _floats
+    from robaudit.engine.session import InputOptions
+
     clip_range = _floats(clip, "--clip", 2)
     assert clip_range is not None
     if clip_range[0] >= clip_range[1]:
@@ -181,12 +186,26 @@ def audit_cmd(
         raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return InputOptions(model="", data=data, device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                        clip=(clip_range[0], clip_range[1]), layout=layout.upper() if layout else None,
+                        x_key=x_key, y_key=y_key)
+
+
+def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, resume: bool, gate: list[str] | None,
+                  fmt: SummaryFormat, quiet: bool) -> None:
+    """Run ``prof`` on ``models`` with progress bars, write reports and summary, apply gates (exit 1)."""
+    from robaudit.engine.audit import AuditJob, run_audit
+    from robaudit.report.gates import check_selectors, parse_gate
+    from robaudit.report.writer import write_json_atomic, write_text_atomic
+
+    gates = [parse_gate(g) for g in prof.gates] + parse_gate_options(gate)
+    labels, names = {a.label for a in prof.attacks}, {a.name for a in prof.attacks}
+    detect_words = prof.detect.selector_words() if prof.detect is not None else None
+    for g in gates:
+        check_selectors(g, labels, names, set(prof.targets), detect_words=detect_words)
     if len(set(models)) != len(models):
         raise ConfigError("the same model is listed twice")
-    inputs = InputOptions(model="", data=data, device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
-                          clip=(clip_range[0], clip_range[1]), layout=layout.upper() if layout else None,
-                          x_key=x_key, y_key=y_key)
-    job = AuditJob(models=tuple(models), inputs=inputs, profile=prof, out=out, resume=resume)
+    job = AuditJob(models=models, inputs=inputs, profile=prof, out=out, resume=resume)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_err,
                         disable=quiet, transient=True)

@@ -16,9 +16,23 @@ EXIT_INTERNAL = 3
 
 
 class RobauditError(Exception):
-    """Base class. ``str(err)`` is a one-line message meant for the user."""
+    """Base class. ``str(err)`` is a one-line message meant for the user.
+
+    Messages often quote what the user gave (a YAML key, a file name, an array name); control
+    characters in them (a newline in a hostile YAML key) are escaped, so the line stays one line.
+    """
 
     exit_code: int = EXIT_INTERNAL
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control or other non-printable character escaped (``\\n``, ``\\x00``, ...)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class InputError(RobauditError):

@@ -71,7 +71,7 @@ def test_gate_failure_exits_1_after_writing_everything(baseline):
     assert "(needs <= 0.05)" in proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert validation_errors(report) == []
-    assert report["schema_version"] == "1.2" and report["kind"] == "audit"
+    assert report["schema_version"] == "1.3" and report["kind"] == "audit"
     assert [g["passed"] for g in report["gates"]] == [True, False]
     assert [r["cell_id"] for r in report["results"]] == [f"m0/attack/{a}/untargeted/none"
                                                          for a in ("fgsm", "pgd", "cw", "bim")]

@@ -134,7 +134,9 @@ def loss_and_input_grad(model: torch.nn.Module, x: torch.Tensor, criterion: Crit
     The gradient is taken with :func:`torch.autograd.grad` with respect to ``x`` only, so model
     parameters that require grad never accumulate ``.grad``. Because the per-sample losses are
     independent, the gradient of their sum is each sample's own gradient. Non-finite gradient
-    entries are zeroed so one bad sample cannot poison a step.
+    entries are zeroed so one bad sample cannot poison a step; they are not hidden: the
+    :class:`~robaudit.attacks.base.CountingModel` every attack runs through counts them, and the
+    report flags the row (``nonfinite_grads``).
     """
     x_in = x.detach().requires_grad_(True)
     with torch.enable_grad():

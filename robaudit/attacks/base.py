@@ -9,6 +9,7 @@ and counting forward/backward passes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -82,11 +83,39 @@ class Criterion:
 
 
 class PassCounter:
-    """Counts per-image forward and backward passes through a model."""
+    """Counts per-image forward and backward passes through a model, and the NaN/inf among them.
+
+    ``nonfinite_logits`` counts forward rows (images) whose logits hold a NaN or an inf;
+    ``nonfinite_grads`` backward rows whose gradient with respect to the model's input does. The
+    counts accumulate on the model's device (no synchronisation per pass) until read.
+    """
 
     def __init__(self) -> None:
         self.forward = 0
         self.backward = 0
+        self._bad_logits: torch.Tensor | int = 0
+        self._bad_grads: torch.Tensor | int = 0
+
+    def check_logits(self, out: torch.Tensor) -> None:
+        self._bad_logits = self._bad_logits + nonfinite_rows(out.detach())
+
+    def check_grad(self, grad: torch.Tensor) -> None:
+        self._bad_grads = self._bad_grads + nonfinite_rows(grad.detach())
+
+    @property
+    def nonfinite_logits(self) -> int:
+        return int(self._bad_logits)
+
+    @property
+    def nonfinite_grads(self) -> int:
+        return int(self._bad_grads)
+
+
+def nonfinite_rows(t: torch.Tensor) -> torch.Tensor:
+    """How many samples (first dimension) of ``t`` hold a NaN or an inf, as a 0-d tensor on its device."""
+    if t.ndim == 0 or t.shape[0] == 0:
+        return torch.zeros((), dtype=torch.int64, device=t.device)
+    return (~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1).sum()
 
 
 class _CountBackward(torch.autograd.Function):
@@ -112,7 +141,14 @@ class CountingModel(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.counter.forward += x.shape[0]
+        if torch.is_grad_enabled() and x.requires_grad:
+            # A fresh view per call, so the hook fires once per backward through this forward
+            # (a hook on ``x`` itself would pile up when an attack reuses its input tensor).
+            x = x.view_as(x)
+            x.register_hook(self.counter.check_grad)
         out = self.model(x)
+        if isinstance(out, torch.Tensor):
+            self.counter.check_logits(out)
         if torch.is_grad_enabled() and out.requires_grad:
             out = _CountBackward.apply(out, self.counter)
         return out
@@ -126,6 +162,12 @@ class AttackOutput:
     seconds: float
     forward_passes: int
     backward_passes: int
+    nonfinite_logits: int = 0
+    """Forward passes (images) whose logits held NaN or inf."""
+    nonfinite_grads: int = 0
+    """Backward passes (images) whose gradient with respect to the input held NaN or inf."""
+    nonfinite_examples: int = 0
+    """Adversarial examples the attack returned with NaN or inf; replaced by the clean input."""
 
 
 @dataclass(frozen=True)
@@ -148,18 +190,41 @@ def params_from_overrides(cls: type[AttackParams], overrides: dict[str, str | fl
 
 
 def _convert(key: str, raw: Any, typ: type) -> Any:
-    if not isinstance(raw, str):
-        return typ(raw)
-    try:
+    """``raw`` (a CLI string or a YAML scalar) as ``typ``; never truncates, never guesses.
+
+    ``2.5`` is not an int, ``true`` is not a number, ``2`` is not a bool, and NaN or inf is no
+    valid number for any parameter.
+    """
+    bad = ConfigError(f"parameter {key}={raw!r} is not a valid {typ.__name__}")
+    if typ is str:
+        return str(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
         if typ is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
+            if text.lower() in ("1", "true", "yes", "on"):
                 return True
-            if raw.lower() in ("0", "false", "no", "off"):
+            if text.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(raw)
-        return typ(raw)
-    except ValueError:
-        raise ConfigError(f"parameter {key}={raw!r} is not a valid {typ.__name__}") from None
+            raise bad
+        try:
+            value: Any = typ(text)
+        except (ValueError, OverflowError):
+            raise bad from None
+    elif isinstance(raw, bool):
+        if typ is not bool:
+            raise bad
+        return raw
+    elif isinstance(raw, (int, float)):
+        if typ is bool:
+            raise bad
+        if typ is int and isinstance(raw, float) and not (math.isfinite(raw) and raw.is_integer()):
+            raise bad
+        value = typ(raw)
+    else:
+        raise bad
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad
+    return value
 
 
 class Attack(ABC):
@@ -190,8 +255,8 @@ class Attack(ABC):
                 eps = self.default_eps.get(self.norm)
             if eps is None:
                 raise ConfigError(f"attack {self.name} needs --eps for norm {self.norm.value}")
-            if eps < 0:
-                raise ConfigError(f"eps must be >= 0, got {eps}")
+            if not (math.isfinite(eps) and eps >= 0):
+                raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
         self.eps = eps
 
     def supports(self, mode: TargetMode) -> bool:
@@ -227,11 +292,20 @@ class Attack(ABC):
             raise ConfigError(f"attack {self.name} does not support targeted attacks")
         if targets is None and not self.supports_untargeted:
             raise ConfigError(f"attack {self.name} does not support untargeted attacks")
+        if targets is not None:
+            if targets.shape != labels.shape:
+                raise ConfigError(f"got {tuple(targets.shape)} targets for {tuple(labels.shape)} labels: "
+                                  "give one target class per input")
+            same = int((targets.to(labels.device) == labels).sum())
+            if same:
+                raise ConfigError(f"{same} of {labels.shape[0]} targets equal the true label: a targeted attack "
+                                  "needs a target class other than the label")
         dev = torch.device(device) if device is not None else module_device(model)
         counter = PassCounter()
         counted = CountingModel(model, counter)
         self.clip = clip
         outs = []
+        nonfinite_examples = 0
         start = time.perf_counter()
         for b, i in enumerate(range(0, x.shape[0], batch_size)):
             xb = x[i : i + batch_size].to(dev, torch.float32)
@@ -247,15 +321,25 @@ class Attack(ABC):
                 raise
             except Exception as exc:  # an attack bug must not masquerade as a result
                 raise AttackFailure(f"attack {self.name} failed: {type(exc).__name__}: {exc}") from exc
-            adv = self.project(xb, adv.detach().to(dev, torch.float32))
+            adv = adv.detach().to(dev, torch.float32)
+            if adv.shape == xb.shape:
+                bad = ~torch.isfinite(adv).reshape(adv.shape[0], -1).all(dim=1)
+                if bool(bad.any()):  # never zeroed in place: the sample falls back to its clean input
+                    nonfinite_examples += int(bad.sum())
+                    adv = torch.where(bad.view(-1, *([1] * (adv.dim() - 1))), xb, adv)
+            adv = self.project(xb, adv)
             outs.append(adv.cpu())
         seconds = time.perf_counter() - start
         x_adv = torch.cat(outs) if outs else x.clone().float()
-        return AttackOutput(x_adv, seconds, counter.forward, counter.backward)
+        return AttackOutput(x_adv, seconds, counter.forward, counter.backward, counter.nonfinite_logits,
+                            counter.nonfinite_grads, nonfinite_examples)
 
     def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        """Clip into the valid range and, for fixed-eps attacks, onto the eps-ball around ``x``."""
-        x_adv = torch.nan_to_num(x_adv, nan=0.0)  # NaNs would otherwise pass every comparison
+        """Clip into the valid range and, for fixed-eps attacks, onto the eps-ball around ``x``.
+
+        Non-finite values are left alone: :meth:`generate` has already replaced samples holding
+        them by their clean input and counted them, and the engine's bound check refuses any left.
+        """
         if self.kind is AttackKind.FIXED_EPS and self.eps is not None:
             x_adv = project_ball(x, x_adv, self.eps, self.norm)
         return x_adv.clamp(self.clip[0], self.clip[1])

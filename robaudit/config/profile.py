@@ -19,6 +19,9 @@ Format (see the README section "Audits, profiles and gates" for a commented exam
       pgd-strong: {attack: pgd, eps: 0.3, steps: 40}
     targets: [untargeted]       # or all
     defences: [[]]              # stacks; [] is the undefended model; or {combinations_of: [ss, jpeg]}
+    threat_models: [adaptive]   # adaptive (attack the defended model, BPDA/EOT), transfer, or both
+    defence_params: {}          # {ss: {window: 3}, jpeg: {quality: 75}, tvm: {...}}
+    eot_samples: 1              # draws averaged per gradient against randomised stacks (tvm)
     clever: null                # {inputs, batches, batch_size, radius, norm}
     detect: null                # {costs, attacks, craft, squeeze, max_iter, samples, fpr}
     gates: ["pgd untargeted success_rate <= 0.3", "clean_accuracy >= 0.95"]
@@ -30,6 +33,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +48,18 @@ KNOWN_DEFENCES: dict[str, str] = {
     "jpeg": "JPEG compression",
     "tvm": "total variance minimisation",
 }
-"""Defence names a profile may use. The defence engine (issue 4) is not built yet: profiles with
-defended stacks validate, but ``audit`` refuses to run them (exit 2)."""
+"""Defence names a profile may use (each a preprocessor of :mod:`robaudit.defences`)."""
+
+THREAT_MODELS = ("adaptive", "transfer")
+"""``adaptive``: the attack runs against the defended model (BPDA through non-differentiable steps,
+EOT over randomised ones); ``transfer``: examples crafted on the undefended model, then defended."""
 
 DETECT_COSTS = ("bim-linf", "bim-l2", "jsma", "boundary")
 DETECT_CRAFT = ("early", "full")
 CLEVER_NORMS = ("l1", "l2", "linf")
 
 _TOP_KEYS = ("name", "description", "seed", "samples", "batch_size", "examples", "backend", "attacks", "targets",
-             "defences", "clever", "detect", "gates")
+             "defences", "threat_models", "defence_params", "eot_samples", "clever", "detect", "gates")
 _ATTACK_KEYS = ("attack", "eps", "norm", "backend")
 _CLEVER_KEYS = {"inputs": int, "batches": int, "batch_size": int, "radius": float, "norm": str}
 _DETECT_KEYS = {"costs": list, "attacks": list, "craft": str, "squeeze": bool, "max_iter": int, "samples": int,
@@ -127,6 +134,12 @@ class Profile:
     attacks: tuple[AttackSpec, ...] = ()
     targets: tuple[str, ...] = ("untargeted",)
     defences: tuple[tuple[str, ...], ...] = ((),)
+    threat_models: tuple[str, ...] = ("adaptive",)
+    """Threat models under which defended stacks are attacked (the undefended stack runs once)."""
+    defence_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-defence parameter overrides, validated against each preprocessor's ``Params``."""
+    eot_samples: int = 1
+    """Expectation over transformation: draws averaged per gradient against a randomised stack."""
     clever: CleverSpec | None = None
     detect: DetectSpec | None = None
     gates: tuple[str, ...] = ()
@@ -181,21 +194,31 @@ def resolve_profile_path(spec: str) -> Path:
                       f"(shipped: {', '.join(profile_names()) or 'none'})")
 
 
+MAX_PROFILE_BYTES = 1 << 20
+"""Profiles are a few lines of YAML; anything above this is refused before it is read."""
+
+
 def load_profile(spec: str) -> Profile:
     """Read and validate a profile by name or path."""
     import yaml
 
     path = resolve_profile_path(spec)
     try:
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a profile "
+                              f"(limit {MAX_PROFILE_BYTES}); is this the right file?")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
         raw = yaml.safe_load(text)
+    except (RecursionError, ValueError) as exc:  # absurd nesting; an integer too long to convert
+        raise ConfigError(f"{path}: not a usable profile: {type(exc).__name__}: {exc}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever PyYAML says
+        raise ConfigError(f"{path}: not valid YAML{line}: {why}") from None
     return parse_profile(raw, source=str(path), default_name=path.stem)
 
 
@@ -219,8 +242,8 @@ def _int(ctx: _Ctx, key: str, value: Any, lo: int, hi: int | None = None, allow_
 
 
 def _num(ctx: _Ctx, key: str, value: Any, lo: float = 0.0, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ctx.fail(key, f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ctx.fail(key, f"must be a finite number, got {value!r}")
     if value < lo or (hi is not None and value > hi):
         rng = f">= {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
         raise ctx.fail(key, f"must be {rng}, got {value:g}")
@@ -256,6 +279,10 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
     targets = _targets(ctx, raw.get("targets", ["untargeted"]))
     attacks = _attacks(ctx, raw.get("attacks"), backend, targets)
     defences = _defences(ctx, raw.get("defences", [[]]))
+    threat_models = _threat_models(ctx, raw.get("threat_models", ["adaptive"]))
+    defence_params = _defence_params(ctx, raw.get("defence_params", {}))
+    eot_samples = _int(ctx, "eot_samples", raw.get("eot_samples", 1), 1, 1000)
+    assert eot_samples is not None
     clever = _clever(ctx, raw.get("clever"), samples)
     detect = _detect(ctx, raw.get("detect"), backend)
     if not attacks and clever is None and detect is None:
@@ -264,6 +291,7 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
     assert seed is not None and batch_size is not None and examples is not None
     return Profile(name=name, source=source, description=description, seed=seed, samples=samples,
                    batch_size=batch_size, examples=examples, attacks=attacks, targets=targets, defences=defences,
+                   threat_models=threat_models, defence_params=defence_params, eot_samples=eot_samples,
                    clever=clever, detect=detect, gates=gates)
 
 
@@ -326,6 +354,9 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
         if eps is not None:
             if cls.kind is not AttackKind.FIXED_EPS:
                 raise ctx.fail(f"{key}.eps", f"{attack.value} is a minimisation attack: it has no eps budget")
+            if eff_norm is Norm.LINF and isinstance(eps, (int, float)) and not isinstance(eps, bool) and 1 < eps <= 255:
+                raise ctx.fail(f"{key}.eps", f"must be between 0 and 1 (pixel range), got {eps:g}: "
+                                             f"did you mean {eps:g}/255 = {eps / 255:.4g}?")
             eps = _num(ctx, f"{key}.eps", eps, 0.0, 1.0 if eff_norm is Norm.LINF else None)
         elif cls.kind is AttackKind.FIXED_EPS and eff_norm not in cls.default_eps:
             raise ctx.fail(key, f"{attack.value} needs eps for norm {eff_norm.value} (no default)")
@@ -386,6 +417,44 @@ def _defences(ctx: _Ctx, value: Any) -> tuple[tuple[str, ...], ...]:
             raise ctx.fail(key, f"stack [{', '.join(stack)}] is listed twice")
         stacks.append(tuple(stack))
     return tuple(stacks)
+
+
+def _threat_models(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    if value == "both" or value == ["both"]:
+        return THREAT_MODELS
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ctx.fail("threat_models", f"must be a non-empty list of {', '.join(THREAT_MODELS)} (or both), "
+                                        f"got {value!r}")
+    for v in value:
+        if v not in THREAT_MODELS:
+            raise ctx.fail("threat_models", f"unknown threat model {v!r} (known: {', '.join(THREAT_MODELS)}, both)")
+    if len(set(value)) != len(value):
+        raise ctx.fail("threat_models", "lists a threat model twice")
+    return tuple(t for t in THREAT_MODELS if t in value)
+
+
+def _defence_params(ctx: _Ctx, value: Any) -> dict[str, dict[str, Any]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ctx.fail("defence_params", "must be a mapping DEFENCE: {PARAM: VALUE}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, params in value.items():
+        key = f"defence_params.{name}"
+        if name not in KNOWN_DEFENCES:
+            raise ctx.fail(key, f"unknown defence {name!r} (known: {', '.join(KNOWN_DEFENCES)})")
+        if not isinstance(params, dict):
+            raise ctx.fail(key, "must be a mapping PARAM: VALUE")
+        out[name] = dict(params)
+    try:
+        from robaudit.defences import build_stack
+
+        build_stack(tuple(out), out)  # validates names, types and ranges of every override
+    except ConfigError as exc:
+        raise ctx.fail("defence_params", str(exc)) from None
+    return out
 
 
 def _clever(ctx: _Ctx, value: Any, samples: int | None) -> CleverSpec | None:

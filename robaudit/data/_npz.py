@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import lzma
 import math
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,6 +24,10 @@ from robaudit.data.interface import Layout
 from robaudit.errors import DataLoadError
 
 _DEFAULT_KEYS = (("x", "y"), ("x_test", "y_test"))
+_READ_ERRORS = (ValueError, OSError, EOFError, RuntimeError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
+                lzma.LZMAError, struct.error)
+"""What reading a damaged zip member can raise: besides the obvious, ``RuntimeError`` for an
+"encrypted" flag and ``NotImplementedError`` (a RuntimeError) for an unknown compression method."""
 _CLASS_NAME_KEYS = ("class_names", "label_names")
 
 
@@ -37,7 +43,7 @@ def _npy_header(
             else:  # 2.0 and 3.0 share the 4-byte header length; 3.0 only allows utf-8 names
                 shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except _READ_ERRORS as e:
         raise DataLoadError(
             f"array {key!r} in {path} is not a valid .npy member ({one_line(e)}); re-save the file with numpy.savez"
         ) from None
@@ -111,7 +117,7 @@ def load_npz(path: Path, opts: Options) -> Raw:
         raise DataLoadError(
             f"cannot load arrays from {path} ({one_line(e)}); save plain numeric arrays"
         ) from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except _READ_ERRORS as e:
         raise DataLoadError(f"{path} is corrupt ({one_line(e)}); re-save it with numpy.savez") from None
     notes = [] if (x_key, y_key) == ("x", "y") else [f"read arrays {x_key!r} and {y_key!r}"]
     return Raw(x=x, y=y, sha256=digest, layout_in=Layout.NCHW, notes=notes, class_names=class_names)
@@ -129,7 +135,7 @@ def _npz_class_names(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], p
                 continue
             with zf.open(info) as f:
                 arr = np.lib.format.read_array(f, allow_pickle=False)
-        except (DataLoadError, ValueError, OSError):
+        except (DataLoadError, *_READ_ERRORS):
             continue
         return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.tolist())
     return ()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
-from robaudit.attacks.base import AttackKind
+from robaudit.attacks.base import AttackKind, Norm
 from robaudit.attacks.registry import get_attack_class
 from robaudit.engine.attack_run import AttackPlan, check_plan, run_attack_plan
 from robaudit.engine.evaluation import EvaluationSet, build_evaluation_set
 from robaudit.engine.observer import NullObserver, Observer
 from robaudit.engine.session import InputOptions, load_inputs, seed_everything
 from robaudit.models import Classifier
-from robaudit.models.checks import is_stochastic, looks_like_probabilities
+from robaudit.models.checks import (GradientCheck, batch_dependent, gradient_check, is_stochastic,
+                                    looks_like_probabilities)
 from robaudit.report import build_report
+from robaudit.report.validity import evaluation_warnings
 
 
 @dataclass(frozen=True)
@@ -25,25 +28,81 @@ class AttackJob:
     """How many inputs to sample (``None``: all)."""
 
 
-def plan_warnings(plan: AttackPlan, clip: tuple[float, float]) -> list[str]:
+def plan_warnings(plan: AttackPlan, clip: tuple[float, float],
+                  input_shape: tuple[int, ...] | None = None) -> list[str]:
+    """Warnings about the budget: an eps no attack uses, or one that allows replacing the whole input."""
+    if plan.eps is None:
+        return []
+    norms = set()
+    for name in plan.attacks:
+        cls = get_attack_class(name, plan.backend)
+        norm = plan.norm if plan.norm is not None else cls.norms[0]
+        if cls.kind is AttackKind.FIXED_EPS and norm in cls.norms:
+            norms.add(norm)
+    if not norms:
+        return [f"--eps {plan.eps:g} is ignored: none of the attacks run has an eps budget "
+                "(minimisation attacks report the distance they need)"]
     out = []
     span = clip[1] - clip[0]
-    if plan.eps is not None and plan.eps > span:
-        out.append(f"eps {plan.eps:g} is larger than the input range {span:g}: every input can be replaced "
+    if Norm.LINF in norms and plan.eps >= span:
+        out.append(f"eps {plan.eps:g} is not below the input range {span:g}: under linf every input can be replaced "
                    f"entirely (did you mean {plan.eps:g}/255 = {plan.eps / 255:.4g}?)")
+    if Norm.L2 in norms and input_shape:
+        diameter = span * math.sqrt(math.prod(input_shape))
+        if plan.eps >= diameter:
+            out.append(f"eps {plan.eps:g} is at least the largest possible L2 distance between two inputs "
+                       f"({diameter:.4g}): every input can be replaced entirely")
     return out
 
 
 def model_warnings(model: Classifier, evalset: EvaluationSet) -> list[str]:
     """Validity flags about the model itself (results are still reported, but flagged)."""
     out = []
+    if evalset.n_nonfinite:
+        out.append(f"the model returns NaN/inf logits for {evalset.n_nonfinite} of the {evalset.n_selected} sampled "
+                   "clean inputs: they count as misclassified and are not attacked; the model is numerically "
+                   "unstable and its results are unreliable")
     if looks_like_probabilities(evalset.clean_logits):
         out.append("the model outputs probabilities (rows sum to 1), not logits: gradients are weak and "
                    "gradient attacks understate its vulnerability; export the model without the final softmax")
-    if is_stochastic(model, evalset.x[:8].to(model.device)):
+    probe = evalset.x[:8].to(model.device)
+    if is_stochastic(model, probe):
         out.append("the model is randomised (two forward passes of the same input differ): plain gradient attacks "
                    "are unreliable against it and success rates may be understated")
+    elif batch_dependent(model, probe):
+        out.append("the model's output for an input depends on the other inputs in its batch (batch-norm "
+                   "statistics in training mode?): results depend on the batch size; export the model in eval mode")
+    check = _gradient_check(model, probe, evalset.y[:8]) if model.white_box else None
+    if check is not None:
+        where = [f"the {what} of {k} of {check.n} clean inputs checked" for what, k in
+                 (("logits", check.nonfinite_logits), ("input gradients", check.nonfinite_grads)) if k]
+        if where:
+            out.append(f"NaN/inf in {' and in '.join(where)}: gradient attacks cannot follow them and their "
+                       "results are unreliable")
+        if check.zero_grads:
+            out.append(f"gradient masking suspected: the input gradient of the logit margin is exactly zero for "
+                       f"{check.zero_grads} of {check.n} clean inputs checked, so gradient attacks have nothing to "
+                       "follow and understate the model's vulnerability; try hopskipjump (decision-based)")
     return out
+
+
+def _gradient_check(model: Classifier, x: Any, y: Any) -> GradientCheck | None:
+    """:func:`gradient_check` one input at a time (the least memory, and no batch effects).
+
+    Stops at the first error (out of memory, or a model that fails): the attacks meet the same
+    error and report it properly. ``None`` when not even one input could be checked.
+    """
+    done = []
+    for i in range(int(x.shape[0])):
+        try:
+            done.append(gradient_check(model, x[i : i + 1], y[i : i + 1]))
+        except Exception:  # noqa: BLE001 - a check must not fail the run in a way the attack would not
+            break
+    if not done:
+        return None
+    return GradientCheck(n=len(done), nonfinite_logits=sum(c.nonfinite_logits for c in done),
+                         nonfinite_grads=sum(c.nonfinite_grads for c in done),
+                         zero_grads=sum(c.zero_grads for c in done))
 
 
 def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None = None,
@@ -56,7 +115,7 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
     inputs = load_inputs(job.inputs)
     model, data = inputs.model, inputs.data
     plan = AttackPlan(**{**job.plan.__dict__, "device": str(model.device)})
-    warnings = plan_warnings(plan, model.clip) + list(model.info.notes)
+    warnings = plan_warnings(plan, model.clip, model.info.input_shape) + list(model.info.notes)
     for w in warnings:
         obs.warn(w)
     evalset = build_evaluation_set(model, data, job.n, plan.seed, plan.batch_size)
@@ -74,7 +133,8 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
 
     def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return build_report(command=command, seed=plan.seed, device=model.device, model=model_dict,
-                            data=data_dict, config=config, results=rows, warnings=warnings)
+                            data=data_dict, config=config, results=rows,
+                            warnings=warnings + evaluation_warnings(rows))
 
     done: list[dict[str, Any]] = []
 

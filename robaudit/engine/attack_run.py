@@ -10,13 +10,15 @@ eps-ball; a violation is an internal error (exit 3), not a success.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from robaudit.attacks.base import Attack, AttackKind, Criterion, Norm, TargetMode, params_from_overrides
+from robaudit.attacks.base import (Attack, AttackKind, Criterion, Norm, TargetMode, nonfinite_rows,
+                                   params_from_overrides)
 from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.attacks.targets import compute_targets
 from robaudit.engine.evaluation import EvaluationSet
@@ -144,8 +146,16 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
         "l0_mean": summarize(dist.l0[success])["mean"],
         "seconds": out.seconds, "seconds_per_image": out.seconds / n,
         "forward_passes_per_image": out.forward_passes / n, "backward_passes_per_image": out.backward_passes / n,
+        **nonfinite_fields(out, logits),
     })
     return row
+
+
+def nonfinite_fields(out: Any, logits: torch.Tensor) -> dict[str, int]:
+    """The row's NaN/inf counts: the attack's forward and backward passes (``out``, an
+    :class:`~robaudit.attacks.base.AttackOutput`) plus the judgement ``logits`` of its examples."""
+    return {"nonfinite_logits": out.nonfinite_logits + int(nonfinite_rows(logits)),
+            "nonfinite_grads": out.nonfinite_grads, "nonfinite_examples": out.nonfinite_examples}
 
 
 def verify_bounds(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor, dist: Any, clip: tuple[float, float]) -> None:
@@ -167,5 +177,5 @@ def check_plan(plan: AttackPlan) -> None:
     """Cheap validation before loading anything heavy."""
     if plan.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {plan.batch_size}")
-    if plan.eps is not None and plan.eps < 0:
-        raise ConfigError(f"--eps must be >= 0, got {plan.eps}")
+    if plan.eps is not None and not (math.isfinite(plan.eps) and plan.eps >= 0):
+        raise ConfigError(f"--eps must be a finite number >= 0, got {plan.eps}")

@@ -143,6 +143,7 @@ def run_audit(job: AuditJob, command: list[str], observer: AuditObserver | None 
 def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells: list[Cell], state: Any,
                journal: Journal, obs: AuditObserver, build_evaluation_set: Any, model_warnings: Any) -> dict[str, Any]:
     from robaudit.report import build_report
+    from robaudit.report.validity import evaluation_warnings
 
     profile = job.profile
     model, data = inputs.model, inputs.data
@@ -153,17 +154,20 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
         warnings.append(w)
     for w in warnings:
         obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
-    ctx = CellContext(model=model, evalset=evalset, profile=profile, device=str(model.device))
+    base_ctx = CellContext(model=model, evalset=evalset, profile=profile, device=str(model.device))
+    stacks = StackContexts(base_ctx, data)
     rows: list[dict[str, Any]] = []
     detection: list[dict[str, Any]] = []
+    clever: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     for cell in cells:
         done = state.cells.get(cell.id)
         if done is not None:
             row, ex = done["row"], done["examples"]
         else:
+            ctx = stacks.get(cell.defences, cell.threat)
             chunks = dict(state.chunks.get(cell.id, {}))
-            obs.cell_started(cell.id, cell_chunks(cell, profile, evalset.n), len(chunks))
+            obs.cell_started(cell.id, cell_chunks(cell, profile, ctx.evalset.n), len(chunks))
 
             def on_chunk(rec: dict[str, Any], _cid: str = cell.id) -> None:
                 journal.chunk_finished(_cid, rec)
@@ -178,6 +182,9 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
                 row_notes = [f"{cell.id}: {row.get('status')}: {row.get('reason')}"]
             else:
                 row_notes = []
+        elif cell.kind is CellKind.CLEVER:  # CLEVER entries go to the report's clever section
+            clever.append(row)
+            row_notes = [f"{cell.id}: {row.get('status')}: {row.get('reason')}"] if row.get("status") != "ok" else []
         else:
             rows.append(row)
             row_notes = []
@@ -186,6 +193,9 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
             obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
         if ex is not None:
             examples.append(ex)
+    for w in evaluation_warnings(rows):  # NaN/inf met, black-box beating white-box, eps, iterations
+        warnings.append(w)
+        obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
 
     model_dict = inputs.model_section()
     data_dict = inputs.data_section(evalset)
@@ -196,9 +206,73 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
                           config=config, results=rows, warnings=warnings)
     report["kind"] = "audit"
     report["examples"] = examples
+    if any(s for s in profile.defences):
+        report["defences"] = stacks.section(profile.defences)
     if detection:
         report["detection"] = detection
+    if clever:
+        from robaudit.engine.clever_cell import audit_clever_section
+
+        report["clever"] = audit_clever_section(clever, rows, profile)
     return report
+
+
+class StackContexts:
+    """One :class:`CellContext` per (defence stack, threat model) of a model, built when first needed.
+
+    A defended stack gets its own evaluation set: the same sampled inputs (same seed), kept where the
+    *defended* model classifies them correctly, so success is measured on correctly classified
+    inputs under each defence and the clean-accuracy cost of the defence is measured on the same
+    sample. Randomised stacks are seeded from the profile seed and the stack, never the run order.
+    """
+
+    def __init__(self, base: CellContext, data: Any) -> None:
+        self.base = base
+        self.data = data
+        self._sets: dict[tuple[str, ...], CellContext] = {(): base}
+
+    def _defended(self, stack: tuple[str, ...]) -> CellContext:
+        if stack not in self._sets:
+            import hashlib
+
+            from robaudit.defences import defend_model
+            from robaudit.engine.cells import reseed_defences
+            from robaudit.engine.evaluation import build_evaluation_set
+
+            profile = self.base.profile
+            model = defend_model(self.base.model, stack, profile.defence_params, eot_samples=profile.eot_samples)
+            digest = hashlib.sha256(f"{profile.seed}|{'+'.join(stack)}".encode()).digest()
+            stack_seed = int.from_bytes(digest[:4], "big") % (2**31 - 1)
+            seed_everything(stack_seed)
+            reseed_defences(model, stack_seed)
+            evalset = build_evaluation_set(model, self.data, profile.samples, profile.seed, profile.batch_size)
+            self._sets[stack] = CellContext(model=model, evalset=evalset, profile=profile, device=self.base.device,
+                                            defences=stack)
+        return self._sets[stack]
+
+    def get(self, stack: tuple[str, ...], threat: str = "adaptive") -> CellContext:
+        ctx = self._defended(stack)
+        if stack and threat == "transfer":
+            return dataclasses.replace(ctx, craft_model=self.base.model)
+        return ctx
+
+    def section(self, stacks: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:
+        """The report's ``defences`` section: clean accuracy under each stack and its change."""
+        base_acc = self.base.evalset.clean_accuracy
+        out = []
+        for stack in stacks:
+            ctx = self._defended(stack)
+            model = ctx.model
+            describe = getattr(getattr(model, "stack", None), "describe", None)
+            out.append({
+                "defences": list(stack), "clean_accuracy": ctx.evalset.clean_accuracy,
+                "clean_accuracy_change": ctx.evalset.clean_accuracy - base_acc,
+                "n_selected": ctx.evalset.n_selected, "n_correct": ctx.evalset.n,
+                "randomized": bool(getattr(getattr(model, "stack", None), "randomized", False)),
+                "eot_samples": self.base.profile.eot_samples if stack else None,
+                "preprocessors": describe() if callable(describe) else [],
+            })
+        return out
 
 
 def strip_timing(report: dict[str, Any]) -> dict[str, Any]:
@@ -216,6 +290,9 @@ def strip_timing(report: dict[str, Any]) -> dict[str, Any]:
             entry.pop(key, None)
         for att in (entry.get("attacks") or {}).values():
             att.pop("seconds", None)
+    for row in (out.get("clever") or {}).get("rows", []):
+        for key in AUDIT_TIMING_FIELDS:
+            row.pop(key, None)
     return out
 
 

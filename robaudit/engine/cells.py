@@ -45,10 +45,19 @@ class Cell:
     target: str | None = None
     defences: tuple[str, ...] = ()
     attack: AttackSpec | None = None
+    threat: str = "adaptive"
+    """``adaptive`` (attack the defended model) or ``transfer`` (craft on the undefended one);
+    meaningless, and always ``adaptive``, for the undefended stack."""
 
     @property
     def defence_key(self) -> str:
-        return "+".join(self.defences) or "none"
+        key = "+".join(self.defences) or "none"
+        return f"{key}@transfer" if self.threat == "transfer" and self.defences else key
+
+    @property
+    def threat_model(self) -> str:
+        """What the report says: ``none`` for the undefended stack, else the threat model."""
+        return self.threat if self.defences else "none"
 
     @property
     def id(self) -> str:
@@ -65,13 +74,16 @@ class Cell:
 
 
 def expand(profile: Profile, n_models: int) -> list[Cell]:
-    """The plan: every model x (attack x target x defence stack), then CLEVER and detection cells."""
+    """The plan: every model x (defence stack x threat model x attack x target), then CLEVER and
+    detection cells. The undefended stack runs once (a threat model means nothing without a defence)."""
     cells: list[Cell] = []
     for m in range(n_models):
         for stack in profile.defences:
-            for spec in profile.attacks:
-                for target in profile.targets:
-                    cells.append(Cell(CellKind.ATTACK, m, spec.label, target, stack, spec))
+            threats = profile.threat_models if stack else ("adaptive",)
+            for threat in threats:
+                for spec in profile.attacks:
+                    for target in profile.targets:
+                        cells.append(Cell(CellKind.ATTACK, m, spec.label, target, stack, spec, threat))
         if profile.clever is not None:
             for stack in profile.defences:
                 cells.append(Cell(CellKind.CLEVER, m, "clever", None, stack))
@@ -92,6 +104,11 @@ class CellContext:
     """The :class:`~robaudit.engine.evaluation.EvaluationSet` (same for every cell of the model)."""
     profile: Profile
     device: str | None = None
+    craft_model: Any = None
+    """Transfer threat model: the undefended model the attacks craft on (``model`` judges them).
+    ``None``: attacks run against ``model`` itself."""
+    defences: tuple[str, ...] = ()
+    """The defence stack ``model`` carries (empty: the undefended model)."""
 
 
 ChunkRecord = dict[str, Any]
@@ -102,16 +119,17 @@ CellRunner = Callable[[CellContext, Cell, dict[int, ChunkRecord], Callable[[Chun
 
 ENGINES: dict[CellKind, str | None] = {
     CellKind.ATTACK: "robaudit.engine.cells:run_attack_cell",  # a CellRunner
-    CellKind.CLEVER: None,  # issue 5: CLEVER scores
+    CellKind.CLEVER: "robaudit.engine.clever_cell:run_clever_cell",  # CLEVER scores per defence stack
     CellKind.DETECT: "robaudit.engine.detect_cell:run_detect_cell",  # A2D costs vs the profile's attacks
 }
 """Which kinds this robaudit can run (``module:function``), ``None`` where the engine is missing."""
 
-DEFENCE_ENGINE: str | None = None
-"""``module:function`` that wraps a model in a defence stack (issue 4); ``None``: not built."""
+DEFENCE_ENGINE: str | None = "robaudit.defences:defend_model"
+"""``module:function`` that wraps a model in a defence stack; ``None``: not built."""
 
 _MISSING_HINT = {
-    CellKind.CLEVER: "this robaudit has no CLEVER engine yet; remove the clever section to run the rest",
+    CellKind.CLEVER: "this robaudit has no CLEVER engine (robaudit.engine.clever_cell); remove the clever section "
+                     "to run the rest",
     CellKind.DETECT: "this robaudit cannot run detection cells in an audit yet; use `robaudit detect eval`, "
                      "or remove the detect section",
 }
@@ -175,16 +193,18 @@ def _plan_for(cell: Cell, profile: Profile, seed: int = 0, device: str | None = 
 
 
 def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chunk: int,
-                     device: str | None) -> dict[str, Any]:
+                     device: str | None, craft_model: Any = None) -> dict[str, Any]:
     """Attack samples ``[chunk * batch_size, (chunk + 1) * batch_size)`` of the evaluation set.
 
     Returns a JSON-ready record: per-sample success and distances, costs, and the examples kept
-    for the report. Depends only on its arguments (and the cell's derived seed).
+    for the report. Depends only on its arguments (and the cell's derived seed). With
+    ``craft_model`` (transfer threat model) the examples are crafted on it, with targets from its
+    logits, and judged by ``model``.
     """
     from robaudit.attacks.base import Criterion, TargetMode
     from robaudit.attacks.registry import AttackName
     from robaudit.attacks.targets import compute_targets
-    from robaudit.engine.attack_run import _Unsupported, make_attack, verify_bounds
+    from robaudit.engine.attack_run import _Unsupported, make_attack, nonfinite_fields, verify_bounds
     from robaudit.engine.session import seed_everything
     from robaudit.errors import AttackFailure
     from robaudit.metrics import perturbation_norms
@@ -199,14 +219,20 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     plan = _plan_for(cell, profile, seed, device)
     attack = make_attack(name, plan)
     assert not isinstance(attack, _Unsupported)
-    targets = compute_targets(TargetMode(cell.target), evalset.clean_logits[lo:hi], y)
+    seed_everything(seed)
+    reseed_defences(model, seed)
+    attacked = model if craft_model is None else craft_model
+    craft_logits = evalset.clean_logits[lo:hi] if craft_model is None else craft_model.predict(x, batch_size=bs)
+    targets = compute_targets(TargetMode(cell.target), craft_logits, y)
     eff = bs
     notes: list[str] = []
     while True:  # halve the batch on out-of-memory and retry the same samples, down to 1
         try:
             seed_everything(seed)
+            reseed_defences(model, seed)
             with torch.enable_grad():
-                out = attack.generate(model, x, y, targets, clip=model.clip, batch_size=eff, seed=seed, device=device)
+                out = attack.generate(attacked, x, y, targets, clip=model.clip, batch_size=eff, seed=seed,
+                                      device=device)
             logits = model.predict(out.x_adv, batch_size=eff)
             break
         except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
@@ -234,7 +260,17 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
             "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
             "seconds": out.seconds, "forward": out.forward_passes, "backward": out.backward_passes,
+            **nonfinite_fields(out, logits),
             "examples": examples, **({"notes": notes, "batch_size": eff} if notes else {})}
+
+
+def reseed_defences(model: Any, seed: int) -> None:
+    """Restart a defended model's random pre-processing (TVM masks) from ``seed``, so a chunk's
+    result depends on its own seed only, never on what ran before it (resume, run order)."""
+    stack = getattr(model, "stack", None)
+    reseed = getattr(stack, "reseed", None)
+    if callable(reseed):
+        reseed(seed)
 
 
 _OOM_MARKERS = ("out of memory", "DefaultCPUAllocator: can't allocate", "CUDNN_STATUS_ALLOC_FAILED")
@@ -308,6 +344,8 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
         "l0_mean": summarize(l0[success])["mean"],
         "seconds": seconds, "seconds_per_image": seconds / n,
         "forward_passes_per_image": fwd / n, "backward_passes_per_image": bwd / n,
+        **{k: sum(int(c.get(k, 0)) for c in chunks) for k in ("nonfinite_logits", "nonfinite_grads",
+                                                              "nonfinite_examples")},
     })
     notes = [n for c in chunks for n in c.get("notes", [])]
     if notes:
@@ -335,6 +373,7 @@ def base_row(cell: Cell, profile: Profile) -> dict[str, Any]:
     attack = make_attack(name, plan)
     row = _base_row(name, TargetMode(cell.target), attack, plan)
     row["defences"] = list(cell.defences)
+    row["threat_model"] = cell.threat_model
     row["cell_id"] = cell.id
     row["label"] = cell.label
     row["seed"] = cell.seed(profile.seed)
@@ -376,7 +415,7 @@ def run_attack_cell(ctx: CellContext, cell: Cell, finished: dict[int, ChunkRecor
     for k in range(n_chunks(ctx.evalset.n, ctx.profile.batch_size)):
         rec = finished.get(k)
         if rec is None:
-            rec = run_attack_chunk(ctx.model, ctx.evalset, cell, ctx.profile, k, ctx.device)
+            rec = run_attack_chunk(ctx.model, ctx.evalset, cell, ctx.profile, k, ctx.device, ctx.craft_model)
             on_chunk(rec)
         records.append(rec)
     return attack_cell_row(cell, ctx.profile, ctx.evalset.n, ctx.model, records)

@@ -28,6 +28,8 @@ class EvaluationSet:
     """How many inputs were sampled before dropping misclassified ones."""
     clean_accuracy: float
     """Accuracy on the sampled inputs."""
+    n_nonfinite: int = 0
+    """Sampled inputs whose clean logits hold NaN or inf (counted as misclassified, never attacked)."""
 
     @property
     def n(self) -> int:
@@ -50,13 +52,19 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
         raise DataLoadError(
             f"labels go up to {int(y.max())} but the model returns {logits.shape[1]} classes: "
             "check that the data matches the model")
-    correct = logits.argmax(dim=1) == y
+    finite = torch.isfinite(logits).all(dim=1)  # a NaN row's argmax is arbitrary: never "correct"
+    n_nonfinite = int((~finite).sum())
+    correct = (logits.argmax(dim=1) == y) & finite
     n_correct = int(correct.sum())
     if n_correct == 0:
+        if n_nonfinite:
+            raise DataLoadError(
+                f"the model returns NaN/inf logits for {n_nonfinite} of the {x.shape[0]} sampled inputs and "
+                "classifies none of them correctly: nothing to attack (check the model and --mean/--std)")
         raise DataLoadError(
             f"the model classifies none of the {x.shape[0]} sampled inputs correctly: nothing to attack "
             "(check --mean/--std, --layout and that the labels match the model)")
     keep = correct.nonzero().flatten()
     return EvaluationSet(
         x=x[keep], y=y[keep], clean_logits=logits[keep], indices=idx[keep.numpy()],
-        n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]))
+        n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]), n_nonfinite=n_nonfinite)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from robaudit.errors import ConfigError
+from robaudit.errors import ConfigError, InputError
 
 JOURNAL_NAME = "journal.jsonl"
 LOCK_NAME = ".robaudit.lock"
@@ -99,8 +99,12 @@ class Journal:
     def lock(self) -> None:
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fh = open(self.folder / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = open(self.folder / LOCK_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+        except OSError as exc:
+            raise InputError(f"cannot use {self.folder} as the output folder: {exc.strerror or exc}; "
+                             "choose another --out") from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -117,19 +121,30 @@ class Journal:
 
     def open(self, header: dict[str, Any], state: JournalState | None) -> None:
         """Start a fresh journal (``state`` None) or continue ``state``'s intact prefix."""
+        try:
+            if state is None:
+                self._fh = open(self.path, "wb")  # noqa: SIM115
+            else:
+                self._fh = open(self.path, "r+b")  # noqa: SIM115
+                self._fh.truncate(state.valid_bytes)
+                self._fh.seek(state.valid_bytes)
+        except OSError as exc:
+            raise self._write_error(exc) from None
         if state is None:
-            self._fh = open(self.path, "wb")  # noqa: SIM115
             self._write({"type": "header", **header})
-        else:
-            self._fh = open(self.path, "r+b")  # noqa: SIM115
-            self._fh.truncate(state.valid_bytes)
-            self._fh.seek(state.valid_bytes)
 
     def _write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n"
-        self._fh.write(line.encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(line.encode("utf-8"))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:  # disk full, quota, folder gone: what is journaled so far stays usable
+            raise self._write_error(exc) from None
+
+    def _write_error(self, exc: OSError) -> InputError:
+        return InputError(f"cannot write the audit journal {self.path}: {exc.strerror or exc}; every batch "
+                          "journaled before is kept: free space or fix the folder, then rerun with --resume")
 
     def chunk_finished(self, cell_id: str, record: dict[str, Any]) -> None:
         self._write({"type": "chunk", "cell": cell_id, "record": record})
@@ -139,7 +154,10 @@ class Journal:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # the write that failed already raised; its torn line is dropped on resume
+                pass
             self._fh = None
         if self._lock_fh is not None:
             self._lock_fh.close()  # releases the flock

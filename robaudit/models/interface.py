@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from robaudit.errors import ModelLoadError
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -88,7 +90,14 @@ class Classifier(torch.nn.Module):
         outs = []
         dev = self.device
         for i in range(0, x.shape[0], batch_size):
-            outs.append(self(x[i : i + batch_size].to(dev)).float().cpu())
+            xb = x[i : i + batch_size]
+            out = self(xb.to(dev))
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != (xb.shape[0], self.num_classes):
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ModelLoadError(f"the model returned {got} for a batch of {xb.shape[0]} inputs, expected "
+                                     f"({xb.shape[0]}, {self.num_classes}) logits; export a model whose output "
+                                     "does not depend on the batch size")
+            outs.append(out.float().cpu())
         if not outs:
             return torch.empty(0, self.num_classes)
         return torch.cat(outs)

@@ -34,9 +34,11 @@ pickled ``torch.save`` checkpoints
 from __future__ import annotations
 
 import hashlib
+import lzma
 import math
 import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -286,6 +288,23 @@ def load_model(
 # --------------------------------------------------------------------------- TorchScript
 
 
+def _check_zip_crc(path: Path) -> None:
+    """Refuse an archive whose members fail their CRC-32: ``torch.jit.load`` does not check them, so
+    a flipped bit in the weights would otherwise load silently as a different model."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise ModelLoadError(
+            f"{path} cannot be read as a zip archive ({ob._one_line(exc, 80)}); the file is truncated or "
+            "corrupt, copy it again"
+        ) from None
+    if bad is not None:
+        raise ModelLoadError(
+            f"{path}: archive member {bad!r} fails its CRC check; the file is corrupt, copy it again"
+        )
+
+
 def _load_torchscript(
     path: Path,
     digest: str,
@@ -296,6 +315,7 @@ def _load_torchscript(
     data_shape: tuple[int, int, int] | None,
     num_classes_hint: int | None,
 ) -> Classifier:
+    _check_zip_crc(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
@@ -317,6 +337,17 @@ def _load_torchscript(
             last_err = ob._one_line(exc, 100)
             continue
         k = _check_logits(out, path, num_classes_hint, _PROBE_BATCH)
+        try:  # attacks and out-of-memory retries may send a single input: (1, K), not (K,)
+            with torch.no_grad():
+                one = net(probe[:1])
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{path} runs on a batch of {_PROBE_BATCH} but fails on a batch of 1 ({ob._one_line(exc, 100)}); "
+                "export the model with a dynamic batch axis, in eval mode"
+            ) from None
+        if _check_logits(one, path, num_classes_hint, 1) != k:
+            raise ModelLoadError(f"{path} returns a different number of logits for a batch of 1 than for a batch "
+                                 f"of {_PROBE_BATCH}; export the classifier head that returns one logit per class")
         norm = _normalizer(mean, std, shape[0], path)
         if norm is not None:
             norm = norm.to(dev)

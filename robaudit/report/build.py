@@ -11,7 +11,7 @@ import torch
 
 from robaudit import __version__
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 _LIBRARIES = ("torch", "torchvision", "numpy", "adversarial-robustness-toolbox", "onnx", "onnxruntime", "onnx2torch")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from robaudit.report.clever_render import clever_html
 from robaudit.report.render import COLUMNS, _cells
 from robaudit.report.svg import grouped_bars, roc_chart
 
@@ -159,6 +160,7 @@ def report_html(report: dict[str, Any]) -> str:
     if report.get("results"):
         parts.append("<h2>Results</h2>" + results_html_table(report))
     parts.append(detection_html(report))
+    parts.append(clever_html(report))
     examples = report.get("examples") or []
     if examples:
         parts.append("<h2>Examples</h2><p>The first correctly classified inputs of the evaluation set; the "

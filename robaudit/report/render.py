@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
+from robaudit.report.clever_render import clever_markdown
+
 COLUMNS = (
     ("attack", "attack"), ("target", "target"), ("budget", "budget"), ("n", "n"),
     ("success_rate", "success"), ("l2_mean", "L2 mean"), ("l2_median", "L2 med"),
@@ -36,14 +38,33 @@ def _derived(row: dict[str, Any], key: str) -> Any:
     if key == "passes":
         fwd, bwd = row.get("forward_passes_per_image"), row.get("backward_passes_per_image")
         return "-" if fwd is None else f"{fwd:.0f}/{bwd:.0f}"
+    if key == "defence":
+        return stack_label(row.get("defences") or [], row.get("threat_model"))
     return row.get(key)
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
+def stack_label(stack: list[str], threat: str | None = None) -> str:
+    """``ss+jpeg (adaptive)``; ``none`` for the undefended model."""
+    if not stack:
+        return "none"
+    return "+".join(stack) + (f" ({threat})" if threat and threat != "none" else "")
+
+
+def has_defences(report: dict[str, Any]) -> bool:
+    return any(r.get("defences") for r in report.get("results", []))
+
+
+def _columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The rendered columns: a defence column first when any row ran behind a defence stack."""
+    return ((("defence", "defence"),) + COLUMNS) if has_defences(report) else COLUMNS
+
+
+def _cells(row: dict[str, Any], columns: tuple[tuple[str, str], ...] = COLUMNS) -> list[str]:
+    n_head = 4 if columns[0][0] == "defence" else 3
     if row.get("status") != "ok":
-        head = [fmt(k, _derived(row, k)) for k, _ in COLUMNS[:3]]
-        return head + [f"{row.get('status')}: {row.get('reason')}"] + [""] * (len(COLUMNS) - 4)
-    return [fmt(k, _derived(row, k)) for k, _ in COLUMNS]
+        head = [fmt(k, _derived(row, k)) for k, _ in columns[:n_head]]
+        return head + [f"{row.get('status')}: {row.get('reason')}"] + [""] * (len(columns) - n_head - 1)
+    return [fmt(k, _derived(row, k)) for k, _ in columns]
 
 
 WIDE_ONLY = ("l2_mean", "linf_max", "seconds", "passes")
@@ -59,18 +80,52 @@ def results_table(report: dict[str, Any], width: int = 200) -> Table:
              f"classified inputs attacked ({data.get('n_dropped_misclassified', 0)} dropped)")
     reasons = dict.fromkeys(str(r.get("reason")) for r in report.get("results", []) if r.get("status") != "ok")
     table = Table(title=title, title_justify="left", caption="; ".join(reasons) or None, caption_justify="left")
-    keep = [i for i, (key, _) in enumerate(COLUMNS) if width >= WIDE_WIDTH or key not in WIDE_ONLY]
+    columns = _columns(report)
+    n_head = 4 if columns is not COLUMNS else 3
+    keep = [i for i, (key, _) in enumerate(columns) if width >= WIDE_WIDTH or key not in WIDE_ONLY]
     for i in keep:
-        key, header = COLUMNS[i]
-        text = key in ("attack", "target", "budget")
+        key, header = columns[i]
+        text = key in ("defence", "attack", "target", "budget")
         table.add_column(header, justify="left" if text else "right", no_wrap=text)
     for row in report.get("results", []):
-        cells = _cells(row)
+        cells = _cells(row, columns)
         if row.get("status") != "ok":  # a narrow column cannot hold the reason: status here, reason below
-            table.add_row(*cells[:3], "-", str(row.get("status")), *[""] * (len(keep) - 5), style="dim")
+            table.add_row(*cells[:n_head], "-", str(row.get("status")), *[""] * (len(keep) - n_head - 2),
+                          style="dim")
         else:
             table.add_row(*[cells[i] for i in keep])
     return table
+
+
+def defences_table(report: dict[str, Any]) -> Table | None:
+    """Clean accuracy under each defence stack and what it costs (``None`` without defences)."""
+    entries = report.get("defences") or []
+    if not entries:
+        return None
+    table = Table(title="Defence stacks: clean accuracy on the sampled inputs", title_justify="left")
+    for header in ("defence", "clean accuracy", "change", "correct / sampled", "randomised"):
+        table.add_column(header, justify="left" if header == "defence" else "right")
+    for e in entries:
+        table.add_row(*_defence_cells(e))
+    return table
+
+
+def _defence_cells(e: dict[str, Any]) -> list[str]:
+    change = e.get("clean_accuracy_change")
+    return [stack_label(e.get("defences") or []), f"{100 * float(e.get('clean_accuracy', 0.0)):.1f}%",
+            "-" if not e.get("defences") else f"{100 * float(change or 0.0):+.1f} pts",
+            f"{e.get('n_correct')} / {e.get('n_selected')}",
+            (f"yes (EOT {e.get('eot_samples')})" if e.get("randomized") else "no")]
+
+
+def defences_markdown(report: dict[str, Any]) -> str:
+    entries = report.get("defences") or []
+    if not entries:
+        return ""
+    lines = ["", "**Defence stacks**: clean accuracy on the sampled inputs", "",
+             "| defence | clean accuracy | change | correct / sampled | randomised |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(_defence_cells(e)) + " |" for e in entries]
+    return "\n".join(lines) + "\n"
 
 
 def results_markdown(report: dict[str, Any]) -> str:
@@ -83,11 +138,14 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly. Seed {report.get('seed')}, "
         f"device {report.get('device')}.",
         "",
-        "| " + " | ".join(h for _, h in COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        "| " + " | ".join(h for _, h in _columns(report)) + " |",
+        "|" + "|".join("---" for _ in _columns(report)) + "|",
     ]
     for row in report.get("results", []):
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(row)) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(row, _columns(report))) + " |")
+    clever = clever_markdown(report)  # the clever section (robaudit clever, audit CLEVER cells), if any
+    if clever:
+        lines.append(clever.rstrip("\n"))
     for w in report.get("warnings", []):
         lines.append(f"\n> warning: {w}")
     return "\n".join(lines) + "\n"

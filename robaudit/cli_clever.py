@@ -1,0 +1,161 @@
+"""``robaudit clever``: CLEVER scores per norm, target setting and defence stack, compared with the
+minimal distortions real attacks find. Registered in :mod:`robaudit.cli` with ``register(app)``.
+
+Exit codes as everywhere: 0 success, 2 usage/input/config error, 3 internal failure.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from robaudit.errors import ConfigError
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+class CleverFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+class _Progress:
+    """Renders a :class:`~robaudit.engine.clever_job.CleverObserver` as one rich progress bar."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def plan_started(self, total_units: int) -> None:
+        self.task = self.progress.add_task("clever", total=total_units)
+
+    def step_started(self, label: str) -> None:
+        self.progress.update(self.task, description=label)
+
+    def advance(self, units: int) -> None:
+        self.progress.advance(self.task, units)
+
+    def warn(self, text: str) -> None:
+        self.progress.console.print(f"warning: {text}", markup=False, highlight=False)
+
+
+def parse_radius(value: str | None) -> dict[Any, float]:
+    """``5`` (every norm) or ``l2=2,linf=0.1`` -> radius per norm (missing norms keep their default)."""
+    from robaudit.clever.interface import CleverNorm
+
+    if value is None:
+        return {}
+    out: dict[Any, float] = {}
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, num = part.partition("=")
+        try:
+            r = float(num if sep else key)
+        except ValueError:
+            raise ConfigError(f"--radius expects R or NORM=R[,NORM=R] (e.g. l2=2,linf=0.1), got {value!r}") from None
+        if not r > 0:
+            raise ConfigError(f"--radius must be > 0, got {r:g}")
+        if sep:
+            out[CleverNorm.parse(key)] = r
+        else:
+            out.update({n: r for n in CleverNorm})
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``clever`` command to ``app``."""
+    app.command("clever")(clever_cmd)
+
+
+def clever_cmd(
+    model: Annotated[str, typer.Argument(help="Model file (.pt TorchScript, .onnx) or demo:mnist / demo:cifar10.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Data: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")],
+    norm: Annotated[str, typer.Option(help="Perturbation norms: l1, l2, linf (comma-separated) or all.")] = "l2",
+    target: Annotated[str, typer.Option("--target", "-t", help="untargeted, least-likely, next-class (comma-separated) or all.")] = "untargeted",
+    defences: Annotated[Optional[list[str]], typer.Option("--defences", help="A defence stack to score besides the undefended model, e.g. ss,jpeg (repeatable).")] = None,
+    nb_batches: Annotated[int, typer.Option("--nb-batches", help="Batches per input: the number of maxima the reverse Weibull is fitted to.")] = 50,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Sample points per batch.")] = 100,
+    radius: Annotated[Optional[str], typer.Option(help="Ball radius in pixel space: R for every norm or l2=R,linf=R (default l1 10, l2 5, linf 0.3 for [0,1] inputs).")] = None,
+    num: Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: all).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling inputs, the CLEVER sample points and the attacks.")] = 0,
+    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Run DeepFool and C&W-L2 (L2) and C&W-Linf (Linf) and compare CLEVER with the distortions they find.")] = True,
+    poor_fit_p: Annotated[float, typer.Option("--poor-fit-p", help="Flag inputs whose Weibull fit has a KS p-value below this.")] = 0.05,
+    point_batch: Annotated[Optional[int], typer.Option("--point-batch", help="Sample points per forward/backward pass (speed/memory only; default 8192 on GPU; on CPU about 65536 input elements: 83 MNIST or 21 CIFAR-10 points).")] = None,
+    attack_batch_size: Annotated[int, typer.Option("--attack-batch-size", help="Batch size of the comparison attacks.")] = 128,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean applied inside the model.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std applied inside the model.")] = None,
+    clip: Annotated[str, typer.Option(help="Valid input range lo,hi of the model's pixel space.")] = "0,1",
+    layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC when the data layout is ambiguous.")] = None,
+    x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
+    y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-clever.json"),
+    fmt: Annotated[CleverFormat, typer.Option("--format", help="What to print: table, markdown or json.")] = CleverFormat.table,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """CLEVER robustness scores (Weng et al. 2018) per input, norm, target and defence stack."""
+    from robaudit.attacks.targets import parse_targets
+    from robaudit.cli import _floats
+    from robaudit.clever.interface import CleverNorm, CleverParams
+    from robaudit.engine.clever_job import CleverJob, parse_stacks, run_clever_job
+    from robaudit.engine.session import InputOptions
+    from robaudit.report.writer import write_json_atomic
+
+    if num is not None and num < 1:
+        raise ConfigError(f"-n must be >= 1, got {num}")
+    if attack_batch_size < 1:
+        raise ConfigError(f"--attack-batch-size must be >= 1, got {attack_batch_size}")
+    clip_range = _floats(clip, "--clip", 2)
+    assert clip_range is not None
+    if clip_range[0] >= clip_range[1]:
+        raise ConfigError(f"--clip lo must be below hi, got {clip}")
+    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
+        raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    params = CleverParams(nb_batches=nb_batches, batch_size=batch_size, poor_fit_p=poor_fit_p, point_batch=point_batch)
+    inputs = InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"),
+                          std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]),
+                          layout=layout.upper() if layout else None, x_key=x_key, y_key=y_key)
+    job = CleverJob(inputs=inputs, norms=tuple(CleverNorm.parse_list(norm)), targets=tuple(parse_targets(target)),
+                    stacks=parse_stacks(defences), radius=parse_radius(radius), params=params, n=num, seed=seed,
+                    compare=compare, attack_batch_size=attack_batch_size)
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_err, disable=quiet,
+                        transient=True)
+    with progress:
+        report = run_clever_job(job, ["robaudit", *sys.argv[1:]], _Progress(progress))
+    path = write_json_atomic(out, report)
+    print_clever(report, fmt)
+    if fmt is not CleverFormat.json:
+        _err.print(f"report written to {path}", highlight=False)
+
+
+def print_clever(report: dict[str, Any], fmt: CleverFormat) -> None:
+    from robaudit.report.clever_render import clever_markdown, clever_tables
+
+    if fmt is CleverFormat.json:
+        import json
+
+        from robaudit.report.writer import _clean
+
+        typer.echo(json.dumps(_clean(report), indent=2))
+        return
+    if fmt is CleverFormat.markdown:
+        typer.echo(clever_markdown(report))
+        return
+    for table in clever_tables(report):
+        _out.print(table)
+    for w in report.get("warnings", []):
+        _err.print(f"warning: {w}", highlight=False)
