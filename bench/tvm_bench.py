@@ -76,8 +76,10 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for ours (ART's per-image scipy loop uses one core whatever this is)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     from art.defences.preprocessor import JpegCompression as ArtJpeg
     from art.defences.preprocessor import SpatialSmoothing as ArtSS

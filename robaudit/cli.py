@@ -135,6 +135,7 @@ def attack(
     from robaudit.engine.attack_run import AttackPlan
     from robaudit.engine.session import InputOptions
     from robaudit.report import write_json_atomic
+    from robaudit.report.writer import check_writable
 
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
@@ -154,6 +155,7 @@ def attack(
                           std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]),
                           layout=layout.upper() if layout else None, x_key=x_key, y_key=y_key)
     job = AttackJob(inputs=inputs, plan=plan, n=num)
+    check_writable(out)  # before the attacks run, not after
     command = ["robaudit", *sys.argv[1:]]
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=quiet, transient=True)

@@ -212,8 +212,9 @@ def train_cmd(
                        optimizer=optimizer, val_size=val_size, reset=reset, seed=seed)
     if out.suffix.lower() != ".pt":
         raise ConfigError(f"--out must name a TorchScript .pt file, got {out}")
-    if not out.parent.is_dir():
-        raise ConfigError(f"--out folder {out.parent} does not exist")
+    from robaudit.report.writer import check_writable
+
+    check_writable(out)
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
     opts = input_options(data, device, mean, std, clip, layout, None, None)

@@ -163,8 +163,10 @@ def test_linear_model_known_answer(norm):
         i = 0
         c = int(y[i])
         logits = model(x).detach()[i]
-        j = min((j for j in range(4) if j != c),
-                key=lambda j: float(logits[c] - logits[j]) / float(torch.linalg.vector_norm(w[c] - w[j], ord=DUAL[norm])))
+        def bound(j: int) -> float:
+            return float(logits[c] - logits[j]) / float(torch.linalg.vector_norm(w[c] - w[j], ord=DUAL[norm]))
+
+        j = min((j for j in range(4) if j != c), key=bound)
         u = (w[c] - w[j]).view(1, 1, 6, 6)
         step = u / u.norm() ** 2 if norm is CleverNorm.L2 else u.sign() / u.abs().sum()
         x_adv = x[i : i + 1] - (1 + 1e-3) * float(logits[c] - logits[j]) * step
@@ -253,7 +255,8 @@ def test_report_section_shape_and_schema(report):
     assert validation_errors(report) == []
     assert report["kind"] == "clever"
     sec = report["clever"]
-    assert {(r["norm"], r["target"]) for r in sec["rows"]} == {(n.value, t.value) for n in CleverNorm for t in TargetMode}
+    expected = {(n.value, t.value) for n in CleverNorm for t in TargetMode}
+    assert {(r["norm"], r["target"]) for r in sec["rows"]} == expected
     n = report["data"]["n_evaluated"]
     for row in sec["rows"]:
         assert row["status"] == "ok" and row["n"] == n == len(row["inputs"])
@@ -335,7 +338,8 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     written = json.loads(out.read_text())
     assert validation_errors(written) == [] and printed["clever"]["rows"] == written["clever"]["rows"]
     assert {r["radius"] for r in written["clever"]["rows"]} == {2.0, 0.2}
-    bad = robaudit_cli("clever", "demo:mnist", "--data", "demo:mnist", "--nb-batches", "1", "--out", str(tmp_path / "x"))
+    bad = robaudit_cli("clever", "demo:mnist", "--data", "demo:mnist", "--nb-batches", "1",
+                       "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "nb-batches" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -173,6 +173,10 @@ def test_defend_eval_all_combinations_both_threat_models_and_resume(tmp_path: Pa
     # BPDA: an adaptive FGSM through the median filter is not weaker than the transferred one
     assert by[(("ss",), "adaptive")]["success_rate"] >= by[(("ss",), "transfer")]["success_rate"] - 0.05
     assert "defence" in (out / "summary.md").read_text()
+    from robaudit.report.html import report_html
+
+    html = report_html(report)
+    assert "<h2>Defence stacks</h2>" in html and "ss+jpeg (transfer)" in html and "tvm (adaptive)" in html
 
     again = robaudit_cli(*args, "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr

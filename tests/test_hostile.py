@@ -549,6 +549,12 @@ def test_disk_full_keeps_the_previous_report(tmp_path, monkeypatch, capsys, smal
 
 
 def test_unwritable_output_paths_exit_2(tmp_path, monkeypatch, capsys, small):
+    import robaudit.engine.attack_job as attack_job
+
+    def never(*args, **kwargs):  # the output path is checked before any attack runs
+        raise AssertionError("attacks ran before the output path was checked")
+
+    monkeypatch.setattr(attack_job, "run_attack_job", never)
     blocker = tmp_path / "afile"
     blocker.write_text("in the way")
     for out in (blocker / "r.json", tmp_path):  # a folder below a file; a folder where the file should go

@@ -23,10 +23,12 @@ import torch
 from robaudit.clever.gradients import margin_gradient_norms
 from robaudit.clever.interface import ClassEstimate, CleverNorm, CleverParams, CleverRun, InputEstimate
 from robaudit.clever.sampling import sample_ball, unit_seed
-from robaudit.clever.weibull import clever_score, fit_reverse_weibull
+from robaudit.clever.weibull import clever_score, fit_reverse_weibull_many
 from robaudit.errors import AttackFailure, ConfigError
 
-GPU_POINT_BATCH = 8192
+GPU_POINT_ELEMENTS = 2**23
+"""On a GPU a pass holds about this many input elements, at most 8192 points (8192 MNIST, 2730
+CIFAR-10 or 55 ImageNet points); running out of memory halves it."""
 CPU_POINT_ELEMENTS = 65536
 """On CPU a pass holds about this many input elements (64 points of 1x32x32, 21 of 3x32x32): measured
 on LeNet-5 and ResNet-20, small passes that stay in cache beat large ones (2.2 ms per point and 9
@@ -42,13 +44,14 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 def default_point_batch(device: torch.device, numel: int) -> int:
     """Sample points per forward/backward pass when ``CleverParams.point_batch`` is ``None``."""
     if device.type == "cuda":
-        return GPU_POINT_BATCH
+        return max(16, min(8192, GPU_POINT_ELEMENTS // max(1, numel)))
     return max(16, min(256, CPU_POINT_ELEMENTS // max(1, numel)))
 
 
 def estimate(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, classes: Sequence[Sequence[int]],
              indices: Sequence[int], norm: CleverNorm, radius: float, params: CleverParams, *, seed: int,
-             clip: tuple[float, float], positions: Sequence[int] | None = None, device: torch.device | str | None = None,
+             clip: tuple[float, float], positions: Sequence[int] | None = None,
+             device: torch.device | str | None = None,
              progress: Callable[[int], None] | None = None, keep_maxima: bool = False) -> CleverRun:
     """CLEVER of every input ``x[i]`` (label ``labels[i]``) against each class in ``classes[i]``.
 
@@ -157,8 +160,8 @@ def _pass(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, padded:
 def _fit_input(position: int, index: int, label: int, classes: Sequence[int], g0: dict[int, float],
                maxima: np.ndarray, radius: float, params: CleverParams, keep_maxima: bool) -> InputEstimate:
     ests = []
-    for m, cls in enumerate(classes):
-        fit = fit_reverse_weibull(maxima[m], params.shapes)
+    fits = fit_reverse_weibull_many([maxima[m] for m in range(len(classes))], params.shapes)
+    for m, (cls, fit) in enumerate(zip(classes, fits)):
         ests.append(ClassEstimate(cls=int(cls), g0=g0[int(cls)], fit=fit,
                                   score=clever_score(g0[int(cls)], fit.location, radius),
                                   maxima=tuple(float(v) for v in maxima[m]) if keep_maxima else None))

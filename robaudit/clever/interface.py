@@ -73,8 +73,9 @@ class CleverParams:
     poor_fit_p: float = 0.05
     """A fit whose KS p-value is below this is flagged as poor (the score is still reported)."""
     point_batch: int | None = None
-    """Sample points per forward/backward pass; ``None``: 8192 on a GPU, about 65536 input elements
-    on CPU (small passes stay in cache). Only speed and memory depend on it, never the scores."""
+    """Sample points per forward/backward pass; ``None``: about 2**23 input elements (at most 8192
+    points) on a GPU, 65536 on CPU (small passes stay in cache). Only speed and memory depend on
+    it, never the scores."""
 
     def __post_init__(self) -> None:
         if self.nb_batches < 2:

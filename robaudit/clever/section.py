@@ -127,7 +127,8 @@ def _median(values: Sequence[float | None]) -> float | None:
     return float(np.median(v)) if v else None
 
 
-def classes_needed(label: int, num_classes: int, modes: Sequence[TargetMode], targets: dict[TargetMode, int]) -> list[int]:
+def classes_needed(label: int, num_classes: int, modes: Sequence[TargetMode],
+                   targets: dict[TargetMode, int]) -> list[int]:
     """Classes an input needs estimates for: every other class when untargeted is asked, else the targets."""
     if TargetMode.UNTARGETED in modes:
         return [j for j in range(num_classes) if j != label]

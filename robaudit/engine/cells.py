@@ -354,7 +354,7 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
     examples = None
     if samples:
         examples = {"cell_id": cell.id, "label": cell.label, "attack": row["attack"], "target": cell.target,
-                    "defences": list(cell.defences), "samples": samples}
+                    "defences": list(cell.defences), "threat_model": cell.threat_model, "samples": samples}
     return row, examples
 
 

@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from robaudit.report.clever_render import clever_html
-from robaudit.report.render import COLUMNS, _cells
+from robaudit.report.render import COLUMNS, _cells, _defence_cells, stack_label
 from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
@@ -23,7 +23,7 @@ td.l,th.l{text-align:left}.pass{color:#1a7f37;font-weight:bold}.fail{color:#cf22
 
 
 def _series_name(row: dict[str, Any], multi_defence: bool) -> str:
-    stack = "+".join(row.get("defences") or []) or "none"
+    stack = stack_label(row.get("defences") or [], row.get("threat_model"))
     return f"{row.get('target')}" + (f" / {stack}" if multi_defence else "")
 
 
@@ -59,7 +59,7 @@ def example_grid(entry: dict[str, Any]) -> str:
         cells = "".join(f"<td>{_img(s[key], name + ' ' + str(s.get('index')))}"
                         f"<br>{escape(caption(s))}</td>" for s in samples)
         body.append(f'<tr><th class="l">{name}</th>{cells}</tr>')
-    defences = "+".join(entry.get("defences") or []) or "none"
+    defences = stack_label(entry.get("defences") or [], entry.get("threat_model"))
     title = f"{entry.get('label', entry.get('attack'))} / {entry.get('target')}" + \
         (f" / {defences}" if defences != "none" else "")
     return (f"<h3>{escape(title)}</h3><table class=\"grid\"><tr><th></th>{head}</tr>{''.join(body)}</table>")
@@ -71,7 +71,7 @@ def results_html_table(report: dict[str, Any]) -> str:
     lines = [f"<table><tr><th class=\"l\">defences</th>{head}</tr>"]
     for row in report.get("results", []):
         cells = _cells(row)
-        stack = escape("+".join(row.get("defences") or []) or "none")
+        stack = escape(stack_label(row.get("defences") or [], row.get("threat_model")))
         label = row.get("label")
         if label and label != row.get("attack"):
             cells[0] = f"{label} ({row.get('attack')})"
@@ -84,6 +84,22 @@ def results_html_table(report: dict[str, Any]) -> str:
         lines.append(f'<tr><td class="l">{stack}</td>{tds}</tr>')
     lines.append("</table>")
     return "".join(lines)
+
+
+def defences_html(report: dict[str, Any]) -> str:
+    """Clean accuracy under each defence stack: a bar chart and a table (empty without defences)."""
+    entries = report.get("defences") or []
+    if not entries:
+        return ""
+    labels = [stack_label(e.get("defences") or []) for e in entries]
+    chart = grouped_bars("Clean accuracy under each defence stack", labels, ["clean accuracy"],
+                         {(lab, "clean accuracy"): e.get("clean_accuracy") for lab, e in zip(labels, entries)},
+                         y_max=1.0, percent=True, y_label="clean accuracy")
+    head = "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(
+        ("defence", "clean accuracy", "change", "correct / sampled", "randomised")))
+    rows = "".join("<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{escape(c)}</td>'
+                                    for i, c in enumerate(_defence_cells(e))) + "</tr>" for e in entries)
+    return (f'<h2>Defence stacks</h2><div class="charts">{chart}</div><table><tr>{head}</tr>{rows}</table>')
 
 
 def _value(v: Any) -> str:
@@ -159,6 +175,7 @@ def report_html(report: dict[str, Any]) -> str:
         parts.append('<h2>Success and distance per attack</h2><div class="charts">' + "".join(svgs) + "</div>")
     if report.get("results"):
         parts.append("<h2>Results</h2>" + results_html_table(report))
+    parts.append(defences_html(report))
     parts.append(detection_html(report))
     parts.append(clever_html(report))
     examples = report.get("examples") or []

@@ -54,6 +54,24 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Refuse (exit 2) an output path that could not be written, before any work is spent on it:
+    a folder in its place, or a parent that cannot be created or written. Creates nothing but the
+    parent folders, and probes them with a temporary file that is removed at once."""
+    target = Path(path)
+    if target.is_dir():
+        raise InputError(f"cannot write {target}: it is a folder; give a file name for --out")
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another --out path") from None
+    return target
+
+
 def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
     """Write ``payload`` as JSON atomically (NaN/inf become null)."""
     return write_text_atomic(path, json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
