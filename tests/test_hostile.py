@@ -670,3 +670,40 @@ def test_an_eps_ball_violation_exits_3_and_counts_nothing(tmp_path, monkeypatch,
     assert code == 3
     assert "attack fgsm exceeded its linf budget: 0.2 > eps 0.1" in one_line(err)
     assert not out.exists()
+
+
+def test_profile_keys_that_are_not_names_are_refused(tmp_path):
+    """Found by the slow profile fuzzer: ``&eps: 0.3`` (a YAML anchor on a key) parses as a None key."""
+    from robaudit.config import load_profile
+    from robaudit.errors import ConfigError
+
+    for body, where in [("attacks:\n  pgd: {attack: pgd, &eps: 0.3, steps: 40}\n", "attacks.pgd"),
+                        ("attacks: [fgsm]\n1: 2\n", "top level")]:
+        path = tmp_path / "p.yaml"
+        path.write_text(body)
+        with pytest.raises(ConfigError, match=f"{where}: keys must be names"):
+            load_profile(str(path))
+
+
+def test_zip_claiming_an_unknown_version_is_refused(tmp_path):
+    """Found by the slow fuzzers: a damaged central directory whose 'version needed' is above what
+    zipfile supports raised NotImplementedError from the npz and TorchScript loaders."""
+    import io
+    import zipfile
+
+    from robaudit.data import load_dataset
+    from robaudit.errors import DataLoadError, ModelLoadError
+    from robaudit.models.loader import load_model
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("x.npy", b"\x93NUMPY")
+    raw = bytearray(buf.getvalue())
+    cd = raw.rfind(b"PK\x01\x02")
+    raw[cd + 6:cd + 8] = (109).to_bytes(2, "little")  # "version needed to extract" 10.9
+    for name, load, err in [("d.npz", lambda p: load_dataset(p), DataLoadError),
+                            ("m.pt", lambda p: load_model(p, device="cpu"), ModelLoadError)]:
+        path = tmp_path / name
+        path.write_bytes(bytes(raw))
+        with pytest.raises(err):
+            load(path)

@@ -180,6 +180,8 @@ def params_from_overrides(cls: type[AttackParams], overrides: dict[str, str | fl
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, raw in overrides.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"attack parameter names are words, got {key!r}")
         name = key.replace("-", "_")
         if name not in fields:
             known = ", ".join(sorted(fields)) or "none"

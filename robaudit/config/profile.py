@@ -219,7 +219,34 @@ def load_profile(spec: str) -> Profile:
         line = f" (line {where.line + 1})" if where is not None else ""
         why = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever PyYAML says
         raise ConfigError(f"{path}: not valid YAML{line}: {why}") from None
+    _check_keys(raw, str(path), "")
     return parse_profile(raw, source=str(path), default_name=path.stem)
+
+
+def _check_keys(value: Any, source: str, where: str) -> None:
+    """Refuse mapping keys that are not strings anywhere in a profile (``&anchor: 1`` parses as a
+    ``None`` key, ``1: x`` as an integer one), naming where they are. Iterative, with a depth limit
+    and each container visited once (YAML aliases can nest a list inside itself)."""
+    todo: list[tuple[Any, str, int]] = [(value, where, 0)]
+    seen: set[int] = set()
+    while todo:
+        item, at, depth = todo.pop()
+        if not isinstance(item, (dict, list)) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if depth > MAX_PROFILE_DEPTH:
+            raise ConfigError(f"{source}: {at or 'top level'}: nested more than {MAX_PROFILE_DEPTH} levels deep")
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"{source}: {at or 'top level'}: keys must be names, got {key!r}")
+                todo.append((sub, f"{at}.{key}" if at else key, depth + 1))
+        else:
+            todo.extend((sub, f"{at}[{i}]", depth + 1) for i, sub in enumerate(item))
+
+
+MAX_PROFILE_DEPTH = 32
+"""Deepest nesting a profile may have (the real format needs 4)."""
 
 
 class _Ctx:

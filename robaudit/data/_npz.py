@@ -82,7 +82,8 @@ def load_npz(path: Path, opts: Options) -> Raw:
     digest = sha256_file(path)
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, RuntimeError, ValueError, EOFError) as e:
+        # NotImplementedError: a damaged central directory claiming an unknown zip version
         raise DataLoadError(
             f"{path} is not a valid .npz (zip) file ({one_line(e)}); re-save it with numpy.savez"
         ) from None

@@ -179,7 +179,8 @@ def _zip_kind(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError, EOFError) as exc:
+        # NotImplementedError: a damaged central directory claiming an unknown zip version
         raise ModelLoadError(
             f"{path} starts like a zip archive but cannot be read ({ob._one_line(exc, 60)}); "
             "the file is truncated or corrupt, copy it again"
@@ -294,7 +295,8 @@ def _check_zip_crc(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             bad = zf.testzip()
-    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, EOFError, zlib.error, lzma.LZMAError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError, NotImplementedError, EOFError, zlib.error,
+            lzma.LZMAError) as exc:
         raise ModelLoadError(
             f"{path} cannot be read as a zip archive ({ob._one_line(exc, 80)}); the file is truncated or "
             "corrupt, copy it again"
