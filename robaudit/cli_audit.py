@@ -67,6 +67,10 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
         dt = defences_table(report)
         if dt is not None:
             console.print(dt)
+        from robaudit.report.clever_render import clever_tables
+
+        for ct in clever_tables(report):
+            console.print(ct)
         det = detection_table(report)
         if det is not None:
             console.print(det)

@@ -304,6 +304,7 @@ def test_report_renders_in_every_format(report):
     from robaudit.report.clever_render import clever_tables
 
     assert len(clever_tables(report)) == 2
+    assert "CLEVER scores" in render(report, ReportFormat.table)  # `robaudit report` shows the section
 
 
 def test_defence_stacks_are_scored_and_correlated():
