@@ -176,6 +176,13 @@ def audit_cmd(
     execute_audit(tuple(models), inputs, prof, out, resume, gate, fmt, quiet)
 
 
+def progress_bars(console: Console, quiet: bool) -> Progress:
+    """Transient rich progress bars with elapsed time and ETA (disabled by ``--quiet``)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                    disable=quiet, transient=True)
+
+
 def input_options(data: str, device: str, mean: str | None, std: str | None, clip: str, layout: str | None,
                   x_key: str | None, y_key: str | None) -> Any:
     """Checked :class:`InputOptions` (its model left empty) from the shared CLI options."""
@@ -210,9 +217,7 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
     if len(set(models)) != len(models):
         raise ConfigError("the same model is listed twice")
     job = AuditJob(models=models, inputs=inputs, profile=prof, out=out, resume=resume)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_err,
-                        disable=quiet, transient=True)
+    progress = progress_bars(_err, quiet)
     with progress:
         result = run_audit(job, ["robaudit", *sys.argv[1:]], _AuditProgress(progress))
 

@@ -6,6 +6,7 @@ Exit codes as everywhere: 0 success, 2 usage/input/config error, 3 internal fail
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import Progress
 
+from robaudit.cli_audit import input_options, progress_bars
 from robaudit.errors import ConfigError
 
 _out = Console()
@@ -106,34 +107,20 @@ def clever_cmd(
 ) -> None:
     """CLEVER robustness scores (Weng et al. 2018) per input, norm, target and defence stack."""
     from robaudit.attacks.targets import parse_targets
-    from robaudit.cli import _floats
     from robaudit.clever.interface import CleverNorm, CleverParams
     from robaudit.engine.clever_job import CleverJob, parse_stacks, run_clever_job
-    from robaudit.engine.session import InputOptions
     from robaudit.report.writer import write_json_atomic
 
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
     if attack_batch_size < 1:
         raise ConfigError(f"--attack-batch-size must be >= 1, got {attack_batch_size}")
-    clip_range = _floats(clip, "--clip", 2)
-    assert clip_range is not None
-    if clip_range[0] >= clip_range[1]:
-        raise ConfigError(f"--clip lo must be below hi, got {clip}")
-    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
-        raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, layout, x_key, y_key), model=model)
     params = CleverParams(nb_batches=nb_batches, batch_size=batch_size, poor_fit_p=poor_fit_p, point_batch=point_batch)
-    inputs = InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"),
-                          std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]),
-                          layout=layout.upper() if layout else None, x_key=x_key, y_key=y_key)
     job = CleverJob(inputs=inputs, norms=tuple(CleverNorm.parse_list(norm)), targets=tuple(parse_targets(target)),
                     stacks=parse_stacks(defences), radius=parse_radius(radius), params=params, n=num, seed=seed,
                     compare=compare, attack_batch_size=attack_batch_size)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_err, disable=quiet,
-                        transient=True)
+    progress = progress_bars(_err, quiet)
     with progress:
         report = run_clever_job(job, ["robaudit", *sys.argv[1:]], _Progress(progress))
     path = write_json_atomic(out, report)

@@ -15,10 +15,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import Progress
 
-from robaudit.cli_audit import SummaryFormat, execute_audit, input_options
+from robaudit.cli_audit import SummaryFormat, execute_audit, input_options, progress_bars
 from robaudit.errors import ConfigError
 
 defend_app = typer.Typer(
@@ -229,9 +228,7 @@ def train_cmd(
     y = torch.from_numpy(np.ascontiguousarray(inputs.data.y[idx])).long()
     if restart:
         checkpoint_path(out).unlink(missing_ok=True)
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_err,
-                        disable=quiet, transient=True)
+    progress = progress_bars(_err, quiet)
     with progress:
         result = train_fast_at(inputs.model, x, y, cfg, out, _TrainProgress(progress))
     summary = {"out": str(out), "best_epoch": result.best_epoch, "stopped_early": result.stopped_early,

@@ -81,11 +81,8 @@ def parse_stacks(values: list[str] | None) -> tuple[tuple[str, ...], ...]:
             text = part.strip().replace("+", ",")
             if not text or text.lower() == "none":
                 continue
-            try:
-                from robaudit.defences import parse_stack
-            except ImportError as exc:
-                raise ConfigError(f"--defences needs the defence engine (robaudit.defences), which is missing: {exc}") \
-                    from None
+            from robaudit.defences import parse_stack
+
             stack = tuple(parse_stack(text))
             if stack and stack not in stacks:
                 stacks.append(stack)
