@@ -211,8 +211,23 @@ app.add_typer(detect_app, name="detect")
 app.add_typer(defend_app, name="defend")
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that open files are closed on the way out."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+_STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --resume, defend train when "
+                 "run again")
+
+
 def main() -> None:
     """Console entry point: maps errors to one-line messages and exit codes."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except RobauditError as exc:
@@ -221,8 +236,11 @@ def main() -> None:
         err_console.print(f"robaudit: error: {exc}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("robaudit: interrupted", highlight=False)
+        err_console.print(f"robaudit: interrupted; {_STOPPED_HINT}", highlight=False)
         sys.exit(130)
+    except _Terminated:
+        err_console.print(f"robaudit: terminated (SIGTERM); {_STOPPED_HINT}", highlight=False)
+        sys.exit(143)
     except SystemExit:
         raise
     except MemoryError:

@@ -108,7 +108,8 @@ def clever_cmd(
     """CLEVER robustness scores (Weng et al. 2018) per input, norm, target and defence stack."""
     from robaudit.attacks.targets import parse_targets
     from robaudit.clever.interface import CleverNorm, CleverParams
-    from robaudit.engine.clever_job import CleverJob, parse_stacks, run_clever_job
+    from robaudit.defences import parse_stacks
+    from robaudit.engine.clever_job import CleverJob, run_clever_job
     from robaudit.report.writer import write_json_atomic
 
     if num is not None and num < 1:
@@ -118,7 +119,7 @@ def clever_cmd(
     inputs = dataclasses.replace(input_options(data, device, mean, std, clip, layout, x_key, y_key), model=model)
     params = CleverParams(nb_batches=nb_batches, batch_size=batch_size, poor_fit_p=poor_fit_p, point_batch=point_batch)
     job = CleverJob(inputs=inputs, norms=tuple(CleverNorm.parse_list(norm)), targets=tuple(parse_targets(target)),
-                    stacks=parse_stacks(defences), radius=parse_radius(radius), params=params, n=num, seed=seed,
+                    stacks=tuple(parse_stacks(defences)), radius=parse_radius(radius), params=params, n=num, seed=seed,
                     compare=compare, attack_batch_size=attack_batch_size)
     progress = progress_bars(_err, quiet)
     with progress:

@@ -30,31 +30,6 @@ defend_app = typer.Typer(
 _out = Console()
 _err = Console(stderr=True)
 
-ALL_COMBINATIONS = "all-combinations"
-
-
-def parse_stacks(spec: str) -> list[list[str]]:
-    """``--defences``: one stack ``ss,jpeg``, several ``ss;jpeg;ss,jpeg``, or ``all-combinations``.
-
-    The undefended model always comes first, so every stack is compared with it."""
-    from robaudit.defences import all_combinations, parse_stack
-
-    spec = spec.strip()
-    if spec == ALL_COMBINATIONS:
-        return [list(s) for s in all_combinations()]
-    stacks: list[list[str]] = [[]]
-    for part in spec.split(";"):
-        stack = list(parse_stack(part))
-        if stack in stacks:
-            if stack:
-                raise ConfigError(f"--defences lists the stack {'+'.join(stack)} twice")
-            continue
-        stacks.append(stack)
-    if len(stacks) == 1:
-        raise ConfigError("--defences names no defence: give e.g. ss,jpeg or all-combinations")
-    return stacks
-
-
 def _value(raw: str) -> Any:
     import yaml
 
@@ -134,7 +109,11 @@ def eval_cmd(
     """Attack the model behind each defence stack; report success, distances and the clean-accuracy cost."""
     from robaudit.attacks.targets import parse_targets
     from robaudit.config.profile import parse_profile
+    from robaudit.defences import parse_stacks
 
+    stacks = parse_stacks(defences)
+    if len(stacks) == 1:
+        raise ConfigError("--defences names no defence: give e.g. ss,jpeg or all-combinations")
     threats = {"adaptive": ["adaptive"], "transfer": ["transfer"], "both": ["adaptive", "transfer"]}.get(threat_model)
     if threats is None:
         raise ConfigError(f"--threat-model must be adaptive, transfer or both, got {threat_model!r}")
@@ -142,7 +121,7 @@ def eval_cmd(
         "name": "defend-eval", "seed": seed, "samples": num, "batch_size": batch_size, "examples": examples,
         "attacks": _attacks(attack, eps, norm, param),
         "targets": [t.value for t in parse_targets(target)],
-        "defences": parse_stacks(defences), "threat_models": threats,
+        "defences": [list(s) for s in stacks], "threat_models": threats,
         "defence_params": _defence_params(defence_param), "eot_samples": eot_samples,
     }
     prof = parse_profile(raw, source="defend eval")

@@ -308,13 +308,11 @@ def test_report_renders_in_every_format(report):
 
 
 def test_defence_stacks_are_scored_and_correlated():
-    defences = pytest.importorskip("robaudit.defences")
-    if not hasattr(defences, "defend_model"):
-        pytest.skip("robaudit.defences has no defend_model yet")
-    from robaudit.engine.clever_job import parse_stacks, run_clever_job
+    from robaudit.defences import parse_stacks
+    from robaudit.engine.clever_job import run_clever_job
 
-    assert parse_stacks(["ss", "none", "ss+jpeg"]) == ((), ("ss",), ("ss", "jpeg"))
-    stacks = parse_stacks(["ss+jpeg"])
+    assert parse_stacks(["ss", "none", "ss+jpeg"]) == [(), ("ss",), ("ss", "jpeg")]
+    stacks = tuple(parse_stacks(["ss+jpeg"]))
     rep = run_clever_job(_job(norms=(CleverNorm.L2,), stacks=stacks, compare=True, n=2), ["robaudit", "clever"])
     assert validation_errors(rep) == []
     rows = rep["clever"]["rows"]

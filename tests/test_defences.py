@@ -33,6 +33,7 @@ from robaudit.defences import (
     defend_model,
     get_defence_class,
     parse_stack,
+    parse_stacks,
 )
 from robaudit.defences.jpeg import quantization_table
 from robaudit.errors import ConfigError
@@ -426,6 +427,18 @@ def test_all_combinations() -> None:
         all_combinations(("ss", "ss"))
     with pytest.raises(ConfigError):
         all_combinations(("ss", "blur"))
+
+
+def test_parse_stacks_undefended_first_in_order() -> None:
+    assert parse_stacks(None) == [()]
+    assert parse_stacks("all-combinations") == all_combinations()
+    assert parse_stacks("ss,jpeg;tvm") == [(), ("ss", "jpeg"), ("tvm",)]
+    assert parse_stacks(["jpeg", "none", "ss+tvm"]) == [(), ("jpeg",), ("ss", "tvm")]
+    assert parse_stacks(["tvm", "all-combinations"])[:2] == [(), ("tvm",)]
+    with pytest.raises(ConfigError, match="stack ss\\+jpeg twice"):
+        parse_stacks(["ss,jpeg", "ss+jpeg"])
+    with pytest.raises(ConfigError, match="unknown defence"):
+        parse_stacks("ss;blur")
 
 
 def test_build_stack_params() -> None:

@@ -630,7 +630,7 @@ def test_sigterm_midway_then_resume_loses_at_most_one_batch(tmp_path, monkeypatc
     out = tmp_path / "out"
     args = ["audit", "demo:mnist", "--data", "demo:mnist", "--profile", str(profile), "--out", str(out), "-q",
             "--format", "none"]
-    proc = subprocess.Popen([str(EXE), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    proc = subprocess.Popen([str(EXE), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, text=True)
     journal = out / JOURNAL_NAME
     deadline = time.monotonic() + 120
     try:
@@ -640,8 +640,9 @@ def test_sigterm_midway_then_resume_loses_at_most_one_batch(tmp_path, monkeypatc
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
     finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGTERM, "the audit finished before it could be stopped"
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, "the audit finished before it could be stopped"
+    assert stderr.strip().startswith("robaudit: terminated (SIGTERM); finished work is kept") and "--resume" in stderr
     assert not (out / "report.json").exists()
     done = [json.loads(line) for line in journal.read_text().splitlines() if '"type":"chunk"' in line]
     assert 2 <= len(done) < 8  # 2 cells x 4 chunks of 4 samples

@@ -94,6 +94,23 @@ def test_yaml_is_loaded_safely(tmp_path):
         load_profile(path)
 
 
+@pytest.mark.parametrize("text, line, key", [
+    ("name: x\nattacks: [fgsm]\nattacks: [pgd]\n", 3, "attacks"),
+    ("name: x\nattacks:\n  - {attack: pgd, eps: 0.1, eps: 0.3}\n", 3, "eps"),
+])
+def test_duplicate_keys_are_refused_with_their_lines(tmp_path, text, line, key):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"not valid YAML \(line {line}\): found duplicate key '{key}'"):
+        load_profile(path)
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    text = ("name: x\nbase: &b {attack: pgd, eps: 0.1}\nattacks:\n  - {<<: *b, eps: 0.2}\n")
+    from robaudit.config.yaml_load import load_yaml
+
+    assert load_yaml(text)["attacks"] == [{"attack": "pgd", "eps": 0.2}]
+
+
 def test_unknown_profile_name_lists_shipped():
     with pytest.raises(ConfigError, match="shipped: .*quick"):
         load_profile("no-such-profile")

@@ -1,4 +1,4 @@
-"""Load and validate audit profiles (YAML, ``yaml.safe_load`` only).
+"""Load and validate audit profiles (YAML through a SafeLoader that also refuses duplicate keys).
 
 Every problem is a :class:`ConfigError` (exit 2) naming the file, the key and the reason, e.g.
 ``profiles/x.yaml: attacks.pgd.steps: must be >= 0, got -3``. Validation covers the whole
@@ -40,8 +40,9 @@ from typing import Any
 
 from robaudit.errors import ConfigError
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
-"""Where the shipped profiles live (``profiles/`` at the project root)."""
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+"""Where the shipped profiles live: ``robaudit/profiles``, a link to ``profiles/`` at the project
+root in a checkout and a copy of it in an installed wheel."""
 
 KNOWN_DEFENCES: dict[str, str] = {
     "ss": "spatial smoothing (median filter)",
@@ -202,6 +203,8 @@ def load_profile(spec: str) -> Profile:
     """Read and validate a profile by name or path."""
     import yaml
 
+    from robaudit.config.yaml_load import load_yaml
+
     path = resolve_profile_path(spec)
     try:
         if path.stat().st_size > MAX_PROFILE_BYTES:
@@ -211,7 +214,7 @@ def load_profile(spec: str) -> Profile:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except (RecursionError, ValueError) as exc:  # absurd nesting; an integer too long to convert
         raise ConfigError(f"{path}: not a usable profile: {type(exc).__name__}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -19,12 +19,14 @@ from robaudit.defences.jpeg import JpegCompression, JpegParams
 from robaudit.defences.registry import DEFENCES, get_defence_class
 from robaudit.defences.spatial_smoothing import SpatialSmoothing, SpatialSmoothingParams
 from robaudit.defences.stack import (
+    ALL_COMBINATIONS,
     DefenceStack,
     DefendedClassifier,
     all_combinations,
     build_stack,
     defend_model,
     parse_stack,
+    parse_stacks,
 )
 from robaudit.defences.tvm import TotalVarMin, TvmParams
 
@@ -47,5 +49,7 @@ __all__ = [
     "defend_model",
     "get_defence_class",
     "params_from_mapping",
+    "ALL_COMBINATIONS",
     "parse_stack",
+    "parse_stacks",
 ]

@@ -50,6 +50,29 @@ def parse_stack(spec: str) -> tuple[str, ...]:
     return _check_names(parts, spec)
 
 
+ALL_COMBINATIONS = "all-combinations"
+"""``--defences`` value for no defence plus every non-empty stack of ss, jpeg and tvm."""
+
+
+def parse_stacks(values: str | Sequence[str] | None) -> list[tuple[str, ...]]:
+    """``--defences`` values -> stacks to evaluate, the undefended model always first.
+
+    Each value is ``all-combinations``, one stack (``ss,jpeg``, ``ss+jpeg`` or ``none``) or several
+    separated by ``;``; the option may be repeated. A stack named twice is a :class:`ConfigError`
+    (it would be evaluated twice under the same name); ``all-combinations`` adds only the stacks
+    not already listed."""
+    items = [values] if isinstance(values, str) else list(values or [])
+    stacks: list[tuple[str, ...]] = [()]
+    for raw in items:
+        every = raw.strip().lower() == ALL_COMBINATIONS
+        for stack in all_combinations() if every else [parse_stack(p) for p in raw.split(";")]:
+            if stack and stack in stacks and not every:
+                raise ConfigError(f"--defences lists the stack {'+'.join(stack)} twice")
+            if stack not in stacks:
+                stacks.append(stack)
+    return stacks
+
+
 def _check_names(names: Iterable[str | DefenceName], spec: object) -> tuple[str, ...]:
     out: list[str] = []
     for n in names:

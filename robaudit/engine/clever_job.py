@@ -73,22 +73,6 @@ class CleverJob:
     attack_batch_size: int = 128
 
 
-def parse_stacks(values: list[str] | None) -> tuple[tuple[str, ...], ...]:
-    """``--defences`` values (each ``ss,jpeg``, ``ss+jpeg`` or ``none``) -> stacks, undefended first."""
-    stacks: list[tuple[str, ...]] = [()]
-    for raw in values or []:
-        for part in raw.split(";"):
-            text = part.strip().replace("+", ",")
-            if not text or text.lower() == "none":
-                continue
-            from robaudit.defences import parse_stack
-
-            stack = tuple(parse_stack(text))
-            if stack and stack not in stacks:
-                stacks.append(stack)
-    return tuple(stacks)
-
-
 def radii(job: CleverJob, clip: tuple[float, float]) -> dict[CleverNorm, float]:
     span = clip[1] - clip[0]
     out = {}
