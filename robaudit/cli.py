@@ -6,6 +6,7 @@ Errors are one line on stderr; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -13,9 +14,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from robaudit import __version__
+from robaudit.cli_audit import input_options, progress_bars
 from robaudit.cli_audit import register as register_audit
 from robaudit.cli_clever import register as register_clever
 from robaudit.cli_defend import defend_app
@@ -133,32 +135,20 @@ def attack(
     from robaudit.attacks.targets import parse_targets
     from robaudit.engine.attack_job import AttackJob, run_attack_job
     from robaudit.engine.attack_run import AttackPlan
-    from robaudit.engine.session import InputOptions
     from robaudit.report import write_json_atomic
     from robaudit.report.writer import check_writable
 
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
-    clip_range = _floats(clip, "--clip", 2)
-    assert clip_range is not None
-    if clip_range[0] >= clip_range[1]:
-        raise ConfigError(f"--clip lo must be below hi, got {clip}")
-    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
-        raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     plan = AttackPlan(
         attacks=tuple(parse_attack_names(attack)), targets=tuple(parse_targets(target)),
         norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=_params(param),
         batch_size=batch_size, seed=seed)
-    inputs = InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"),
-                          std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]),
-                          layout=layout.upper() if layout else None, x_key=x_key, y_key=y_key)
+    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, layout, x_key, y_key), model=model)
     job = AttackJob(inputs=inputs, plan=plan, n=num)
     check_writable(out)  # before the attacks run, not after
     command = ["robaudit", *sys.argv[1:]]
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, disable=quiet, transient=True)
+    progress = progress_bars(err_console, quiet)
     with progress:
         report = run_attack_job(job, command, _ProgressObserver(progress),
                                 checkpoint=lambda partial: write_json_atomic(out, partial))

@@ -5,6 +5,8 @@ Registered in :mod:`robaudit.cli` with ``app.add_typer(detect_app, name="detect"
 
 from __future__ import annotations
 
+import dataclasses
+
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -42,19 +44,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report ins
 
 def _common(model: str, data: str, cost: str, num: int | None, seed: int, batch_size: int, device: str,
             mean: str | None, std: str | None, clip: str, max_iter: int | None) -> Any:
-    from robaudit.cli import _floats
+    from robaudit.cli_audit import input_options
     from robaudit.detect.interface import CostName
     from robaudit.engine.detect_job import DetectCommon
-    from robaudit.engine.session import InputOptions
 
-    clip_range = _floats(clip, "--clip", 2)
-    assert clip_range is not None
-    if clip_range[0] >= clip_range[1]:
-        raise ConfigError(f"--clip lo must be below hi, got {clip}")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    inputs = InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"),
-                          std=_floats(std, "--std"), clip=(clip_range[0], clip_range[1]))
+    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, None, None, None), model=model)
     return DetectCommon(inputs=inputs, n=num, seed=seed, batch_size=batch_size,
                         costs=tuple(CostName.parse_list(cost)), max_iter=max_iter)
 

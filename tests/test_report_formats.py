@@ -6,7 +6,6 @@ import copy
 import json
 from xml.etree import ElementTree as ET
 
-import numpy as np
 import pytest
 
 from robaudit.cli_audit import ReportFormat, render

@@ -231,7 +231,6 @@ class _HSJRun:
 
     def attack(self) -> torch.Tensor:
         p, x = self.p, self.x
-        n = x.shape[0]
         logits = self.model(x)
         self.queries += 1
         self.clean_pred = logits.argmax(dim=1)
