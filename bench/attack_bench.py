@@ -3,7 +3,8 @@
 For each model: the same correctly classified images (seeded), each attack run by robaudit
 (``backend=torch``) and by ART (``backend=art``). Prints seconds, the speed ratio, success rate
 and median L2/Linf of successful examples for both, and PGD's efficiency against the model's raw
-forward+backward throughput. Attacks whose ART version is very slow can run ART on a prefix of
+forward+backward throughput (measured right before and after robaudit's PGD, since a shared
+machine's load drifts); PGD runs twice, at the fixed budget and with ``early_stop``. Attacks whose ART version is very slow can run ART on a prefix of
 the images (``--art-subset cw-l2=20``): then both are compared on that prefix and the ratio is
 per image. Results are also written as JSON.
 
@@ -111,28 +112,40 @@ def main() -> int:
         header = (f"{'attack':12} {'ours s':>8} {'ART s':>8} {'ratio':>7} {'ours succ':>9} {'ART succ':>9} "
                   f"{'ours L2':>8} {'ART L2':>8} {'ours Linf':>9} {'ART Linf':>9}  note")
         print(header)
-        for name in [AttackName(a) for a in args.attacks.split(",")]:
+        rows = []
+        for a in args.attacks.split(","):
+            name = AttackName(a)
+            rows.append((name, False))
+            if name is AttackName.PGD:  # both ways: the study's fixed budget and the per-sample early exit
+                rows.append((name, True))
+        for name, early in rows:
             ours_cls, art_cls = get_attack_class(name, "torch"), get_attack_class(name, "art")
-            ours_p = ours_cls.Params()
+            ours_p = ours_cls.Params(early_stop=True) if early else ours_cls.Params()
             ours_eps = eps if ours_cls.kind is AttackKind.FIXED_EPS else None
             norm = Norm.LINF if Norm.LINF in ours_cls.norms and ours_cls.kind is AttackKind.FIXED_EPS else ours_cls.norms[0]
             ours = ours_cls(ours_p, norm=norm, eps=ours_eps)
             art = art_cls(art_params(name, ours_p, art_cls), norm=norm, eps=ours_eps)
             m = subsets.get(name.value)
+            raw_before = raw_throughput(model, x, args.batch_size) if name is AttackName.PGD and not early else None
             r_ours = measure(ours, model, x, y, args.batch_size, args.seed)
+            if raw_before is not None:  # raw throughput right before and after: the load may change
+                raw = (raw_before + raw_throughput(model, x, args.batch_size)) / 2
             xs, ys = (x[:m], y[:m]) if m else (x, y)
             r_ours_sub = measure(ours, model, xs, ys, args.batch_size, args.seed) if m else r_ours
             r_art = measure(art, model, xs, ys, args.batch_size, args.seed)
             ratio = (r_art["seconds"] / r_art["n"]) / max(r_ours_sub["seconds"] / r_ours_sub["n"], 1e-12)
             note = f"ART on first {m} (ours on all {x.shape[0]}: succ {r_ours['success']:.3f}, L2 {fmt(r_ours['l2_median'])})" if m else ""
-            if name is AttackName.PGD:
+            label = f"{name.value}-es" if early else name.value
+            if name is AttackName.PGD and early:
+                note += "early stop (ART has none)"
+            elif name is AttackName.PGD:
                 eff = x.shape[0] * ours_p.steps * ours_p.restarts / r_ours["seconds"] / raw
-                note += f"efficiency {eff:.2f} of raw fwd+bwd"
-            print(f"{name.value:12} {r_ours_sub['seconds']:8.2f} {r_art['seconds']:8.2f} {ratio:6.1f}x "
+                note += f"efficiency {eff:.2f} of raw fwd+bwd ({raw:.0f} images x steps / s around it)"
+            print(f"{label:12} {r_ours_sub['seconds']:8.2f} {r_art['seconds']:8.2f} {ratio:6.1f}x "
                   f"{r_ours_sub['success']:9.3f} {r_art['success']:9.3f} {fmt(r_ours_sub['l2_median']):>8} "
                   f"{fmt(r_art['l2_median']):>8} {fmt(r_ours_sub['linf_median']):>9} {fmt(r_art['linf_median']):>9}  {note}",
                   flush=True)
-            results.append({"model": model_key, "attack": name.value, "eps": ours_eps, "norm": norm.value,
+            results.append({"model": model_key, "attack": label, "eps": ours_eps, "norm": norm.value,
                             "ours_params": dataclasses.asdict(ours_p), "art_params": dataclasses.asdict(art.params),
                             "art_subset": m, "ours": r_ours, "ours_on_subset": r_ours_sub, "art": r_art,
                             "ratio_per_image": ratio, "raw_fwd_bwd_throughput": raw})
