@@ -4,7 +4,7 @@ For each model: the same correctly classified images (seeded), each attack run b
 (``backend=torch``) and by ART (``backend=art``). Prints seconds, the speed ratio, success rate
 and median L2/Linf of successful examples for both, and PGD's efficiency against the model's raw
 forward+backward throughput (measured right before and after robaudit's PGD, since a shared
-machine's load drifts); PGD runs twice, at the fixed budget and with ``early_stop``. Attacks whose ART version is very slow can run ART on a prefix of
+machine's load drifts); PGD and APGD run twice, at the fixed budget and with ``early_stop``. Attacks whose ART version is very slow can run ART on a prefix of
 the images (``--art-subset cw-l2=20``): then both are compared on that prefix and the ratio is
 per image. Results are also written as JSON.
 
@@ -115,12 +115,19 @@ def main() -> int:
         rows = []
         for a in args.attacks.split(","):
             name = AttackName(a)
-            rows.append((name, False))
-            if name is AttackName.PGD:  # both ways: the study's fixed budget and the per-sample early exit
-                rows.append((name, True))
-        for name, early in rows:
+            rows.append((name, ""))
+            if name in (AttackName.PGD, AttackName.APGD):  # the study's fixed budget and the early exit
+                rows.append((name, "es"))
+            if name is AttackName.CW_L2:  # ours at ART's budget (10 rounds x 10 steps) besides our defaults
+                rows.append((name, "art-budget"))
+        for name, variant in rows:
+            early = variant == "es"
             ours_cls, art_cls = get_attack_class(name, "torch"), get_attack_class(name, "art")
-            ours_p = ours_cls.Params(early_stop=True) if early else ours_cls.Params()
+            ours_p = ours_cls.Params()
+            if early:
+                ours_p = dataclasses.replace(ours_p, early_stop=True)
+            if variant == "art-budget":
+                ours_p = dataclasses.replace(ours_p, binary_search_steps=10, max_iter=10)
             ours_eps = eps if ours_cls.kind is AttackKind.FIXED_EPS else None
             norm = Norm.LINF if Norm.LINF in ours_cls.norms and ours_cls.kind is AttackKind.FIXED_EPS else ours_cls.norms[0]
             ours = ours_cls(ours_p, norm=norm, eps=ours_eps)
@@ -134,9 +141,11 @@ def main() -> int:
             r_ours_sub = measure(ours, model, xs, ys, args.batch_size, args.seed) if m else r_ours
             r_art = measure(art, model, xs, ys, args.batch_size, args.seed)
             ratio = (r_art["seconds"] / r_art["n"]) / max(r_ours_sub["seconds"] / r_ours_sub["n"], 1e-12)
-            note = f"ART on first {m} (ours on all {x.shape[0]}: succ {r_ours['success']:.3f}, L2 {fmt(r_ours['l2_median'])})" if m else ""
-            label = f"{name.value}-es" if early else name.value
-            if name is AttackName.PGD and early:
+            ratio_all = (r_art["seconds"] / r_art["n"]) / max(r_ours["seconds"] / r_ours["n"], 1e-12)
+            note = (f"ART on first {m} (ours on all {x.shape[0]}: succ {r_ours['success']:.3f}, "
+                    f"L2 {fmt(r_ours['l2_median'])}, {ratio_all:.1f}x per image) " if m else "")
+            label = f"{name.value}-{variant}" if variant else name.value
+            if early:
                 note += "early stop (ART has none)"
             elif name is AttackName.PGD:
                 eff = x.shape[0] * ours_p.steps * ours_p.restarts / r_ours["seconds"] / raw
@@ -148,7 +157,7 @@ def main() -> int:
             results.append({"model": model_key, "attack": label, "eps": ours_eps, "norm": norm.value,
                             "ours_params": dataclasses.asdict(ours_p), "art_params": dataclasses.asdict(art.params),
                             "art_subset": m, "ours": r_ours, "ours_on_subset": r_ours_sub, "art": r_art,
-                            "ratio_per_image": ratio, "raw_fwd_bwd_throughput": raw})
+                            "ratio_per_image": ratio, "ratio_per_image_ours_on_all": ratio_all, "raw_fwd_bwd_throughput": raw})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -354,6 +354,22 @@ def test_pgd_early_stop_and_restarts(demo) -> None:
     assert _success(model, two.x_adv, y) >= _success(model, fixed.x_adv, y)
 
 
+@pytest.mark.parametrize("targeted", [False, True], ids=["untargeted", "next-class"])
+def test_apgd_early_stop_same_success_fewer_passes(demo, targeted) -> None:
+    model, x, y = demo
+    t = (y + 1) % 10 if targeted else None
+    base = APGDParams(n_iter=10)
+    full = APGD(base, eps=0.3).generate(model, x, y, t, seed=1)
+    early = APGD(dataclasses.replace(base, early_stop=True), eps=0.3).generate(model, x, y, t, seed=1)
+    assert full.backward_passes == full.forward_passes == 11 * N_IMAGES
+    assert early.forward_passes == early.backward_passes < 0.7 * full.backward_passes
+    # the same random start and per-sample trajectory until a sample breaks: the same samples break
+    # (up to one, for batch-size-dependent float rounding in the model's kernels)
+    assert _success(model, full.x_adv, y, t) > 0.5
+    assert abs(_success(model, early.x_adv, y, t) - _success(model, full.x_adv, y, t)) <= 1 / N_IMAGES
+    assert float((early.x_adv - x).abs().amax()) <= 0.3 + 1e-6
+
+
 def test_zero_eps_returns_the_inputs(demo) -> None:
     model, x, y = demo
     for cls in TORCH_ATTACKS + [ArtFGSM, ArtAPGD]:
