@@ -41,7 +41,7 @@ _ENTRIES: dict[AttackName, dict[str, str]] = {
     AttackName.JSMA: {"torch": "robaudit.attacks.jsma:JSMA", "art": "robaudit.attacks.jsma:ArtJSMA"},
     AttackName.HOPSKIPJUMP: {"torch": "robaudit.attacks.hopskipjump:HopSkipJump",
                              "art": "robaudit.attacks.hopskipjump:ArtHopSkipJump"},
-    AttackName.SHADOW: {"art": "robaudit.attacks.shadow:ArtShadow"},
+    AttackName.SHADOW: {"torch": "robaudit.attacks.shadow:Shadow", "art": "robaudit.attacks.shadow:ArtShadow"},
     AttackName.UNIVERSAL: {"art": "robaudit.attacks.universal:ArtUniversal"},
 }
 
