@@ -10,7 +10,7 @@ per image. Results are also written as JSON.
 
 Needs the shared models exported by ``scripts/export_shared.py`` (``artifacts/``).
 
-    python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200
+    python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200 --threads 1
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robaudit.attacks.base import AttackKind, Criterion, Norm  # noqa: E402
+from robaudit.attacks.base import AttackKind, Criterion, Norm, params_from_overrides  # noqa: E402
 from robaudit.attacks.registry import AttackName, get_attack_class  # noqa: E402
 from robaudit.data import load_dataset  # noqa: E402
 from robaudit.engine.evaluation import build_evaluation_set  # noqa: E402
@@ -40,7 +40,7 @@ MODELS = {
     "lenet5-adv": ("mnist_lenet5_adv.pt", "mnist_test.npz", 0.3),
     "resnet20": ("cifar10_resnet20.pt", "cifar10_exact761.npz", 8 / 255),
 }
-DEFAULT_ATTACKS = "fgsm,bim,pgd,apgd,cw-l2,cw-linf,deepfool,hopskipjump"
+DEFAULT_ATTACKS = "fgsm,bim,pgd,apgd,cw-l2,cw-linf,deepfool,hopskipjump,shadow"
 
 
 def art_params(name: AttackName, ours: object, cls: type) -> object:
@@ -89,12 +89,22 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--art-subset", default="cw-l2=20,cw-linf=50,hopskipjump=20",
+    ap.add_argument("--art-subset", default="cw-l2=10,cw-linf=30,shadow=20",
                     help="attack=N: run ART (and the comparison) on the first N images only")
+    ap.add_argument("--subset", default="hopskipjump=20",
+                    help="attack=N: run both (ours and ART) on the first N images only")
+    ap.add_argument("--param", action="append", default=["hopskipjump.max_iter=10"],
+                    help="ATTACK.NAME=VALUE for both backends (repeatable; default: hopskipjump.max_iter=10)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "attack_bench.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     subsets = {k: int(v) for k, v in (kv.split("=") for kv in args.art_subset.split(",") if kv)}
+    both = {k: int(v) for k, v in (kv.split("=") for kv in args.subset.split(",") if kv)}
+    overrides: dict[str, dict[str, str]] = {}
+    for raw in args.param:
+        key, _, val = raw.partition("=")
+        attack, _, pname = key.partition(".")
+        overrides.setdefault(attack, {})[pname] = val
     results = []
     for model_key in args.models.split(","):
         mfile, dfile, eps = MODELS[model_key]
@@ -123,7 +133,7 @@ def main() -> int:
         for name, variant in rows:
             early = variant == "es"
             ours_cls, art_cls = get_attack_class(name, "torch"), get_attack_class(name, "art")
-            ours_p = ours_cls.Params()
+            ours_p = params_from_overrides(ours_cls.Params, overrides.get(name.value, {}))
             if early:
                 ours_p = dataclasses.replace(ours_p, early_stop=True)
             if variant == "art-budget":
@@ -133,23 +143,26 @@ def main() -> int:
             ours = ours_cls(ours_p, norm=norm, eps=ours_eps)
             art = art_cls(art_params(name, ours_p, art_cls), norm=norm, eps=ours_eps)
             m = subsets.get(name.value)
+            xa, ya = (x[: both[name.value]], y[: both[name.value]]) if name.value in both else (x, y)
             raw_before = raw_throughput(model, x, args.batch_size) if name is AttackName.PGD and not early else None
-            r_ours = measure(ours, model, x, y, args.batch_size, args.seed)
+            r_ours = measure(ours, model, xa, ya, args.batch_size, args.seed)
             if raw_before is not None:  # raw throughput right before and after: the load may change
                 raw = (raw_before + raw_throughput(model, x, args.batch_size)) / 2
-            xs, ys = (x[:m], y[:m]) if m else (x, y)
+            xs, ys = (xa[:m], ya[:m]) if m else (xa, ya)
             r_ours_sub = measure(ours, model, xs, ys, args.batch_size, args.seed) if m else r_ours
             r_art = measure(art, model, xs, ys, args.batch_size, args.seed)
             ratio = (r_art["seconds"] / r_art["n"]) / max(r_ours_sub["seconds"] / r_ours_sub["n"], 1e-12)
             ratio_all = (r_art["seconds"] / r_art["n"]) / max(r_ours["seconds"] / r_ours["n"], 1e-12)
-            note = (f"ART on first {m} (ours on all {x.shape[0]}: succ {r_ours['success']:.3f}, "
+            note = (f"ART on first {m} (ours on all {xa.shape[0]}: succ {r_ours['success']:.3f}, "
                     f"L2 {fmt(r_ours['l2_median'])}, {ratio_all:.1f}x per image) " if m else "")
             label = f"{name.value}-{variant}" if variant else name.value
             if early:
                 note += "early stop (ART has none)"
             elif name is AttackName.PGD:
-                eff = x.shape[0] * ours_p.steps * ours_p.restarts / r_ours["seconds"] / raw
+                eff = xa.shape[0] * ours_p.steps * ours_p.restarts / r_ours["seconds"] / raw
                 note += f"efficiency {eff:.2f} of raw fwd+bwd ({raw:.0f} images x steps / s around it)"
+            if name.value in both:
+                note += f"both on the first {xa.shape[0]} images "
             print(f"{label:12} {r_ours_sub['seconds']:8.2f} {r_art['seconds']:8.2f} {ratio:6.1f}x "
                   f"{r_ours_sub['success']:9.3f} {r_art['success']:9.3f} {fmt(r_ours_sub['l2_median']):>8} "
                   f"{fmt(r_art['l2_median']):>8} {fmt(r_ours_sub['linf_median']):>9} {fmt(r_art['linf_median']):>9}  {note}",
@@ -158,11 +171,17 @@ def main() -> int:
                             "ours_params": dataclasses.asdict(ours_p), "art_params": dataclasses.asdict(art.params),
                             "art_subset": m, "ours": r_ours, "ours_on_subset": r_ours_sub, "art": r_art,
                             "ratio_per_image": ratio, "ratio_per_image_ours_on_all": ratio_all, "raw_fwd_bwd_throughput": raw})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten {out}")
+            write(args.out, results)  # after every attack: a stopped run keeps what it measured
+    print(f"\nwritten {args.out}")
     return 0
+
+
+def write(path: str, results: list) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

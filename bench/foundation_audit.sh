@@ -17,7 +17,8 @@ CIFAR=(--data artifacts/cifar10_exact761.npz --eps 0.0313725 --target all)
 run() { local name=$1; shift; if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
         echo "== $(date +%T) $name: robaudit attack $*" >&2
         /usr/bin/time -f "$name: %e s wall" robaudit attack "$@" -q --format markdown --out "$OUT/$name.json" > "$OUT/$name.md"; }
-run lenet5_torchscript artifacts/mnist_lenet5_clean.pt "${MNIST[@]}" --attack all -n 200
+run lenet5_torchscript artifacts/mnist_lenet5_clean.pt "${MNIST[@]}" --attack fgsm,bim,pgd,apgd,cw-l2,cw-linf,deepfool,jsma,hopskipjump -n 200
+run lenet5_shadow_universal artifacts/mnist_lenet5_clean.pt "${MNIST[@]}" --attack shadow,universal -n 200
 run lenet5_onnx artifacts/mnist_lenet5_clean.onnx "${MNIST[@]}" --attack fgsm,pgd,cw-l2,deepfool -n 200
 R=artifacts/cifar10_resnet20.pt
 run resnet20_gradient $R "${CIFAR[@]}" --attack fgsm,bim,pgd,apgd,deepfool -n 200
