@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from robaudit.config import load_profile, parse_profile, profile_names
@@ -109,6 +111,17 @@ def test_merge_keys_may_be_overridden(tmp_path):
     from robaudit.config.yaml_load import load_yaml
 
     assert load_yaml(text)["attacks"] == [{"attack": "pgd", "eps": 0.2}]
+
+
+def test_shipped_profiles_are_the_package_data():
+    """``robaudit/profiles`` (package data, so wheels carry the profiles) is the project's ``profiles/``."""
+    from robaudit.config.profile import PROFILES_DIR, profile_names
+
+    top = Path(__file__).resolve().parents[1] / "profiles"
+    assert PROFILES_DIR.resolve() == top.resolve()
+    assert profile_names() == sorted(p.stem for p in top.glob("*.yaml")) and "quick" in profile_names()
+    pyproject = (top.parent / "pyproject.toml").read_text()
+    assert '"profiles/*.yaml"' in pyproject
 
 
 def test_unknown_profile_name_lists_shipped():
