@@ -11,6 +11,7 @@ per image. Results are also written as JSON.
 Needs the shared models exported by ``scripts/export_shared.py`` (``artifacts/``).
 
     python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200 --threads 1
+    python bench/attack_bench.py markdown > bench/results/attack_bench.md
 """
 
 from __future__ import annotations
@@ -81,7 +82,34 @@ def fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
 
+def markdown(path: str) -> str:
+    """The JSON results as one Markdown table per model."""
+    rows = json.loads(Path(path).read_text())
+    out = ["# robaudit's torch attacks vs plain ART", "",
+           "From `python bench/attack_bench.py` (same images, same parameters unless the row says; "
+           "ratio = ART seconds per image / ours on the same images, also against ours per image on all
+images where ART ran on a prefix; passes per image as counted "
+           "by robaudit's model wrapper, ART's included).", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        sel = [r for r in rows if r["model"] == model]
+        out += [f"## {model} (raw forward+backward: {sel[0]['raw_fwd_bwd_throughput']:.0f} images x steps / s)", "",
+                "| attack | images (ART) | ours s | ART s | ratio | ratio, ours on all | ours succ | ART succ | ours L2 med | ART L2 med "
+                "| ours Linf med | ART Linf med | ours fwd/bwd per img | ART fwd/bwd per img |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sel:
+            o, a = r["ours_on_subset"], r["art"]
+            out.append(f"| {r['attack']} | {a['n']} | {o['seconds']:.2f} | {a['seconds']:.2f} | {r['ratio_per_image']:.1f}x "
+                       f"| {r['ratio_per_image_ours_on_all']:.1f}x ({r['ours']['n']}) | {o['success']:.3f} | {a['success']:.3f} | {fmt(o['l2_median'])} | {fmt(a['l2_median'])} "
+                       f"| {fmt(o['linf_median'])} | {fmt(a['linf_median'])} | {o['fwd_per_img']:.0f}/{o['bwd_per_img']:.0f} "
+                       f"| {a['fwd_per_img']:.0f}/{a['bwd_per_img']:.0f} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["markdown"]:
+        print(markdown(sys.argv[2] if len(sys.argv) > 2 else str(ROOT / "bench" / "results" / "attack_bench.json")))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet5-clean,lenet5-adv,resnet20")
     ap.add_argument("--attacks", default=DEFAULT_ATTACKS)
