@@ -87,8 +87,8 @@ def markdown(path: str) -> str:
     rows = json.loads(Path(path).read_text())
     out = ["# robaudit's torch attacks vs plain ART", "",
            "From `python bench/attack_bench.py` (same images, same parameters unless the row says; "
-           "ratio = ART seconds per image / ours on the same images, also against ours per image on all
-images where ART ran on a prefix; passes per image as counted "
+           "ratio = ART seconds per image / ours on the same images, also against ours per image on all "
+           "images where ART ran on a prefix; passes per image as counted "
            "by robaudit's model wrapper, ART's included).", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         sel = [r for r in rows if r["model"] == model]
