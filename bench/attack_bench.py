@@ -82,9 +82,14 @@ def fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 
 
-def markdown(path: str) -> str:
-    """The JSON results as one Markdown table per model."""
-    rows = json.loads(Path(path).read_text())
+def markdown(paths: list[str]) -> str:
+    """The JSON results as one Markdown table per model; a later file's (model, attack) rows
+    replace an earlier file's (a rerun of some attacks after a fix)."""
+    merged: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text()):
+            merged[(r["model"], r["attack"])] = r
+    rows = sorted(merged.values(), key=lambda r: list(MODELS).index(r["model"]))
     out = ["# robaudit's torch attacks vs plain ART", "",
            "From `python bench/attack_bench.py` (same images, same parameters unless the row says; "
            "ratio = ART seconds per image / ours on the same images, also against ours per image on all "
@@ -108,7 +113,7 @@ def markdown(path: str) -> str:
 
 def main() -> int:
     if sys.argv[1:2] == ["markdown"]:
-        print(markdown(sys.argv[2] if len(sys.argv) > 2 else str(ROOT / "bench" / "results" / "attack_bench.json")))
+        print(markdown(sys.argv[2:] or [str(ROOT / "bench" / "results" / "attack_bench.json")]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet5-clean,lenet5-adv,resnet20")
