@@ -205,6 +205,21 @@ def test_hsj_targeted_and_linf(demo):
     _in_range(out.x_adv)
 
 
+def test_hsj_query_batch_auto_by_device_and_result_independent_of_it(demo):
+    from robaudit.attacks.hopskipjump import query_batch
+
+    assert query_batch(HopSkipJump.Params(), torch.device("cpu")) == 128
+    assert query_batch(HopSkipJump.Params(), torch.device("cuda")) == 4096
+    assert query_batch(HopSkipJump.Params(query_batch=32), torch.device("cpu")) == 32
+    model, x, y = demo
+    x, y = x[:6], y[:6]
+    outs = [HopSkipJump(HopSkipJump.Params(max_iter=2, init_eval=20, query_batch=qb)).generate(model, x, y, seed=0)
+            for qb in (0, 4096)]
+    # the same queries per image; the probe directions are drawn per chunk, so the points differ
+    assert outs[0].forward_passes == outs[1].forward_passes
+    assert all((_pred(model, o.x_adv) != y).all() for o in outs)
+
+
 def test_art_hsj_runs_with_float32_cast(demo):
     model, x, y = demo
     out = ArtHopSkipJump(ArtHopSkipJump.Params(max_iter=2, max_eval=100, init_eval=20)).generate(model, x[:2], y[:2])

@@ -32,14 +32,23 @@ class HopSkipJumpParams(AttackParams):
     gamma: float = 1.0
     """Binary-search tolerance: ``theta = gamma / d**1.5`` (L2) or ``gamma / d**2`` (Linf), d features
     (torch backend; ART fixes its own)."""
-    query_batch: int = 4096
-    """Most probe images sent to the model in one forward call (torch backend)."""
+    query_batch: int = 0
+    """Most probe images sent to the model in one forward call; 0 (default) picks 128 on a CPU,
+    where small batches keep a network's activations in cache (ResNet-20 forward: 630-1000
+    images/s at 128 against 380-390 at 4096, one thread), and 4096 on a GPU."""
 
 
 def _check(p: HopSkipJumpParams) -> None:
-    for key in ("max_iter", "max_eval", "init_eval", "init_size", "max_queries", "query_batch"):
+    for key in ("max_iter", "max_eval", "init_eval", "init_size", "max_queries"):
         if getattr(p, key) < 1:
             raise ConfigError(f"hopskipjump: {key} must be >= 1, got {getattr(p, key)}")
+    if p.query_batch < 0:
+        raise ConfigError(f"hopskipjump: query_batch must be >= 0 (0 = auto), got {p.query_batch}")
+
+
+def query_batch(p: HopSkipJumpParams, device: torch.device) -> int:
+    """Probe images per forward call: ``p.query_batch``, or by device when it is 0."""
+    return p.query_batch or (4096 if device.type == "cuda" else 128)
     if p.gamma <= 0:
         raise ConfigError(f"hopskipjump: gamma must be > 0, got {p.gamma}")
 
@@ -74,7 +83,7 @@ class HopSkipJump(Attack):
         init_size (int): noise draws for the start. (Default: 100)
         max_queries (int): per-image query budget. (Default: 20000)
         gamma (float): binary-search tolerance factor. (Default: 1.0)
-        query_batch (int): images per forward call. (Default: 4096)
+        query_batch (int): images per forward call; 0 = 128 on CPU, 4096 on GPU. (Default: 0)
 
     The defaults spend about 20k queries per image: 40 iterations need ~17k gradient samples
     plus ~17 binary-search and a few step-size queries each.
@@ -113,12 +122,12 @@ class _HSJRun:
         self.d = int(np.prod(x.shape[1:]))
         self.theta = p.gamma / (self.d ** 1.5 if self.l2 else self.d ** 2)
         self.queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.qb = query_batch(p, x.device)
 
     # -- oracle ---------------------------------------------------------------------------------
     def decide(self, probes: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Is each probe adversarial for the image it belongs to? Counts one query per probe."""
-        preds = [self.model(probes[s:s + self.p.query_batch]).argmax(dim=1)
-                 for s in range(0, probes.shape[0], self.p.query_batch)]
+        preds = [self.model(probes[s:s + self.qb]).argmax(dim=1) for s in range(0, probes.shape[0], self.qb)]
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=probes.device)
         self.queries.index_add_(0, owner, torch.ones_like(owner))
         cls = self.crit.attack_classes[owner]
@@ -182,7 +191,7 @@ class _HSJRun:
     def estimate_gradient(self, idx: torch.Tensor, xb: torch.Tensor, num_evals: int, delta: torch.Tensor) -> torch.Tensor:
         """Monte-Carlo estimate of the boundary normal at ``xb``, streamed in ``query_batch`` chunks."""
         n = idx.shape[0]
-        per = max(1, self.p.query_batch // n)
+        per = max(1, self.qb // n)
         view = (n, 1, *([1] * (xb.dim() - 1)))
         s_fr = torch.zeros_like(xb)
         s_r = torch.zeros_like(xb)
@@ -292,6 +301,6 @@ class ArtHopSkipJump(ArtAttack):
         p = self.params
         assert isinstance(p, HopSkipJumpParams)
         _check(p)
-        return ArtHSJ(classifier, batch_size=min(p.query_batch, 1024), targeted=targeted,
+        return ArtHSJ(classifier, batch_size=min(p.query_batch or 128, 1024), targeted=targeted,
                       norm=2 if self.norm is Norm.L2 else "inf", max_iter=p.max_iter, max_eval=p.max_eval,
                       init_eval=p.init_eval, init_size=p.init_size, verbose=False)
