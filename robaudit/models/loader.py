@@ -24,7 +24,12 @@ pickled ``torch.save`` checkpoints
     * loads weights/constants flagged ``use_pickle`` with ``torch.load(weights_only=False)``,
       and opaque constants with ``pickle.loads``;
     * reads legacy ``weights/<model>.pt`` / pre-2.7 ``serialized_*.pt`` entries the same way;
-    * loads AOTInductor shared libraries (native code) from ``data/aotinductor/``.
+    * loads AOTInductor shared libraries (native code) from ``data/aotinductor/``;
+    * resolves each graph node's target by walking attributes from a module named in the JSON
+      (``ExportedProgramDeserializer.deserialize_operator``: any ``torch.*`` path, so
+      ``torch.os.system`` is reachable and would run when the model is called), and parses
+      symbolic shape expressions with sympy. Checking the pickled parts first would therefore
+      not be enough: the graph itself is code.
 
     Its own docstring says: "uses pickle under the hood to load models. Never load data from an
     untrusted source." So ``.pt2`` files are refused with a message pointing to TorchScript or
