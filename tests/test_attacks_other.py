@@ -17,7 +17,7 @@ from robaudit.attacks.hopskipjump import ArtHopSkipJump, HopSkipJump
 from robaudit.attacks.jsma import JSMA, ArtJSMA
 from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.attacks.shadow import ArtShadow, Shadow, shadow_penalty
-from robaudit.attacks.universal import ArtUniversal
+from robaudit.attacks.universal import ArtUniversal, Universal
 from robaudit.errors import ConfigError
 
 from .conftest import DEMO
@@ -68,7 +68,7 @@ class _BlackBox(torch.nn.Module):
 
 # -- registry and parameters -------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls", [JSMA, ArtJSMA, HopSkipJump, ArtHopSkipJump, Shadow, ArtShadow, ArtUniversal])
+@pytest.mark.parametrize("cls", [JSMA, ArtJSMA, HopSkipJump, ArtHopSkipJump, Shadow, ArtShadow, Universal, ArtUniversal])
 def test_class_contract(cls):
     assert cls.name in {a.value for a in AttackName}
     assert cls.norms and isinstance(cls.kind, AttackKind)
@@ -88,8 +88,8 @@ def test_registry_resolves_to_these_classes():
     assert get_attack_class(AttackName.HOPSKIPJUMP, "art") is ArtHopSkipJump
     assert get_attack_class(AttackName.SHADOW, "torch") is Shadow
     assert get_attack_class(AttackName.SHADOW, "art") is ArtShadow
-    # no native version: both backends fall back to ART
-    assert get_attack_class(AttackName.UNIVERSAL, "torch") is ArtUniversal
+    assert get_attack_class(AttackName.UNIVERSAL, "torch") is Universal
+    assert get_attack_class(AttackName.UNIVERSAL, "art") is ArtUniversal
 
 
 def test_flags():
@@ -110,12 +110,13 @@ def test_params_overrides_and_validation(demo):
     bad = [JSMA(JSMA.Params(gamma=0.0)), JSMA(JSMA.Params(untargeted_variant="x")),
            HopSkipJump(HopSkipJump.Params(max_iter=0)), ArtShadow(ArtShadow.Params(sigma=0.0)),
            Shadow(Shadow.Params(check_every=0)), Shadow(Shadow.Params(untargeted_mode="x")),
-           ArtUniversal(ArtUniversal.Params(attacker="cw"))]
+           ArtUniversal(ArtUniversal.Params(attacker="cw")), Universal(Universal.Params(max_iter=0))]
     for attack in bad:
         with pytest.raises(ConfigError):
             attack.generate(model, x[:1], y[:1])
-    with pytest.raises(ConfigError):
-        ArtUniversal().generate(model, x[:1], y[:1], (y[:1] + 1) % 10)
+    for cls in (ArtUniversal, Universal):
+        with pytest.raises(ConfigError):
+            cls().generate(model, x[:1], y[:1], (y[:1] + 1) % 10)
 
 
 # -- JSMA --------------------------------------------------------------------------------------
@@ -278,6 +279,29 @@ def test_shadow_penalty_gradients_by_hand():
 
 
 # -- Universal ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm, eps", [(Norm.LINF, 0.3), (Norm.L2, 4.0)])
+def test_torch_universal_one_perturbation_in_the_ball_and_stronger_than_art(demo, norm, eps):
+    model, x, y = demo
+    x, y = x[:60], y[:60]
+    attack = Universal(Universal.Params(max_iter=40), norm=norm, eps=eps)
+    out = attack.generate(model, x, y, batch_size=60, seed=0)
+    _in_range(out.x_adv)
+    delta = (out.x_adv - x).flatten(1)
+    size = delta.abs().amax(dim=1) if norm is Norm.LINF else delta.norm(dim=1)
+    assert (size <= eps + 1e-5).all()
+    # one perturbation: where every image is black, every image got the same (clipped) change
+    inside = (x == 0).all(dim=0)
+    d = out.x_adv - x
+    assert inside.any()
+    assert torch.allclose(d[:, inside], d[:1, inside].expand_as(d[:, inside]), atol=1e-6)
+    ours = float((_pred(model, out.x_adv) != y).float().mean())
+    art = float((_pred(model, ArtUniversal(norm=norm, eps=eps).generate(model, x, y, batch_size=60, seed=0).x_adv)
+                 != y).float().mean())
+    print("universal fooling", norm.value, ours, art)
+    assert ours >= art and ours >= 0.2
+    assert torch.equal(out.x_adv, attack.generate(model, x, y, batch_size=60, seed=0).x_adv)
+
 
 def test_universal_within_eps_and_one_perturbation_per_batch(demo):
     model, x, y = demo

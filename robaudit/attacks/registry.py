@@ -42,7 +42,8 @@ _ENTRIES: dict[AttackName, dict[str, str]] = {
     AttackName.HOPSKIPJUMP: {"torch": "robaudit.attacks.hopskipjump:HopSkipJump",
                              "art": "robaudit.attacks.hopskipjump:ArtHopSkipJump"},
     AttackName.SHADOW: {"torch": "robaudit.attacks.shadow:Shadow", "art": "robaudit.attacks.shadow:ArtShadow"},
-    AttackName.UNIVERSAL: {"art": "robaudit.attacks.universal:ArtUniversal"},
+    AttackName.UNIVERSAL: {"torch": "robaudit.attacks.universal:Universal",
+                           "art": "robaudit.attacks.universal:ArtUniversal"},
 }
 
 

@@ -1,4 +1,5 @@
-"""Universal Adversarial Perturbation (ART's implementation; robaudit has no native one)."""
+"""Universal adversarial perturbations: a batched torch version (one perturbation fitted by
+projected gradient ascent on the whole batch) and ART's per-image iterative version."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import AttackKind, AttackParams, Norm
+from robaudit.attacks._steps import ascent_step, project
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
 from robaudit.errors import ConfigError
 
 _ATTACKERS = ("fgsm", "pgd", "deepfool")
@@ -39,6 +42,84 @@ def _check(p: UniversalParams) -> None:
         raise ConfigError(f"universal: delta must be in [0, 1), got {p.delta}")
     if p.max_iter < 1:
         raise ConfigError(f"universal: max_iter must be >= 1, got {p.max_iter}")
+
+
+@dataclass(frozen=True)
+class UniversalSGDParams(AttackParams):
+    """Parameters of :class:`Universal` (the torch backend)."""
+
+    max_iter: int = 100
+    """Ascent steps on the shared perturbation (each one forward and backward pass per image)."""
+    rel_stepsize: float = 0.05
+    """Step size as a fraction of eps (sign steps for Linf, normalised-gradient steps for L2)."""
+
+
+class Universal(Attack):
+    r"""A universal perturbation fitted by projected gradient ascent on the whole batch, as in
+    "Universal Adversarial Training" (Shafahi, Najibi, Xu, Dickerson, Davis and Goldstein, AAAI
+    2020) [https://arxiv.org/abs/1812.03705], with a clamped margin loss.
+
+    Distance Measure : Linf (default), L2
+
+    One perturbation ``v`` for the batch, starting at 0: each step takes the gradient with respect
+    to ``v`` of ``sum_i min(max_{j != y_i} Z_j(x_i + v) - Z_{y_i}(x_i + v), 0)`` (an image already
+    fooled stops pulling, so ``v`` works on the rest), steps ``rel_stepsize * eps`` along it (sign
+    for Linf) and projects onto the eps-ball. The ``v`` with the highest fooling rate over the
+    steps is returned (ties: the later one). Every image gets ``clip(x + v)``. As with
+    :class:`ArtUniversal`, ``v`` is fitted per batch on the very images it is evaluated on (the
+    transductive setting; ``--batch-size`` sets how many images share it). Untargeted only.
+
+    Against ART's version at the same eps and batches it fools more images in less time: see the
+    foundation audit in ``bench/results`` (MNIST LeNet-5 at Linf 0.3: ART 9.7 %).
+
+    Arguments:
+        max_iter (int): ascent steps. (Default: 100)
+        rel_stepsize (float): step / eps. (Default: 0.05)
+
+    Shape:
+        - x: (N, C, H, W) in ``clip``. - labels: (N,). - output: (N, C, H, W).
+
+    Examples::
+        >>> out = Universal(eps=8 / 255).generate(model, x, labels, batch_size=256)
+    """
+
+    name: ClassVar[str] = "universal"
+    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    default_eps: ClassVar[dict[Norm, float]] = {Norm.LINF: 0.2, Norm.L2: 4.0}
+    supports_targeted: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True
+    Params: ClassVar[type[AttackParams]] = UniversalSGDParams
+
+    def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
+        p = self.params
+        assert isinstance(p, UniversalSGDParams)
+        if p.max_iter < 1 or p.rel_stepsize <= 0:
+            raise ConfigError("universal needs max_iter >= 1 and rel_stepsize > 0")
+        if criterion.targeted:
+            raise ConfigError("universal perturbations are untargeted only")
+        eps = float(self.eps or 0.0)
+        lo, hi = float(self.clip[0]), float(self.clip[1])
+        if eps == 0.0 or x.shape[0] == 0:
+            return x.clone()
+        labels = criterion.labels.view(-1, 1)
+        v = torch.zeros((1, *x.shape[1:]), device=x.device, dtype=x.dtype)
+        best_v, best_rate = v.clone(), -1.0
+        zero = torch.zeros_like(v)
+        for _ in range(p.max_iter + 1):
+            vv = v.detach().requires_grad_(True)
+            logits = model((x + vv).clamp(lo, hi))
+            rate = float(criterion.is_adversarial(logits.detach()).float().mean())
+            if rate >= best_rate:
+                best_v, best_rate = v.detach().clone(), rate
+            if rate == 1.0:
+                break
+            own = logits.gather(1, labels).squeeze(1)
+            other = logits.scatter(1, labels, float("-inf")).amax(dim=1)
+            (grad,) = torch.autograd.grad((other - own).clamp_max(0.0).sum(), vv)
+            v = project(zero, ascent_step(v.detach(), grad, p.rel_stepsize * eps, self.norm), eps, self.norm,
+                        (-float("inf"), float("inf")))
+        return (x + best_v).clamp(lo, hi)
 
 
 class _SeededPython:
