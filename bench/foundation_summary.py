@@ -21,8 +21,8 @@ from robaudit.attacks.registry import AttackName, get_attack_class  # noqa: E402
 from robaudit.report.schema import validation_errors  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-REPORTS = ["lenet5_torchscript", "lenet5_hopskipjump", "lenet5_shadow_universal", "lenet5_onnx", "resnet20_gradient", "resnet20_onnx",
-           "resnet20_cw", "resnet20_shadow_universal", "resnet20_jsma", "resnet20_hopskipjump"]
+REPORTS = ["lenet5_torchscript", "lenet5_hopskipjump", "lenet5_shadow_universal", "lenet5_universal_torch", "lenet5_onnx", "resnet20_gradient", "resnet20_onnx",
+           "resnet20_cw", "resnet20_shadow_universal", "resnet20_universal_torch", "resnet20_jsma", "resnet20_hopskipjump"]
 
 
 def changed_params(row: dict) -> str:
