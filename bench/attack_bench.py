@@ -11,7 +11,8 @@ per image. Results are also written as JSON.
 Needs the shared models exported by ``scripts/export_shared.py`` (``artifacts/``).
 
     python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200 --threads 1
-    python bench/attack_bench.py markdown > bench/results/attack_bench.md
+    python bench/attack_bench.py markdown bench/results/attack_bench.json \
+        bench/results/attack_bench_rerun_*.json > bench/results/attack_bench.md
 """
 
 from __future__ import annotations
