@@ -55,6 +55,16 @@ def _check(p: ShadowParams) -> None:
         raise ConfigError(f"shadow: untargeted_mode must be runner-up or ascent, got {p.untargeted_mode!r}")
 
 
+class _ShadowContract:
+    """What both backends of ``shadow`` promise the engine (kind, norms, parameters)."""
+
+    name: ClassVar[str] = "shadow"
+    kind: ClassVar[AttackKind] = AttackKind.MINIMIZATION
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.L2, Norm.LINF)
+    needs_gradients: ClassVar[bool] = True
+    Params: ClassVar[type[AttackParams]] = ShadowParams
+
+
 def runner_up(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each input's most likely clean class other than its label."""
     with torch.no_grad():
@@ -78,7 +88,7 @@ def shadow_penalty(delta: torch.Tensor, p: ShadowParams) -> torch.Tensor:
     return out
 
 
-class Shadow(Attack):
+class Shadow(_ShadowContract, Attack):
     r"""Shadow Attack (Ghiasi, Shafahi and Goldstein, ICLR 2020) [https://arxiv.org/abs/2003.08937],
     batched over images: every image has its own perturbation, noise copies and target, and one
     forward/backward pass per step serves the whole batch (ART's ``ShadowAttack`` takes one image
@@ -109,11 +119,6 @@ class Shadow(Attack):
         >>> out = Shadow(Shadow.Params(nb_steps=100)).generate(model, x, labels, targets)
     """
 
-    name: ClassVar[str] = "shadow"
-    kind: ClassVar[AttackKind] = AttackKind.MINIMIZATION
-    norms: ClassVar[tuple[Norm, ...]] = (Norm.L2, Norm.LINF)
-    needs_gradients: ClassVar[bool] = True
-    Params: ClassVar[type[AttackParams]] = ShadowParams
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
         p = self.params
@@ -153,7 +158,7 @@ class Shadow(Attack):
         return torch.where(keep_earlier, x_found, x_final)
 
 
-class ArtShadow(ArtAttack):
+class ArtShadow(_ShadowContract, ArtAttack):
     r"""Shadow Attack from "Breaking Certified Defenses: Semantic Adversarial Examples with Spoofed
     Robustness Certificates" (Ghiasi, Shafahi and Goldstein, ICLR 2020),
     [https://arxiv.org/abs/2003.08937], run through ART's ``ShadowAttack``.
@@ -205,11 +210,6 @@ class ArtShadow(ArtAttack):
         >>> l2 = (out.x_adv - x).flatten(1).norm(dim=1)
     """
 
-    name: ClassVar[str] = "shadow"
-    kind: ClassVar[AttackKind] = AttackKind.MINIMIZATION
-    norms: ClassVar[tuple[Norm, ...]] = (Norm.L2, Norm.LINF)
-    needs_gradients: ClassVar[bool] = True
-    Params: ClassVar[type[AttackParams]] = ShadowParams
 
     def build(self, classifier: Any, targeted: bool, batch_size: int) -> Any:
         from art.attacks.evasion import ShadowAttack

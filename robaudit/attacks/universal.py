@@ -44,6 +44,17 @@ def _check(p: UniversalParams) -> None:
         raise ConfigError(f"universal: max_iter must be >= 1, got {p.max_iter}")
 
 
+class _UniversalContract:
+    """What both backends of ``universal`` promise the engine (kind, norms, default budgets)."""
+
+    name: ClassVar[str] = "universal"
+    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
+    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
+    default_eps: ClassVar[dict[Norm, float]] = {Norm.LINF: 0.2, Norm.L2: 4.0}
+    supports_targeted: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True
+
+
 @dataclass(frozen=True)
 class UniversalSGDParams(AttackParams):
     """Parameters of :class:`Universal` (the torch backend)."""
@@ -54,7 +65,7 @@ class UniversalSGDParams(AttackParams):
     """Step size as a fraction of eps (sign steps for Linf, normalised-gradient steps for L2)."""
 
 
-class Universal(Attack):
+class Universal(_UniversalContract, Attack):
     r"""A universal perturbation fitted by projected gradient ascent on the whole batch, as in
     "Universal Adversarial Training" (Shafahi, Najibi, Xu, Dickerson, Davis and Goldstein, AAAI
     2020) [https://arxiv.org/abs/1812.03705], with a clamped margin loss.
@@ -83,12 +94,6 @@ class Universal(Attack):
         >>> out = Universal(eps=8 / 255).generate(model, x, labels, batch_size=256)
     """
 
-    name: ClassVar[str] = "universal"
-    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
-    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
-    default_eps: ClassVar[dict[Norm, float]] = {Norm.LINF: 0.2, Norm.L2: 4.0}
-    supports_targeted: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
     Params: ClassVar[type[AttackParams]] = UniversalSGDParams
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
@@ -138,7 +143,7 @@ class _SeededPython:
             random.setstate(state)
 
 
-class ArtUniversal(ArtAttack):
+class ArtUniversal(_UniversalContract, ArtAttack):
     r"""Universal adversarial perturbations from "Universal adversarial perturbations"
     (Moosavi-Dezfooli, Fawzi, Fawzi and Frossard, CVPR 2017), [https://arxiv.org/abs/1610.08401],
     run through ART's ``UniversalPerturbation``.
@@ -177,12 +182,6 @@ class ArtUniversal(ArtAttack):
         >>> out = ArtUniversal(eps=0.2).generate(model, x, labels, batch_size=256)
     """
 
-    name: ClassVar[str] = "universal"
-    kind: ClassVar[AttackKind] = AttackKind.FIXED_EPS
-    norms: ClassVar[tuple[Norm, ...]] = (Norm.LINF, Norm.L2)
-    default_eps: ClassVar[dict[Norm, float]] = {Norm.LINF: 0.2, Norm.L2: 4.0}
-    supports_targeted: ClassVar[bool] = False
-    needs_gradients: ClassVar[bool] = True
     Params: ClassVar[type[AttackParams]] = UniversalParams
 
     def build(self, classifier: Any, targeted: bool, batch_size: int) -> Any:
