@@ -80,7 +80,7 @@ def _attacks(attack: str, eps: float | None, norm: str | None, params: list[str]
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Model file (.pt TorchScript, .onnx) or demo:mnist / demo:cifar10.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")],
-    defences: Annotated[str, typer.Option("--defences", "-D", help="Stack ss,jpeg,tvm (in order); several separated by ';'; or all-combinations (none + 7 stacks).")],
+    defences: Annotated[list[str], typer.Option("--defences", "-D", help="Stack ss,jpeg,tvm (in order); several separated by ';' or the option repeated; or all-combinations (none + 7 stacks).")],
     threat_model: Annotated[str, typer.Option("--threat-model", help="adaptive (attack the defended model: BPDA, EOT), transfer (craft on the undefended model), or both.")] = "adaptive",
     attack: Annotated[str, typer.Option("--attack", "-a", help="Comma-separated attack names, or all.")] = "fgsm,pgd",
     target: Annotated[str, typer.Option("--target", "-t", help="untargeted, least-likely, next-class (comma-separated) or all.")] = "untargeted",

@@ -190,6 +190,7 @@ def test_defend_eval_all_combinations_both_threat_models_and_resume(tmp_path: Pa
 def test_defend_eval_refuses_bad_options(tmp_path: Path) -> None:
     base = ("defend", "eval", "demo:mnist", "--data", "demo:mnist", "--out", str(tmp_path / "x"), "-q")
     for extra, msg in [(("--defences", "ss,blur"), "unknown defence"), (("--defences", "none"), "names no defence"),
+                       (("--defences", "ss", "-D", "ss"), "stack ss twice"),
                        (("--defences", "ss", "--threat-model", "blind"), "--threat-model"),
                        (("--defences", "jpeg", "--defence-param", "jpeg.quality=500"), "quality"),
                        (("--defences", "ss", "--defence-param", "ss.size=3"), "size")]:
