@@ -108,7 +108,8 @@ def test_params_overrides_and_validation(demo):
         params_from_overrides(JSMA.Params, {"nope": "1"})
     model, x, y = demo
     bad = [JSMA(JSMA.Params(gamma=0.0)), JSMA(JSMA.Params(untargeted_variant="x")),
-           HopSkipJump(HopSkipJump.Params(max_iter=0)), ArtShadow(ArtShadow.Params(sigma=0.0)),
+           HopSkipJump(HopSkipJump.Params(max_iter=0)), HopSkipJump(HopSkipJump.Params(gamma=0.0)),
+           HopSkipJump(HopSkipJump.Params(query_batch=-1)), ArtShadow(ArtShadow.Params(sigma=0.0)),
            Shadow(Shadow.Params(check_every=0)), Shadow(Shadow.Params(untargeted_mode="x")),
            ArtUniversal(ArtUniversal.Params(attacker="cw")), Universal(Universal.Params(max_iter=0))]
     for attack in bad:

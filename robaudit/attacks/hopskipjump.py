@@ -44,13 +44,13 @@ def _check(p: HopSkipJumpParams) -> None:
             raise ConfigError(f"hopskipjump: {key} must be >= 1, got {getattr(p, key)}")
     if p.query_batch < 0:
         raise ConfigError(f"hopskipjump: query_batch must be >= 0 (0 = auto), got {p.query_batch}")
+    if p.gamma <= 0:
+        raise ConfigError(f"hopskipjump: gamma must be > 0, got {p.gamma}")
 
 
 def query_batch(p: HopSkipJumpParams, device: torch.device) -> int:
     """Probe images per forward call: ``p.query_batch``, or by device when it is 0."""
     return p.query_batch or (4096 if device.type == "cuda" else 128)
-    if p.gamma <= 0:
-        raise ConfigError(f"hopskipjump: gamma must be > 0, got {p.gamma}")
 
 
 class HopSkipJump(Attack):
