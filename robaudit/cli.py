@@ -6,7 +6,6 @@ Errors are one line on stderr; ``--debug`` shows the traceback.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -144,7 +143,7 @@ def attack(
         attacks=tuple(parse_attack_names(attack)), targets=tuple(parse_targets(target)),
         norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=_params(param),
         batch_size=batch_size, seed=seed)
-    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, layout, x_key, y_key), model=model)
+    inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key, model)
     job = AttackJob(inputs=inputs, plan=plan, n=num)
     check_writable(out)  # before the attacks run, not after
     command = ["robaudit", *sys.argv[1:]]

@@ -184,8 +184,9 @@ def progress_bars(console: Console, quiet: bool) -> Progress:
 
 
 def input_options(data: str, device: str, mean: str | None, std: str | None, clip: str, layout: str | None,
-                  x_key: str | None, y_key: str | None) -> Any:
-    """Checked :class:`InputOptions` (its model left empty) from the shared CLI options."""
+                  x_key: str | None, y_key: str | None, model: str = "") -> Any:
+    """Checked :class:`InputOptions` from the shared CLI options (``model`` empty where a command
+    names several models or gives them to the engine itself)."""
     from robaudit.cli import _floats
     from robaudit.engine.session import InputOptions
 
@@ -197,7 +198,7 @@ def input_options(data: str, device: str, mean: str | None, std: str | None, cli
         raise ConfigError(f"--layout must be NCHW or NHWC, got {layout!r}")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return InputOptions(model="", data=data, device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+    return InputOptions(model=model, data=data, device=device, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                         clip=(clip_range[0], clip_range[1]), layout=layout.upper() if layout else None,
                         x_key=x_key, y_key=y_key)
 

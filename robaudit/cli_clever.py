@@ -6,7 +6,6 @@ Exit codes as everywhere: 0 success, 2 usage/input/config error, 3 internal fail
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from enum import Enum
 from pathlib import Path
@@ -116,7 +115,7 @@ def clever_cmd(
         raise ConfigError(f"-n must be >= 1, got {num}")
     if attack_batch_size < 1:
         raise ConfigError(f"--attack-batch-size must be >= 1, got {attack_batch_size}")
-    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, layout, x_key, y_key), model=model)
+    inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key, model)
     params = CleverParams(nb_batches=nb_batches, batch_size=batch_size, poor_fit_p=poor_fit_p, point_batch=point_batch)
     job = CleverJob(inputs=inputs, norms=tuple(CleverNorm.parse_list(norm)), targets=tuple(parse_targets(target)),
                     stacks=tuple(parse_stacks(defences)), radius=parse_radius(radius), params=params, n=num, seed=seed,

@@ -5,8 +5,6 @@ Registered in :mod:`robaudit.cli` with ``app.add_typer(detect_app, name="detect"
 
 from __future__ import annotations
 
-import dataclasses
-
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -48,7 +46,7 @@ def _common(model: str, data: str, cost: str, num: int | None, seed: int, batch_
     from robaudit.detect.interface import CostName
     from robaudit.engine.detect_job import DetectCommon
 
-    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, None, None, None), model=model)
+    inputs = input_options(data, device, mean, std, clip, None, None, None, model)
     return DetectCommon(inputs=inputs, n=num, seed=seed, batch_size=batch_size,
                         costs=tuple(CostName.parse_list(cost)), max_iter=max_iter)
 
