@@ -187,6 +187,69 @@ def test_defend_eval_all_combinations_both_threat_models_and_resume(tmp_path: Pa
         strip_timing(report)["results"]
 
 
+def _transfer_audit(out: Path, stacks: list[list[str]], monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list[str]]:
+    """An in-process transfer-only audit of the demo model; returns its report and the pools crafted."""
+    from robaudit.engine import cells as cells_mod
+    from robaudit.engine.audit import AuditJob, run_audit
+    from robaudit.engine.session import InputOptions
+
+    crafted: list[str] = []
+    real = cells_mod.craft_transfer_pool
+
+    def counting(craft_model, data, cell, profile, device):  # type: ignore[no-untyped-def]
+        crafted.append(cells_mod.transfer_pool_id(cell))
+        return real(craft_model, data, cell, profile, device)
+
+    monkeypatch.setattr(cells_mod, "craft_transfer_pool", counting)
+    prof = parse_profile({"attacks": {"fgsm": {}, "pgd": {"steps": 3}}, "targets": ["untargeted", "next-class"],
+                          "defences": stacks, "threat_models": ["transfer"], "samples": 30, "batch_size": 16,
+                          "seed": 3, "examples": 0}, source="t.yaml")
+    job = AuditJob(models=("demo:mnist",), inputs=InputOptions(model="demo:mnist", data="demo:mnist", device="cpu"),
+                   profile=prof, out=out)
+    result = run_audit(job, ["test"])
+    return result.reports[0][1], crafted
+
+
+def test_transfer_examples_are_crafted_once_per_attack_and_target(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from robaudit.attacks.base import Norm
+    from robaudit.attacks.fgsm import FGSM
+    from robaudit.data import select
+    from robaudit.engine.audit import strip_timing
+    from robaudit.engine.cells import Cell, craft_transfer_pool
+    from robaudit.engine.session import InputOptions, load_inputs
+
+    report, crafted = _transfer_audit(tmp_path / "a", [[], ["ss"], ["jpeg"], ["ss", "jpeg"]], monkeypatch)
+    # 2 attacks x 2 targets: four pools, each crafted once for the three stacks (not 12 crafts)
+    assert sorted(crafted) == sorted(set(crafted)) and len(crafted) == 4
+    rows = report["results"]
+    assert [(r["attack"], r["target"], "+".join(r["defences"]), r["threat_model"]) for r in rows][:5] == [
+        ("fgsm", "untargeted", "", "none"), ("fgsm", "next-class", "", "none"), ("pgd", "untargeted", "", "none"),
+        ("pgd", "next-class", "", "none"), ("fgsm", "untargeted", "ss", "transfer")]  # the plan's order
+    transfer = [r for r in rows if r["threat_model"] == "transfer"]
+    assert len(transfer) == 12 and all(r["status"] == "ok" and r["seconds"] > 0 for r in transfer)
+    assert all(r["forward_passes_per_image"] >= 1 and (r["linf_max"] or 0) <= 0.3 + 1e-6 for r in transfer)
+
+    # a stack's transfer rows do not depend on which other stacks ran (nor in which order)
+    alone, _ = _transfer_audit(tmp_path / "b", [[], ["jpeg"]], monkeypatch)
+    pick = lambda rep: [r for r in strip_timing(rep)["results"] if r["defences"] == ["jpeg"]]  # noqa: E731
+    assert pick(alone) == pick(report) and len(pick(alone)) == 4
+
+    # the pool holds what the attack crafts on the undefended model for every sampled input
+    inputs = load_inputs(InputOptions(model="demo:mnist", data="demo:mnist", device="cpu"))
+    prof = parse_profile({"attacks": {"fgsm": {"eps": 0.1}}, "targets": ["untargeted"], "samples": 30,
+                          "batch_size": 16}, source="t.yaml")
+    cell = Cell(CellKind.ATTACK, 0, "fgsm", "untargeted", ("ss",), prof.attacks[0], "transfer")
+    pool = craft_transfer_pool(inputs.model, inputs.data, cell, prof, "cpu")
+    idx = select(inputs.data, 30, prof.seed)
+    x = torch.from_numpy(inputs.data.x[idx]).float()
+    y = torch.from_numpy(inputs.data.y[idx]).long()
+    direct = FGSM(norm=Norm.LINF, eps=0.1).generate(inputs.model, x, y, None, clip=inputs.model.clip, batch_size=30)
+    assert pool.x_adv.shape == x.shape and pool.targets is None
+    assert torch.allclose(pool.x_adv[pool.rows(idx)], direct.x_adv, atol=1e-6)
+    assert float(pool.seconds.sum()) > 0 and float(pool.forward.sum()) == pytest.approx(30.0)
+
+
 def test_defend_eval_refuses_bad_options(tmp_path: Path) -> None:
     base = ("defend", "eval", "demo:mnist", "--data", "demo:mnist", "--out", str(tmp_path / "x"), "-q")
     for extra, msg in [(("--defences", "ss,blur"), "unknown defence"), (("--defences", "none"), "names no defence"),

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 from robaudit import __version__
 from robaudit.config import Profile
-from robaudit.engine.cells import Cell, CellContext, CellKind, cell_chunks, check_runnable, expand, get_runner
+from robaudit.engine.cells import (Cell, CellContext, CellKind, cell_chunks, check_runnable, execution_order, expand,
+                                   get_runner)
 from robaudit.engine.journal import Journal, JournalState, fingerprint_changes, read_journal
 from robaudit.engine.session import InputOptions, Inputs, load_inputs, seed_everything
 from robaudit.errors import ConfigError
@@ -160,7 +161,8 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
     detection: list[dict[str, Any]] = []
     clever: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
-    for cell in cells:
+    results: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+    for cell in execution_order(cells):
         done = state.cells.get(cell.id)
         if done is not None:
             row, ex = done["row"], done["examples"]
@@ -176,21 +178,18 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
             row, ex = get_runner(cell.kind)(ctx, cell, chunks, on_chunk)
             journal.cell_finished(cell.id, row, ex)
         obs.cell_finished(cell.id, row)
+        for w in _row_warnings(cell, row):
+            obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
+        results[cell.id] = (row, ex)
+    for cell in cells:  # the report keeps the plan's order
+        row, ex = results[cell.id]
         if cell.kind is CellKind.DETECT:
             detection.append(row)
-            if row.get("status") != "ok":
-                row_notes = [f"{cell.id}: {row.get('status')}: {row.get('reason')}"]
-            else:
-                row_notes = []
         elif cell.kind is CellKind.CLEVER:  # CLEVER entries go to the report's clever section
             clever.append(row)
-            row_notes = [f"{cell.id}: {row.get('status')}: {row.get('reason')}"] if row.get("status") != "ok" else []
         else:
             rows.append(row)
-            row_notes = []
-        for w in [*row_notes, *(row.get("notes") or [])]:
-            warnings.append(w)
-            obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
+        warnings.extend(_row_warnings(cell, row))
         if ex is not None:
             examples.append(ex)
     for w in evaluation_warnings(rows):  # NaN/inf met, black-box beating white-box, eps, iterations
@@ -217,6 +216,14 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
     return report
 
 
+def _row_warnings(cell: Cell, row: dict[str, Any]) -> list[str]:
+    """A finished cell's warnings: a detection or CLEVER cell that did not run, and the row's notes."""
+    out = []
+    if cell.kind is not CellKind.ATTACK and row.get("status") != "ok":
+        out.append(f"{cell.id}: {row.get('status')}: {row.get('reason')}")
+    return out + list(row.get("notes") or [])
+
+
 class StackContexts:
     """One :class:`CellContext` per (defence stack, threat model) of a model, built when first needed.
 
@@ -230,6 +237,20 @@ class StackContexts:
         self.base = base
         self.data = data
         self._sets: dict[tuple[str, ...], CellContext] = {(): base}
+        self._pool: tuple[str, Any] | None = None
+        """The last transfer pool built, by pool id: transfer cells run grouped by attack and target
+        (:func:`execution_order`), so one pool in memory serves every stack."""
+
+    def transfer_pool(self, cell: Cell) -> Any:
+        """The :class:`~robaudit.engine.cells.TransferPool` of ``cell``'s attack and target."""
+        from robaudit.engine.cells import craft_transfer_pool, transfer_pool_id
+
+        key = transfer_pool_id(cell)
+        if self._pool is None or self._pool[0] != key:
+            self._pool = None  # free the old pool before crafting the next
+            self._pool = (key, craft_transfer_pool(self.base.model, self.data, cell, self.base.profile,
+                                                   self.base.device))
+        return self._pool[1]
 
     def _defended(self, stack: tuple[str, ...]) -> CellContext:
         if stack not in self._sets:
@@ -253,7 +274,7 @@ class StackContexts:
     def get(self, stack: tuple[str, ...], threat: str = "adaptive") -> CellContext:
         ctx = self._defended(stack)
         if stack and threat == "transfer":
-            return dataclasses.replace(ctx, craft_model=self.base.model)
+            return dataclasses.replace(ctx, craft_model=self.base.model, transfer_pool=self.transfer_pool)
         return ctx
 
     def section(self, stacks: tuple[tuple[str, ...], ...]) -> list[dict[str, Any]]:

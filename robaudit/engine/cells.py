@@ -92,6 +92,30 @@ def expand(profile: Profile, n_models: int) -> list[Cell]:
     return cells
 
 
+def is_transfer(cell: Cell) -> bool:
+    """Whether ``cell`` judges a defended model with examples crafted on the undefended one."""
+    return cell.kind is CellKind.ATTACK and cell.threat == "transfer" and bool(cell.defences)
+
+
+def execution_order(cells: list[Cell]) -> list[Cell]:
+    """The order cells run in: the plan's, except that each model's transfer cells run after its
+    other cells, grouped by attack and target (one :class:`TransferPool` then serves every stack
+    and only one is held in memory). Results never depend on it (seeds come from cell ids); the
+    report keeps the plan's order."""
+    first: dict[str, int] = {}
+    for i, c in enumerate(cells):
+        if is_transfer(c):
+            first.setdefault(transfer_pool_id(c), i)
+
+    def key(ic: tuple[int, Cell]) -> tuple[int, int, int, int]:
+        i, c = ic
+        if is_transfer(c):
+            return (c.model_index, 1, first[transfer_pool_id(c)], i)
+        return (c.model_index, 0, 0, i)
+
+    return [c for _, c in sorted(enumerate(cells), key=key)]
+
+
 # --- engine registry -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -109,6 +133,9 @@ class CellContext:
     ``None``: attacks run against ``model`` itself."""
     defences: tuple[str, ...] = ()
     """The defence stack ``model`` carries (empty: the undefended model)."""
+    transfer_pool: Callable[["Cell"], "TransferPool"] | None = None
+    """Transfer threat model: the examples of a cell's attack and target, crafted once on
+    ``craft_model`` for every sampled input (see :class:`TransferPool`); ``None``: craft per chunk."""
 
 
 ChunkRecord = dict[str, Any]
@@ -192,20 +219,136 @@ def _plan_for(cell: Cell, profile: Profile, seed: int = 0, device: str | None = 
                       params={name: dict(spec.params)}, batch_size=profile.batch_size, seed=seed, device=device)
 
 
+def _generate(attack: Any, attacked: Any, judge: Any, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None,
+              clip: tuple[float, float], batch_size: int, seed: int, device: str | None,
+              where: str) -> tuple[Any, torch.Tensor | None, int, list[str]]:
+    """Run ``attack`` on ``attacked`` and, if ``judge`` is given, its logits on the examples.
+
+    Halves the batch on out-of-memory and retries the same samples, down to 1. Returns the
+    :class:`~robaudit.attacks.base.AttackOutput`, the judge's logits (or ``None``), the batch size
+    that worked and notes on the retries."""
+    from robaudit.engine.session import seed_everything
+    from robaudit.errors import AttackFailure
+
+    eff = batch_size
+    notes: list[str] = []
+    while True:
+        try:
+            seed_everything(seed)
+            reseed_defences(attacked, seed)
+            if judge is not None and judge is not attacked:
+                reseed_defences(judge, seed)
+            with torch.enable_grad():
+                out = attack.generate(attacked, x, y, targets, clip=clip, batch_size=eff, seed=seed, device=device)
+            logits = None if judge is None else judge.predict(out.x_adv, batch_size=eff)
+            return out, logits, eff, notes
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_out_of_memory(exc):
+                raise
+            if eff == 1:
+                raise AttackFailure(f"{where}: out of memory even with a batch of 1 sample: "
+                                    f"{_oom_text(exc)}") from exc
+            notes.append(f"{where}: out of memory with a batch of {eff}; retried with {max(1, eff // 2)}")
+            eff = max(1, eff // 2)
+            _release_memory()
+
+
+@dataclass(frozen=True)
+class TransferPool:
+    """Transfer-threat examples of one (attack, target setting), crafted once on the undefended model
+    for every *sampled* input (correctly classified or not), in chunks of ``batch_size`` seeded from
+    the pool's own id.
+
+    Every defence stack's transfer cell judges its own evaluation set (the sampled inputs the
+    *defended* model classifies correctly) with these examples, so crafting runs once per attack
+    and target instead of once per stack, and a stack's rows do not depend on which other stacks
+    ran or in which order. Costs (seconds, passes) are each sample's share of its crafting chunk,
+    so a transfer row still reports what crafting its examples cost."""
+
+    position: dict[int, int]
+    """Dataset index -> row of the pool."""
+    x_adv: torch.Tensor
+    targets: torch.Tensor | None
+    seconds: torch.Tensor
+    """Per-sample share of the crafting seconds (float64); likewise the counts below."""
+    forward: torch.Tensor
+    backward: torch.Tensor
+    nonfinite_logits: torch.Tensor
+    nonfinite_grads: torch.Tensor
+    nonfinite_examples: torch.Tensor
+    notes: tuple[str, ...] = ()
+
+    def rows(self, indices: np.ndarray) -> torch.Tensor:
+        try:
+            return torch.tensor([self.position[int(i)] for i in indices], dtype=torch.long)
+        except KeyError as exc:  # the pool covers every sampled input: a miss is a bug
+            raise AssertionError(f"dataset index {exc} is not in the transfer pool") from exc
+
+
+def transfer_pool_id(cell: Cell) -> str:
+    """The id every transfer pool seed derives from: the cell's id without its defence stack."""
+    return f"m{cell.model_index}/{cell.kind.value}/{cell.label}/{cell.target or '-'}/transfer-pool"
+
+
+def craft_transfer_pool(craft_model: Any, data: Any, cell: Cell, profile: Profile,
+                        device: str | None) -> TransferPool:
+    """Craft ``cell``'s attack on ``craft_model`` for every input :func:`~robaudit.data.select` samples."""
+    from robaudit.attacks.base import TargetMode
+    from robaudit.attacks.registry import AttackName
+    from robaudit.attacks.targets import compute_targets
+    from robaudit.data import select
+    from robaudit.engine.attack_run import _Unsupported, make_attack
+
+    spec = cell.attack
+    assert spec is not None and cell.target is not None
+    idx = select(data, profile.samples, profile.seed)
+    x_all = torch.from_numpy(np.ascontiguousarray(data.x[idx]))
+    y_all = torch.from_numpy(np.ascontiguousarray(data.y[idx])).long()
+    bs = profile.batch_size
+    targets_all = compute_targets(TargetMode(cell.target), craft_model.predict(x_all, batch_size=bs), y_all)
+    pool_id = transfer_pool_id(cell)
+    parts: list[torch.Tensor] = []
+    costs = {k: torch.zeros(len(idx), dtype=torch.float64) for k in
+             ("seconds", "forward", "backward", "nonfinite_logits", "nonfinite_grads", "nonfinite_examples")}
+    notes: list[str] = []
+    for chunk in range(n_chunks(len(idx), bs)):
+        lo, hi = chunk * bs, min((chunk + 1) * bs, len(idx))
+        digest = hashlib.sha256(f"{profile.seed}|{pool_id}|{chunk}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big") % (2**31 - 1)
+        attack = make_attack(AttackName(spec.name), _plan_for(cell, profile, seed, device))
+        assert not isinstance(attack, _Unsupported)
+        t = None if targets_all is None else targets_all[lo:hi]
+        out, _, _, chunk_notes = _generate(attack, craft_model, None, x_all[lo:hi], y_all[lo:hi], t, craft_model.clip,
+                                           bs, seed, device, f"{pool_id} chunk {chunk}")
+        notes.extend(chunk_notes)
+        parts.append(out.x_adv.detach().cpu())
+        m = hi - lo
+        for key, total in (("seconds", out.seconds), ("forward", out.forward_passes),
+                           ("backward", out.backward_passes), ("nonfinite_logits", out.nonfinite_logits),
+                           ("nonfinite_grads", out.nonfinite_grads), ("nonfinite_examples", out.nonfinite_examples)):
+            costs[key][lo:hi] = float(total) / m
+    return TransferPool(position={int(i): r for r, i in enumerate(idx)}, x_adv=torch.cat(parts),
+                        targets=targets_all, notes=tuple(notes), **costs)
+
+
 def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chunk: int,
-                     device: str | None, craft_model: Any = None) -> dict[str, Any]:
+                     device: str | None, craft_model: Any = None,
+                     pool: TransferPool | None = None) -> dict[str, Any]:
     """Attack samples ``[chunk * batch_size, (chunk + 1) * batch_size)`` of the evaluation set.
 
     Returns a JSON-ready record: per-sample success and distances, costs, and the examples kept
     for the report. Depends only on its arguments (and the cell's derived seed). With
     ``craft_model`` (transfer threat model) the examples are crafted on it, with targets from its
-    logits, and judged by ``model``.
+    logits, and judged by ``model``; with a ``pool`` they are taken from the examples already
+    crafted on the undefended model (the same thing, crafted once for every stack).
     """
+    import time
+
     from robaudit.attacks.base import Criterion, TargetMode
     from robaudit.attacks.registry import AttackName
     from robaudit.attacks.targets import compute_targets
+    from robaudit.attacks.base import nonfinite_rows
     from robaudit.engine.attack_run import _Unsupported, make_attack, nonfinite_fields, verify_bounds
-    from robaudit.engine.session import seed_everything
     from robaudit.errors import AttackFailure
     from robaudit.metrics import perturbation_norms
 
@@ -219,48 +362,48 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     plan = _plan_for(cell, profile, seed, device)
     attack = make_attack(name, plan)
     assert not isinstance(attack, _Unsupported)
-    seed_everything(seed)
-    reseed_defences(model, seed)
-    attacked = model if craft_model is None else craft_model
-    craft_logits = evalset.clean_logits[lo:hi] if craft_model is None else craft_model.predict(x, batch_size=bs)
-    targets = compute_targets(TargetMode(cell.target), craft_logits, y)
-    eff = bs
     notes: list[str] = []
-    while True:  # halve the batch on out-of-memory and retry the same samples, down to 1
-        try:
-            seed_everything(seed)
-            reseed_defences(model, seed)
-            with torch.enable_grad():
-                out = attack.generate(attacked, x, y, targets, clip=model.clip, batch_size=eff, seed=seed,
-                                      device=device)
-            logits = model.predict(out.x_adv, batch_size=eff)
-            break
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
-            if not is_out_of_memory(exc):
-                raise
-            if eff == 1:
-                raise AttackFailure(f"{cell.id}: out of memory even with a batch of 1 sample: "
-                                    f"{_oom_text(exc)}") from exc
-            notes.append(f"{cell.id}: chunk {chunk}: out of memory with a batch of {eff}; "
-                         f"retried with {max(1, eff // 2)}")
-            eff = max(1, eff // 2)
-            _release_memory()
-    if out.x_adv.shape != x.shape:
-        raise AttackFailure(f"attack {name.value} returned shape {tuple(out.x_adv.shape)}, expected {tuple(x.shape)}")
-    dist = perturbation_norms(x, out.x_adv)
-    verify_bounds(attack, x, out.x_adv, dist, model.clip)
+    eff = bs
+    if pool is not None:
+        rows = pool.rows(evalset.indices[lo:hi])
+        notes = list(pool.notes) if chunk == 0 else []
+        x_adv = pool.x_adv[rows]
+        targets = None if pool.targets is None else pool.targets[rows]
+        reseed_defences(model, seed)
+        t0 = time.perf_counter()
+        logits = model.predict(x_adv, batch_size=bs)
+        share = {k: float(getattr(pool, k)[rows].sum()) for k in
+                 ("seconds", "forward", "backward", "nonfinite_logits", "nonfinite_grads", "nonfinite_examples")}
+        seconds = share["seconds"] + time.perf_counter() - t0
+        fwd, bwd = int(round(share["forward"])), int(round(share["backward"]))
+        nonfinite = {"nonfinite_logits": int(round(share["nonfinite_logits"])) + int(nonfinite_rows(logits)),
+                     "nonfinite_grads": int(round(share["nonfinite_grads"])),
+                     "nonfinite_examples": int(round(share["nonfinite_examples"]))}
+    else:
+        attacked = model if craft_model is None else craft_model
+        craft_logits = evalset.clean_logits[lo:hi] if craft_model is None else craft_model.predict(x, batch_size=bs)
+        targets = compute_targets(TargetMode(cell.target), craft_logits, y)
+        out, judged, eff, notes = _generate(attack, attacked, model, x, y, targets, model.clip, bs, seed, device,
+                                            f"{cell.id}: chunk {chunk}")
+        assert judged is not None
+        logits, x_adv = judged, out.x_adv
+        seconds, fwd, bwd = out.seconds, out.forward_passes, out.backward_passes
+        nonfinite = nonfinite_fields(out, logits)
+    if x_adv.shape != x.shape:
+        raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    dist = perturbation_norms(x, x_adv)
+    verify_bounds(attack, x, x_adv, dist, model.clip)
     success = Criterion(y, targets).is_adversarial(logits)
     preds = logits.argmax(dim=1)
     examples = []
     for pos in range(lo, min(hi, profile.examples)):
         i = pos - lo
         examples.append(example_record(
-            x[i], out.x_adv[i], model.clip, pos, int(evalset.indices[pos]), int(y[i]), int(preds[i]),
+            x[i], x_adv[i], model.clip, pos, int(evalset.indices[pos]), int(y[i]), int(preds[i]),
             None if targets is None else int(targets[i]), bool(success[i])))
     return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
             "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
-            "seconds": out.seconds, "forward": out.forward_passes, "backward": out.backward_passes,
-            **nonfinite_fields(out, logits),
+            "seconds": seconds, "forward": fwd, "backward": bwd, **nonfinite,
             "examples": examples, **({"notes": notes, "batch_size": eff} if notes else {})}
 
 
@@ -412,10 +555,13 @@ def run_attack_cell(ctx: CellContext, cell: Cell, finished: dict[int, ChunkRecor
     if pre is not None:
         return pre, None
     records = []
+    pool = None
     for k in range(n_chunks(ctx.evalset.n, ctx.profile.batch_size)):
         rec = finished.get(k)
         if rec is None:
-            rec = run_attack_chunk(ctx.model, ctx.evalset, cell, ctx.profile, k, ctx.device, ctx.craft_model)
+            if pool is None and ctx.transfer_pool is not None:
+                pool = ctx.transfer_pool(cell)
+            rec = run_attack_chunk(ctx.model, ctx.evalset, cell, ctx.profile, k, ctx.device, ctx.craft_model, pool)
             on_chunk(rec)
         records.append(rec)
     return attack_cell_row(cell, ctx.profile, ctx.evalset.n, ctx.model, records)
