@@ -3,7 +3,6 @@ exact parameters, the optional squeeze parameters and the fitted detector with i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from robaudit import __version__
 from robaudit.detect.detectors import detector_from_dict
 from robaudit.detect.interface import CostParams, Detector, DetectorFileError, DetectorMismatch
 from robaudit.detect.squeeze import SqueezeParams
-from robaudit.report.writer import write_json_atomic
+from robaudit.report.writer import read_json_file, write_json_atomic
 
 FORMAT = "robaudit-detector"
 VERSION = 1
@@ -72,12 +71,4 @@ class DetectorFile:
 
 
 def load_detector_file(path: str | Path) -> DetectorFile:
-    p = Path(path)
-    try:
-        with p.open(encoding="utf-8") as fh:
-            d = json.load(fh)
-    except FileNotFoundError:
-        raise DetectorFileError(f"detector file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DetectorFileError(f"cannot read detector file {p}: {exc}") from None
-    return DetectorFile.from_dict(d, str(p))
+    return DetectorFile.from_dict(read_json_file(path, "detector file", DetectorFileError), str(Path(path)))

@@ -77,15 +77,22 @@ def write_json_atomic(path: str | os.PathLike[str], payload: dict[str, Any]) -> 
     return write_text_atomic(path, json.dumps(_clean(payload), indent=2, allow_nan=False) + "\n")
 
 
-def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_json_file(path: str | os.PathLike[str], what: str, error: type[Exception] = DataLoadError) -> Any:
+    """The JSON document in ``path``; ``error`` with a one-line message naming ``what`` it should be
+    (``"report"``, ``"detector file"``) when it is missing, unreadable or not JSON."""
     p = Path(path)
     try:
         with p.open(encoding="utf-8") as fh:
-            report = json.load(fh)
+            return json.load(fh)
     except FileNotFoundError:
-        raise DataLoadError(f"report {p} does not exist") from None
+        raise error(f"{what} {p} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataLoadError(f"cannot read report {p}: {exc}") from None
+        raise error(f"cannot read {what} {p}: {exc}") from None
+
+
+def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    report = read_json_file(p, "report")
     if not isinstance(report, dict) or "schema_version" not in report or "results" not in report:
         raise DataLoadError(f"{p} is not a robaudit report (no schema_version/results)")
     return report
