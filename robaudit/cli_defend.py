@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from robaudit.cli_audit import SummaryFormat, execute_audit, input_options, progress_bars
+from robaudit.cli_audit import WORKERS_HELP, SummaryFormat, execute_audit, input_options, progress_bars
 from robaudit.errors import ConfigError
 
 defend_app = typer.Typer(
@@ -105,6 +105,7 @@ def eval_cmd(
     y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
     fmt: Annotated[SummaryFormat, typer.Option("--format", help="What to print: table, markdown, json or none.")] = SummaryFormat.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-w", help=WORKERS_HELP)] = 1,
 ) -> None:
     """Attack the model behind each defence stack; report success, distances and the clean-accuracy cost."""
     from robaudit.attacks.targets import parse_targets
@@ -126,7 +127,7 @@ def eval_cmd(
     }
     prof = parse_profile(raw, source="defend eval")
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key)
-    execute_audit((model,), inputs, prof, out, resume, gate, fmt, quiet)
+    execute_audit((model,), inputs, prof, out, resume, gate, fmt, quiet, workers)
 
 
 class _TrainProgress:

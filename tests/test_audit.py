@@ -158,6 +158,54 @@ def test_sigkill_midway_then_resume_gives_the_same_report(baseline, tmp_path, pr
     assert after.count('"type":"cell"') == 4 and after.count('"type":"header"') == 1
 
 
+def test_workers_give_the_same_report_and_resume_a_serial_journal(baseline, tmp_path, profile):
+    _, reference = baseline
+    ref = strip_timing(json.loads((reference / "report.json").read_text()))
+    out = tmp_path / "w2"
+    proc = _audit(profile, out, "--workers", "2")
+    assert proc.returncode == 1, proc.stderr  # the same gate fails
+    assert strip_timing(json.loads((out / "report.json").read_text())) == ref
+    journal = (out / JOURNAL_NAME).read_text()
+    assert journal.count('"type":"cell"') == 4 and journal.count('"type":"header"') == 1
+    # a journal a single process left half done resumes with workers, running only what is missing
+    lines = (reference / JOURNAL_NAME).read_bytes().splitlines(keepends=True)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / JOURNAL_NAME).write_bytes(b"".join(lines[:4]))
+    resumed = _audit(profile, cut, "--resume", "--workers", "2")
+    assert resumed.returncode == 1, resumed.stderr
+    assert strip_timing(json.loads((cut / "report.json").read_text())) == ref
+    after = (cut / JOURNAL_NAME).read_text()
+    assert after.count('"type":"cell"') == 4 and after.count('"type":"header"') == 1
+    bad = _audit(profile, tmp_path / "w0", "--workers", "0")
+    assert bad.returncode == 2 and "--workers must be between 1 and 64" in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
+
+
+def test_a_worker_error_reaches_the_parent_as_the_same_error(tmp_path):
+    from robaudit.config.profile import parse_profile
+    from robaudit.engine.cells import expand
+    from robaudit.engine.parallel import plan_tasks, run_cells_parallel, threads_per_worker
+    from robaudit.engine.session import InputOptions
+    from robaudit.errors import ModelLoadError
+
+    prof = parse_profile({"attacks": {"fgsm": {}}, "targets": ["untargeted", "next-class"],
+                          "defences": [[], ["ss"], ["jpeg"]], "threat_models": "both"}, source="t.yaml")
+    cells = expand(prof, 1)
+    # transfer cells of one attack and target go to one worker together, the rest one by one
+    tasks = plan_tasks(cells, {})
+    assert len(tasks) == 2 + 2 * 2 + 2 and sorted(len(t) for t in tasks)[-2:] == [2, 2]
+    assert threads_per_worker(2, limit=1) == 1 and threads_per_worker(1) >= 1
+
+    class Sink:
+        def __getattr__(self, name):  # the journal and the observer: nothing must reach them
+            raise AssertionError(f"unexpected call {name}")
+
+    missing = InputOptions(model=str(tmp_path / "missing.pt"), data="demo:mnist", device="cpu")
+    with pytest.raises(ModelLoadError, match="missing.pt"):
+        run_cells_parallel(missing, prof, cells[:2], {}, 2, Sink(), Sink(), lambda *a: None)
+
+
 DETECT_PROFILE = """\
 seed: 3
 samples: 16

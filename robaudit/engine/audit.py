@@ -64,6 +64,8 @@ class AuditJob:
     profile: Profile
     out: Path
     resume: bool = False
+    workers: int = 1
+    """Processes that run cells (see :mod:`robaudit.engine.parallel`); 1: this process."""
 
 
 @dataclass(frozen=True)
@@ -162,11 +164,27 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
     clever: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
     results: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+
+    def finished(cell: Cell, row: dict[str, Any], ex: dict[str, Any] | None) -> None:
+        obs.cell_finished(cell.id, row)
+        for w in _row_warnings(cell, row):
+            obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
+        results[cell.id] = (row, ex)
+
+    todo = []
     for cell in execution_order(cells):
         done = state.cells.get(cell.id)
         if done is not None:
-            row, ex = done["row"], done["examples"]
+            finished(cell, done["row"], done["examples"])
         else:
+            todo.append(cell)
+    if job.workers > 1 and len(todo) > 1:
+        from robaudit.engine.parallel import run_cells_parallel
+
+        run_cells_parallel(dataclasses.replace(job.inputs, model=inputs.model_spec), profile, todo, state.chunks,
+                           job.workers, journal, obs, finished)
+    else:
+        for cell in todo:
             ctx = stacks.get(cell.defences, cell.threat)
             chunks = dict(state.chunks.get(cell.id, {}))
             obs.cell_started(cell.id, cell_chunks(cell, profile, ctx.evalset.n), len(chunks))
@@ -177,10 +195,7 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
 
             row, ex = get_runner(cell.kind)(ctx, cell, chunks, on_chunk)
             journal.cell_finished(cell.id, row, ex)
-        obs.cell_finished(cell.id, row)
-        for w in _row_warnings(cell, row):
-            obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
-        results[cell.id] = (row, ex)
+            finished(cell, row, ex)
     for cell in cells:  # the report keeps the plan's order
         row, ex = results[cell.id]
         if cell.kind is CellKind.DETECT:
