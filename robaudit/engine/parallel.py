@@ -70,9 +70,29 @@ def _portable(exc: BaseException) -> BaseException:
         return AttackFailure(f"{type(exc).__name__}: {exc}")
 
 
-def _worker_main(inputs: InputOptions, profile: Profile, threads: int, tasks: Any, results: Any) -> None:
+def _die_with(parent: int) -> Callable[[], None]:
+    """Make this process end when ``parent`` does (even by SIGKILL, which runs no clean-up there):
+    at once on Linux (``PR_SET_PDEATHSIG``), and elsewhere at the returned check, run between chunks."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def check() -> None:
+        if os.getppid() != parent:  # re-parented: nobody journals what this process would compute
+            os._exit(0)
+
+    check()  # the parent may have died before prctl took effect
+    return check
+
+
+def _worker_main(inputs: InputOptions, profile: Profile, threads: int, tasks: Any, results: Any,
+                 parent: int) -> None:
     """A worker: load the inputs, then run tasks until the ``None`` sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
+    parent_alive = _die_with(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -96,12 +116,14 @@ def _worker_main(inputs: InputOptions, profile: Profile, threads: int, tasks: An
         if task is None:
             return
         for cell, finished in task:
+            parent_alive()
             try:
                 ctx = stacks.get(cell.defences, cell.threat)
                 results.put(("start", cell.id, (cell_chunks(cell, profile, ctx.evalset.n), len(finished))))
 
                 def on_chunk(rec: dict[str, Any], _cid: str = cell.id) -> None:
                     results.put(("chunk", _cid, rec))
+                    parent_alive()
 
                 row, ex = get_runner(cell.kind)(ctx, cell, finished, on_chunk)
                 results.put(("cell", cell.id, (row, ex)))
@@ -128,7 +150,7 @@ def run_cells_parallel(inputs: InputOptions, profile: Profile, cells: list[Cell]
     import torch
 
     threads = threads_per_worker(n, torch.get_num_threads())
-    procs = [ctx.Process(target=_worker_main, args=(inputs, profile, threads, task_q, result_q), daemon=True)
+    procs = [ctx.Process(target=_worker_main, args=(inputs, profile, threads, task_q, result_q, os.getpid()), daemon=True)
              for _ in range(n)]
     for task in tasks:
         task_q.put(task)
