@@ -1,8 +1,9 @@
 """Summarise a defence-grid audit (e.g. profiles/defend-study-*.yaml) into the study's five findings.
 
-    python bench/defend_findings.py OUT/report.json [OTHER/report.json ...] [--markdown]
+    python bench/defend_findings.py OUT/report.json [OTHER/report.json ...]
 
-Reads finished reports (or, for a run still going, the rows in ``OUT/journal.jsonl``) and prints:
+Reads finished reports (or, for a run still going, the rows in ``OUT/journal.jsonl``) and prints, as
+Markdown:
 
 1. success per target setting (untargeted should be the easiest);
 2. the drop in success each stack gives small-perturbation attacks (CW-L2, CW-Linf) and large ones
