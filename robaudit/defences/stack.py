@@ -225,6 +225,11 @@ class DefendedClassifier(Classifier):
         """The undefended model."""
         return self.model
 
+    @property
+    def randomized(self) -> bool:
+        """Whether the stack draws fresh randomness on every call (TVM's pixel dropout)."""
+        return bool(self.stack.randomized)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.eot_samples
         if k > 1 and self.stack.randomized and torch.is_grad_enabled() and x.shape[0] > 0:
