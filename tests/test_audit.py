@@ -102,6 +102,30 @@ def test_resume_refuses_changed_seed_and_data(baseline, tmp_path):
     assert proc.returncode == 2 and "model 0 (demo:mnist-onnx) changed" in proc.stderr
 
 
+def test_resume_refuses_a_journal_written_under_other_attack_defaults(baseline, profile, tmp_path):
+    """A journal from an older robaudit (no resolved-parameter digest) or with other defaults must
+    not be continued: its finished rows would mix with rows computed under the new defaults."""
+    import shutil
+
+    _, out = baseline
+    for mutate in ("drop", "change"):
+        copy = tmp_path / mutate
+        shutil.copytree(out, copy)
+        (copy / "report.json").unlink()
+        journal = copy / "journal.jsonl"
+        lines = journal.read_text().splitlines()
+        header = json.loads(lines[0])
+        assert len(header["fingerprint"]["attack_params"]) == 64
+        if mutate == "drop":
+            del header["fingerprint"]["attack_params"]
+        else:
+            header["fingerprint"]["attack_params"] = "0" * 64
+        journal.write_text("\n".join([json.dumps(header), *lines[1:3]]) + "\n")
+        proc = _audit(profile, copy, "--resume")
+        assert proc.returncode == 2, proc.stderr
+        assert "the attacks' parameters with robaudit's defaults filled in differ" in proc.stderr
+
+
 def test_second_run_on_a_locked_folder_is_refused(tmp_path, profile):
     holder = Journal(tmp_path / "out")
     holder.lock()

@@ -93,8 +93,25 @@ def _fingerprint(job: AuditJob, loaded: list[Inputs]) -> dict[str, Any]:
         "data": {"spec": job.inputs.data, "sha256": loaded[0].data.sha256},
         "seed": job.profile.seed,
         "profile": {"name": job.profile.name, "digest": _profile_digest(job.profile)},
+        "attack_params": _attack_params_digest(job.profile),
     }
     return json.loads(json.dumps(fp))  # the form it has when read back from the journal (tuples -> lists)
+
+
+def _attack_params_digest(profile: Profile) -> str:
+    """Every attack's parameters with robaudit's defaults filled in, hashed: a resume must not mix
+    rows computed under different defaults (a newer robaudit may change them, as ``confirm_draws``
+    did), which the profile's own digest cannot see."""
+    import hashlib
+
+    from robaudit.attacks.base import params_from_overrides
+    from robaudit.attacks.registry import AttackName, get_attack_class
+
+    resolved = {}
+    for spec in profile.attacks:
+        cls = get_attack_class(AttackName(spec.name), spec.backend)
+        resolved[spec.label] = dataclasses.asdict(params_from_overrides(cls.Params, dict(spec.params)))
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _profile_digest(profile: Profile) -> str:

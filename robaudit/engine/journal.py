@@ -62,7 +62,7 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human-readable differences between two fingerprints (empty when a resume is safe)."""
     out = []
     labels = {"robaudit_version": "robaudit version", "models": "model", "data": "data", "seed": "seed",
-              "profile": "profile"}
+              "profile": "profile", "attack_params": "attack parameters"}
     for key, label in labels.items():
         a, b = old.get(key), new.get(key)
         if a == b:
@@ -82,6 +82,9 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         elif key == "profile":
             out.append(f"the profile changed ({(a or {}).get('name')} -> {(b or {}).get('name')}, "
                        "attacks, targets, defences, samples, batch size or examples differ)")
+        elif key == "attack_params":
+            out.append("the attacks' parameters with robaudit's defaults filled in differ from the run being "
+                       "resumed (written by an earlier robaudit, or defaults changed)")
         else:
             out.append(f"the {label} changed ({a} -> {b})")
     return out
