@@ -610,18 +610,20 @@ class _Coin(torch.nn.Module):
         return torch.stack([(~win).float(), win.float()], dim=1)
 
 
-def test_confirmed_needs_every_draw() -> None:
-    from robaudit.attacks.base import Criterion, confirmed
+def test_a_hit_survives_only_if_every_draw_agrees() -> None:
+    from robaudit.attacks.base import Criterion, refuted
 
     model = _Coin(torch.tensor([0.0, 1.0, 0.5]))
     kind = torch.tensor([0, 1, 2]).repeat_interleave(400)  # never / always / half the draws
     x = kind.float().view(-1, 1, 1, 1)
     crit = Criterion(torch.zeros(len(kind), dtype=torch.long))  # untargeted from class 0
+    hits = torch.ones(len(kind), dtype=torch.bool)
     torch.manual_seed(0)
-    ok = confirmed(model, x, crit, 4)
+    ok = ~refuted(model, x, crit, hits, 4)
     assert not ok[kind == 0].any() and ok[kind == 1].all()
     assert 0.02 < ok[kind == 2].float().mean() < 0.12  # 1/16 expected
-    assert confirmed(model, x, crit, 0).all()  # no draws: nothing to refute
+    assert not refuted(model, x, crit, hits, 0).any()  # no draws: nothing to refute
+    assert not refuted(model, x, crit, kind == 1, 4)[kind != 1].any()  # rows outside hits are never refuted
 
 
 # measured on the 54 of the first 64 demo images TVM keeps (10 fresh draws each): per-draw success

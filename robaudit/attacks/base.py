@@ -383,22 +383,29 @@ def is_randomized(model: torch.nn.Module) -> bool:
     return False
 
 
-def confirmed(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, draws: int,
-              ok: Callable[[torch.Tensor, Criterion], torch.Tensor] | None = None) -> torch.Tensor:
-    """Rows of ``x`` that are adversarial under ``criterion`` on each of ``draws`` fresh single
-    draws of a randomised ``model`` (each a no-grad forward, as the deployed defence runs).
+def refuted(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, hits: torch.Tensor, draws: int,
+            ok: Callable[[torch.Tensor, Criterion], torch.Tensor] | None = None) -> torch.Tensor:
+    """Rows among ``hits`` (a boolean mask over the rows of ``x`` and ``criterion``) that fail to be
+    adversarial on at least one of ``draws`` fresh single draws of a randomised ``model`` (each a
+    no-grad forward, as the deployed defence runs); all False when ``draws`` is 0.
 
     Minimisation attacks against a randomised defence otherwise keep the smallest perturbation
     that one lucky draw (or one EOT mean) called adversarial: on the shared adversarially trained
     CIFAR-10 CNN behind TVM, CW-Linf's examples fooled a fresh draw 18% of the time although 92%
-    of them fooled at least one of 20 draws. ``ok(logits, criterion)`` replaces the criterion's
-    argmax test (e.g. to demand a confidence margin)."""
+    of them fooled at least one of 20 draws. Callers clear what this returns from their success
+    mask. ``ok(logits, criterion)`` replaces the criterion's argmax test (e.g. to demand a
+    confidence margin)."""
+    out = torch.zeros_like(hits)
+    if draws == 0 or not bool(hits.any()):
+        return out
     test = ok if ok is not None else (lambda logits, crit: crit.is_adversarial(logits))
-    good = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    idx = hits.nonzero().squeeze(1)
+    good = torch.ones(idx.numel(), dtype=torch.bool, device=hits.device)
     with torch.no_grad():
         for _ in range(draws):
             rows = good.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break
-            good[rows] = test(model(x[rows]), criterion.subset(rows))
-    return good
+            good[rows] = test(model(x[idx[rows]]), criterion.subset(idx[rows]))
+    out[idx] = ~good
+    return out

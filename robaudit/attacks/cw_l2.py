@@ -7,13 +7,14 @@ costs ``binary_search_steps * max_iter`` forward/backward passes at most and usu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirmed, is_randomized
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
 from robaudit.errors import ConfigError
 
 _TANH_SCALE = 1.0 - 1e-6
@@ -149,9 +150,7 @@ class CWL2(Attack):
         classes = criterion.attack_classes
         targeted = criterion.targeted
         draws = p.confirm_draws if is_randomized(model) else 0
-
-        def ok(logits: torch.Tensor, crit: Criterion) -> torch.Tensor:
-            return cw_success(logits, crit, p.confidence)
+        ok = functools.partial(cw_success, confidence=p.confidence)
 
         def from_w(w: torch.Tensor) -> torch.Tensor:
             return lo + (hi - lo) * (torch.tanh(w) + 1.0) * 0.5
@@ -202,10 +201,9 @@ class CWL2(Attack):
                         adv &= margin <= -p.confidence
                     l2 = l2sq.sqrt()
                     glob = rows[live]
-                    if draws and bool(adv.any()):
-                        # confirm only the hits that matter: a new best, or a round's first success
-                        ask = (adv & ((l2 < best_l2[glob]) | ~succ_round[live])).nonzero().squeeze(1)
-                        adv[ask] = confirmed(model, xl.detach()[ask], crit_r.subset(live[ask]), draws, ok)
+                    # confirm only the hits that matter: a new best, or a round's first success
+                    ask = adv & ((l2 < best_l2[glob]) | ~succ_round[live])
+                    adv &= ~refuted(model, xl.detach(), crit_r.subset(live), ask, draws, ok)
                     succ_round[live] |= adv
                     better = adv & (l2 < best_l2[glob])
                     if bool(better.any()):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirmed, is_randomized
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
 from robaudit.attacks.cw_l2 import cw_margin, cw_success
 from robaudit.errors import ConfigError
 
@@ -99,9 +100,7 @@ class CWLinf(Attack):
         classes = criterion.attack_classes
         targeted = criterion.targeted
         draws = p.confirm_draws if is_randomized(model) else 0
-
-        def ok(logits: torch.Tensor, crit: Criterion) -> torch.Tensor:
-            return cw_success(logits, crit, p.confidence)
+        ok = functools.partial(cw_success, confidence=p.confidence)
 
         with torch.no_grad():
             clean_adv = cw_success(model(x), criterion, p.confidence)
@@ -128,9 +127,7 @@ class CWLinf(Attack):
                 crit = criterion.subset(rows[live])
                 adv = cw_success(logits, crit, p.confidence)
                 with torch.no_grad():
-                    if draws and bool(adv.any()):
-                        hits = adv.nonzero().squeeze(1)
-                        adv[hits] = confirmed(model, xl.detach()[hits], crit.subset(hits), draws, ok)
+                    adv &= ~refuted(model, xl.detach(), crit, adv, draws, ok)
                     if bool(adv.any()):
                         hit = live[adv]
                         found[hit] = True

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirmed, is_randomized
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
 from robaudit.errors import ConfigError
 
 
@@ -98,10 +98,8 @@ class DeepFool(Attack):
             xa = x_adv[active].clone().requires_grad_(True)
             logits = model(xa)
             still = logits.argmax(dim=1) == labels[active]  # rows not yet adversarial
-            if draws and not bool(still.all()):
-                with torch.no_grad():  # against a randomised model a flip must hold on fresh draws
-                    flip = (~still).nonzero().squeeze(1)
-                    still[flip] = ~confirmed(model, xa.detach()[flip], criterion.subset(active[flip]), draws)
+            # against a randomised model a flip must hold on fresh draws
+            still |= refuted(model, xa.detach(), criterion.subset(active), ~still, draws)
             if not bool(still.all()):
                 active = active[still]
                 if active.numel() == 0:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirmed, is_randomized
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
 from robaudit.errors import ConfigError
 
 _UNTARGETED_VARIANTS = ("saliency", "runner-up")
@@ -143,9 +143,7 @@ class JSMA(Attack):
             with torch.enable_grad():
                 logits = model(xi)
                 done = criterion.subset(idx).is_adversarial(logits.detach())
-                if draws and bool(done.any()):
-                    hit = done.nonzero().squeeze(1)
-                    done[hit] = confirmed(model, xi.detach()[hit], criterion.subset(idx[hit]), draws)
+                done &= ~refuted(model, xi.detach(), criterion.subset(idx), done, draws)
                 onehot = torch.nn.functional.one_hot(cls[idx], num_classes).to(logits.dtype)
                 keep = (~done).to(logits.dtype).unsqueeze(1)
                 z_t = (logits * onehot * keep).sum()
