@@ -10,9 +10,11 @@ per image. Results are also written as JSON.
 
 Needs the shared models exported by ``scripts/export_shared.py`` (``artifacts/``).
 
-    python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200 --threads 1
+    python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200
+    python bench/attack_bench.py --attacks deepfool,hopskipjump --out bench/results/attack_bench_rerun.json
+    python bench/attack_bench.py --attacks cw-l2,cw-linf --out bench/results/attack_bench_rerun_cw.json
     python bench/attack_bench.py markdown bench/results/attack_bench.json \
-        bench/results/attack_bench_rerun_*.json > bench/results/attack_bench.md
+        bench/results/attack_bench_rerun.json bench/results/attack_bench_rerun_cw.json > bench/results/attack_bench.md
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ def art_params(name: AttackName, ours: object, cls: type) -> object:
     return cls.Params()  # CW: ART's own defaults (its algorithm and parameters differ from ours)
 
 
-def measure(attack, model, x, y, batch_size, seed):
+def measure(attack, model, judge, x, y, batch_size, seed):
     out = attack.generate(model, x, y, None, clip=model.clip, batch_size=batch_size, seed=seed)
-    logits = model.predict(out.x_adv, batch_size=batch_size)
+    logits = judge.predict(out.x_adv, batch_size=batch_size)
     ok = Criterion(y).is_adversarial(logits)
     d = perturbation_norms(x, out.x_adv)
     return {"seconds": out.seconds, "n": int(x.shape[0]), "success": float(ok.float().mean()),
@@ -95,10 +97,14 @@ def markdown(paths: list[str]) -> str:
            "From `python bench/attack_bench.py` (same images, same parameters unless the row says; "
            "ratio = ART seconds per image / ours on the same images, also against ours per image on all "
            "images where ART ran on a prefix; passes per image as counted "
-           "by robaudit's model wrapper, ART's included).", ""]
+           "by robaudit's model wrapper, ART's included). ART runs on the plain TorchScript network, "
+           "robaudit on its checked faster copies (robaudit/models/fast.py); the plain network judges both.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         sel = [r for r in rows if r["model"] == model]
-        out += [f"## {model} (raw forward+backward: {sel[0]['raw_fwd_bwd_throughput']:.0f} images x steps / s)", "",
+        plain = sel[0].get("raw_fwd_bwd_throughput_plain")
+        plain_txt = f"; the plain network: {plain:.0f}" if plain else ""
+        out += [f"## {model} (raw forward+backward: {sel[0]['raw_fwd_bwd_throughput']:.0f} images x steps / s{plain_txt})",
+                "",
                 "| attack | images (ART) | ours s | ART s | ratio | ratio, ours on all | ours succ | ART succ | ours L2 med | ART L2 med "
                 "| ours Linf med | ART Linf med | ours fwd/bwd per img | ART fwd/bwd per img |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -147,12 +153,16 @@ def main() -> int:
             return 2
         data = load_dataset(str(ART / dfile))
         model = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]))
+        plain = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]))
+        plain.drop_copies()  # plain ART gets the network as the user gives it; it also judges both sides
         ev = build_evaluation_set(model, data, min(len(data.x), int(args.n * 1.3) + 20), args.seed, 256)
         x, y = ev.x[: args.n], ev.y[: args.n]
         print(f"\n== {model_key}: {x.shape[0]} correctly classified images, eps {eps:.4g} (Linf), "
               f"{args.threads} threads, batch {args.batch_size}")
         raw = raw_throughput(model, x, args.batch_size)
-        print(f"raw forward+backward throughput: {raw:.0f} images x steps / s")
+        raw_plain = raw_throughput(plain, x, args.batch_size)
+        print(f"raw forward+backward throughput: {raw:.0f} images x steps / s "
+              f"(the plain network: {raw_plain:.0f}; {model.info.runtime or 'no prepared copies'})")
         header = (f"{'attack':12} {'ours s':>8} {'ART s':>8} {'ratio':>7} {'ours succ':>9} {'ART succ':>9} "
                   f"{'ours L2':>8} {'ART L2':>8} {'ours Linf':>9} {'ART Linf':>9}  note")
         print(header)
@@ -179,12 +189,12 @@ def main() -> int:
             m = subsets.get(name.value)
             xa, ya = (x[: both[name.value]], y[: both[name.value]]) if name.value in both else (x, y)
             raw_before = raw_throughput(model, x, args.batch_size) if name is AttackName.PGD and not early else None
-            r_ours = measure(ours, model, xa, ya, args.batch_size, args.seed)
+            r_ours = measure(ours, model, plain, xa, ya, args.batch_size, args.seed)
             if raw_before is not None:  # raw throughput right before and after: the load may change
                 raw = (raw_before + raw_throughput(model, x, args.batch_size)) / 2
             xs, ys = (xa[:m], ya[:m]) if m else (xa, ya)
-            r_ours_sub = measure(ours, model, xs, ys, args.batch_size, args.seed) if m else r_ours
-            r_art = measure(art, model, xs, ys, args.batch_size, args.seed)
+            r_ours_sub = measure(ours, model, plain, xs, ys, args.batch_size, args.seed) if m else r_ours
+            r_art = measure(art, plain, plain, xs, ys, args.batch_size, args.seed)
             ratio = (r_art["seconds"] / r_art["n"]) / max(r_ours_sub["seconds"] / r_ours_sub["n"], 1e-12)
             ratio_all = (r_art["seconds"] / r_art["n"]) / max(r_ours["seconds"] / r_ours["n"], 1e-12)
             note = (f"ART on first {m} (ours on all {xa.shape[0]}: succ {r_ours['success']:.3f}, "
@@ -204,7 +214,8 @@ def main() -> int:
             results.append({"model": model_key, "attack": label, "eps": ours_eps, "norm": norm.value,
                             "ours_params": dataclasses.asdict(ours_p), "art_params": dataclasses.asdict(art.params),
                             "art_subset": m, "ours": r_ours, "ours_on_subset": r_ours_sub, "art": r_art,
-                            "ratio_per_image": ratio, "ratio_per_image_ours_on_all": ratio_all, "raw_fwd_bwd_throughput": raw})
+                            "ratio_per_image": ratio, "ratio_per_image_ours_on_all": ratio_all, "raw_fwd_bwd_throughput": raw,
+                            "raw_fwd_bwd_throughput_plain": raw_plain, "runtime": model.info.runtime})
             write(args.out, results)  # after every attack: a stopped run keeps what it measured
     print(f"\nwritten {args.out}")
     return 0

@@ -109,7 +109,9 @@ def speed(args: argparse.Namespace) -> dict:
                           seed=args.seed, clip=model.clip, keep_maxima=True)
         ours_t_s = (time.process_time() - t) / k
         # ART on the same images, budget and radius
-        clf = PyTorchClassifier(model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(model.info.input_shape),
+        plain = load_model(str(ART / MODELS[name][0]), device="cpu")
+        plain.drop_copies()  # plain ART: the network as the user gives it, not robaudit's prepared copies
+        clf = PyTorchClassifier(plain, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(model.info.input_shape),
                                 nb_classes=model.num_classes, clip_values=model.clip, device_type="cpu")
         np.random.seed(args.seed)
         art_u, art_t = [], []
@@ -162,8 +164,9 @@ def speed(args: argparse.Namespace) -> dict:
 def speed_markdown(res: dict, command: str) -> str:
     lines = ["# CLEVER: robaudit vs ART (`clever_u`, `clever_t`)", "", f"Command: `{command}`", "",
              f"CPU, {res['threads']} thread(s), norm {res['norm']}; ART's `pool_factor` = `nb_batches`, so both "
-             "compute the same number of distinct gradient points per class and input, on the same model object "
-             "(parameters frozen, so neither side computes weight gradients). Seconds are CPU seconds of this "
+             "compute the same number of distinct gradient points per class and input, on the same model file "
+             "(ART on the plain TorchScript network, robaudit on its checked faster copies, robaudit/models/fast.py; "
+             "parameters frozen, so neither side computes weight gradients). Seconds are CPU seconds of this "
              "process (`time.process_time`), because the machine was shared with other jobs and wall time "
              "measured the neighbours as much as the code; both sides are single-threaded.", ""]
     lines += ["| model | setting | images | budget | ours s/img | ART s/img | speedup | median rel. diff | "

@@ -308,3 +308,28 @@ def test_art_references_run_and_stay_in_range(demo) -> None:
     for attack, out in zip(attacks, outs):
         assert out.x_adv.shape == x.shape and _in_range(out.x_adv), attack.name
     assert (_pred(model, outs[-1].x_adv) != y).float().mean() >= 0.75
+
+
+def test_deepfool_flips_clear_float_noise_and_hold_on_the_plain_network() -> None:
+    """DeepFool used to stop at margins of 1e-6, where a recomputation of the same network could
+    undo the flip; now every success clears FLIP_TOL (1e-4) of the logit scale, on the prepared copies
+    and on the plain network alike."""
+    from robaudit.attacks._losses import margin
+    from robaudit.models import load_model
+
+    model = load_model(DEMO / "mnist_cnn.pt", device="cpu")
+    assert model.grad_copy is not None and model.infer_copy is not None
+    plain = load_model(DEMO / "mnist_cnn.pt", device="cpu")
+    plain.drop_copies()
+    with np.load(DEMO / "mnist_demo.npz") as d:
+        x = torch.from_numpy(d["x"][:120]).permute(0, 3, 1, 2).float() / 255.0
+        y = torch.from_numpy(d["y"][:120]).long()
+    ok = model.predict(x).argmax(1) == y
+    x, y = x[ok][:96], y[ok][:96]
+    out = DeepFool().generate(model, x, y, seed=0)
+    for judge in (model, plain):
+        logits = judge.predict(out.x_adv)
+        m = -margin(logits, y)  # > 0: adversarial
+        assert float((m > 0).float().mean()) >= 0.97
+        scale = logits.abs().amax(1).clamp_min(1.0)
+        assert bool((m[m > 0] > 0.9e-4 * scale[m > 0]).all()), float((m[m > 0] / scale[m > 0]).min())

@@ -401,3 +401,129 @@ def test_cuda_placement(tmp_path: Path) -> None:
     assert torch.allclose(ts(x), ox(x), atol=1e-4)
     assert bb(_x(2, (1, 4, 4)).cuda()).device.type == "cuda"
     assert any("CPU" in n for n in bb.info.notes)
+
+
+# ----------------------------------------------------------------------------- faster copies (models/fast.py)
+
+
+class BnNet(torch.nn.Module):
+    """Three channels, batch norm and max pooling: what the copies change (layout, folding, pooling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8 * 6 * 6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.max_pool2d(torch.relu(self.bn(self.conv(x))), 2)
+        return self.fc(h.flatten(1))
+
+
+class Spy(torch.nn.Module):
+    def __init__(self, name: str, net: torch.nn.Module | None, calls: list[str]) -> None:
+        super().__init__()
+        self.name, self.net, self.calls = name, net, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(self.name)
+        assert self.net is not None
+        return self.net(x)
+
+
+def _bn_model(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    net = BnNet()
+    with torch.no_grad():  # non-trivial running statistics, so folding them into the conv matters
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return _save_ts(net.eval(), tmp_path / "bn.pt", shape=(3, 12, 12))
+
+
+def test_fast_copies_serve_forward_and_match_the_original(tmp_path: Path) -> None:
+    clf = load_model(_bn_model(tmp_path), device="cpu", data_shape=(3, 12, 12))
+    assert clf.grad_copy is not None and clf.infer_copy is not None
+    assert "channels-last frozen copy" in clf.info.runtime and "inference copy" in clf.info.runtime
+    assert clf.info.notes == ()  # how the model runs is not a warning
+    assert clf.info.to_dict()["runtime"] == clf.info.runtime
+    x = _x(16, (3, 12, 12), seed=3)
+    with torch.no_grad():
+        ref = clf.net(x)
+    calls: list[str] = []
+    clf.use_copies(Spy("grad", clf.grad_copy, calls), Spy("infer", clf.infer_copy, calls))
+    with torch.no_grad():
+        fast = clf(x)
+    assert calls == ["infer"]  # no gradient wanted: the inference copy
+    assert torch.allclose(fast, ref, atol=1e-4, rtol=0)
+    assert torch.equal(clf.predict(x).argmax(1), ref.argmax(1))
+    xg = x.clone().requires_grad_(True)
+    out = clf(xg)
+    assert calls == ["infer", "infer", "grad"]
+    (g,) = torch.autograd.grad(out.logsumexp(1).sum(), xg)
+    xr = x.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(clf.net(xr).logsumexp(1).sum(), xr)
+    assert g.is_contiguous()  # the channels-last copy hands back NCHW gradients: attacks view them
+    assert float((g - g_ref).norm() / g_ref.norm()) < 1e-4
+    with torch.no_grad():
+        clf(xg)
+    assert calls[-1] == "infer"  # autograd off: the inference copy even for an input that requires grad
+
+
+def test_fast_copies_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROBAUDIT_FAST_MODEL", "0")
+    clf = load_model(_bn_model(tmp_path), device="cpu", data_shape=(3, 12, 12))
+    assert clf.grad_copy is None and clf.infer_copy is None
+    assert "turned off" in clf.info.runtime
+
+
+class Noisy(torch.nn.Module):
+    """A randomised network: no copy can reproduce its outputs, so none may serve."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x + 0.05 * torch.randn_like(x))
+
+
+def test_a_copy_that_disagrees_with_the_original_is_not_used(tmp_path: Path) -> None:
+    path = tmp_path / "noisy.pt"
+    torch.jit.save(torch.jit.script(Noisy().eval()), str(path))
+    clf = load_model(path, device="cpu", data_shape=SHAPE)
+    assert clf.grad_copy is None and clf.infer_copy is None
+    assert "gradient passes run the original: its copy differs" in clf.info.runtime
+    assert "predictions run the original: their copy differs" in clf.info.runtime
+
+
+def test_training_and_moving_drop_the_copies(tmp_path: Path) -> None:
+    from robaudit.defences.adv_training import trainable_network
+
+    clf = load_model(_bn_model(tmp_path), device="cpu", data_shape=(3, 12, 12))
+    net = trainable_network(clf)
+    assert clf.grad_copy is None and clf.infer_copy is None
+    x = _x(4, (3, 12, 12))
+    before = clf.predict(x)
+    with torch.no_grad():
+        net.fc.bias.add_(1.0)  # the frozen copies would not see this
+    assert torch.allclose(clf.predict(x), before + 1.0, atol=1e-5)
+    clf2 = load_model(_bn_model(tmp_path), device="cpu", data_shape=(3, 12, 12))
+    assert clf2.infer_copy is not None
+    clf2.to("cpu")
+    assert clf2.grad_copy is None and clf2.infer_copy is None
+
+
+def test_onnx_models_get_copies_only_when_their_trace_holds_at_other_batch_sizes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    flat = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 5)).eval()
+    ok = load_model(_export_onnx(flat, tmp_path / "flat.onnx"), device="cpu")
+    assert ok.white_box and ok.grad_copy is not None and ok.infer_copy is not None
+    x = _x(7)
+    assert torch.allclose(ok(x), ok.net(x), atol=1e-5)
+    # TinyNet reshapes by its batch dimension: a trace bakes in the probe's batch of 3, which the
+    # checks at 10 and 1 catch, so the converted module itself serves
+    baked = load_model(_export_onnx(_net(), tmp_path / "baked.onnx"), device="cpu")
+    assert baked.white_box and baked.grad_copy is None and baked.infer_copy is None
+    assert "run the original" in baked.info.runtime
+    assert torch.equal(baked(x), baked.net(x))

@@ -144,6 +144,8 @@ def trainable_network(model: Any) -> torch.nn.Module:
     net = getattr(model, "net", None)
     if not getattr(model, "white_box", False) or net is None:
         raise ModelLoadError("adversarial training needs a white-box model (TorchScript, or ONNX converted to torch)")
+    if hasattr(model, "drop_copies"):
+        model.drop_copies()  # the frozen copies would keep serving the untrained weights
     if not isinstance(net, torch.jit.ScriptModule):
         try:
             net = torch.jit.script(net)

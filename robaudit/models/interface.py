@@ -38,7 +38,9 @@ class ModelInfo:
     std: tuple[float, ...] | None = None
     """Per-channel std divided inside the wrapped model, if any."""
     notes: tuple[str, ...] = field(default_factory=tuple)
-    """Human-readable remarks (e.g. why a model is black-box)."""
+    """Human-readable remarks (e.g. why a model is black-box); reports show them as warnings."""
+    runtime: str = ""
+    """How the network runs (the faster copies of :mod:`robaudit.models.fast`, or why not); not a warning."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -52,6 +54,7 @@ class ModelInfo:
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
             "notes": list(self.notes),
+            "runtime": self.runtime,
         }
 
 

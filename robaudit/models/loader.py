@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 
 from robaudit.errors import ConfigError, ModelLoadError
+from robaudit.models import fast
 from robaudit.models import onnx_backend as ob
 from robaudit.models.interface import Classifier, ModelInfo
 from robaudit.models.wrappers import Normalize, OnnxRuntimeClassifier, TorchClassifier
@@ -358,6 +359,7 @@ def _load_torchscript(
         norm = _normalizer(mean, std, shape[0], path)
         if norm is not None:
             norm = norm.to(dev)
+        copies = fast.prepare(net, shape, clip, dev)
         info = ModelInfo(
             path=str(path),
             format="torchscript",
@@ -368,8 +370,11 @@ def _load_torchscript(
             clip=clip,
             mean=_expand(mean, shape[0]),
             std=_expand(std, shape[0]),
+            runtime=copies.note,
         )
-        return TorchClassifier(info, net, norm)
+        model = TorchClassifier(info, net, norm)
+        model.use_copies(copies.grad, copies.infer)
+        return model
     if data_shape is not None:
         raise ModelLoadError(
             f"{path} fails on an input of shape {data_shape} taken from the data ({last_err}); "
@@ -470,10 +475,14 @@ def _load_onnx(
     if module is not None:
         if repairs:
             notes.append(f"converted with onnx2torch after {', '.join(repairs)}; matches onnxruntime")
-        info = ModelInfo(white_box=True, notes=tuple(notes), **base)  # type: ignore[arg-type]
+        module = module.to(dev).eval()
+        copies = fast.prepare(module, shape, clip, dev) if batch_limit is None else fast.FastCopies(None, None, "")
+        info = ModelInfo(white_box=True, notes=tuple(notes), runtime=copies.note, **base)  # type: ignore[arg-type]
         if norm is not None:
             norm = norm.to(dev)
-        return TorchClassifier(info, module.to(dev), norm, batch_limit=batch_limit)
+        clf = TorchClassifier(info, module, norm, batch_limit=batch_limit)
+        clf.use_copies(copies.grad, copies.infer)
+        return clf
 
     if not allow_black_box:
         raise ModelLoadError(

@@ -45,8 +45,13 @@ class TorchClassifier(Classifier):
     """A white-box torch network (TorchScript, or ONNX converted by onnx2torch).
 
     The network is put in eval mode and its parameters are frozen (``requires_grad=False``):
-    attacks need gradients with respect to the input only. Call ``requires_grad_(True)`` on
-    ``self.net`` to fine-tune it.
+    attacks need gradients with respect to the input only. Call :meth:`drop_copies`, then
+    ``requires_grad_(True)`` on ``self.net`` to fine-tune it.
+
+    :meth:`use_copies` installs faster prepared copies of the network (:mod:`robaudit.models.fast`):
+    ``forward`` then runs the gradient copy when the input requires a gradient and the inference
+    copy otherwise (or when autograd is off), the original where a copy is missing. Moving the
+    classifier (``.to``) drops the copies.
     """
 
     def __init__(
@@ -64,12 +69,32 @@ class TorchClassifier(Classifier):
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
+        self.grad_copy: torch.nn.Module | None = None
+        self.infer_copy: torch.nn.Module | None = None
         self.eval()
+
+    def use_copies(self, grad: torch.nn.Module | None, infer: torch.nn.Module | None) -> None:
+        """Serve forward passes from prepared copies of ``net`` (``None``: the original)."""
+        self.grad_copy, self.infer_copy = grad, infer
+
+    def drop_copies(self) -> None:
+        """Serve every forward pass from ``net`` again (before training it, or after moving it)."""
+        self.grad_copy = self.infer_copy = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "TorchClassifier":
+        self.drop_copies()  # frozen copies hold their weights as graph constants: they would not move
+        return super()._apply(fn, recurse)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize is not None:
             x = self.normalize(x)
-        return _chunked(self.net, x, self.batch_limit)
+        net = self.net
+        if torch.is_grad_enabled() and x.requires_grad:
+            if self.grad_copy is not None:
+                net = self.grad_copy
+        elif self.infer_copy is not None:
+            net = self.infer_copy
+        return _chunked(net, x, self.batch_limit)
 
 
 class OnnxRuntimeClassifier(Classifier):
