@@ -40,7 +40,7 @@ def _report(rows, clean=0.98):
         "schema_version": "1.1", "robaudit_version": "0.1.0", "created": "2025-01-01T00:00:00+00:00",
         "libraries": {"python": "3.11", "torch": "2"}, "command": ["robaudit"], "seed": 0, "device": "cpu",
         "model": {"path": "m.pt", "format": "torchscript", "sha256": "0" * 64, "input_shape": [1, 28, 28],
-                  "classes": 10, "white_box": True},
+                  "classes": 10, "white_box": True, "runtime": "runs from a faster copy"},
         "data": {"path": "d.npz", "sha256": "x", "n_total": 100, "n_selected": 10, "n_evaluated": 10,
                  "n_dropped_misclassified": 0, "clean_accuracy": clean},
         "config": {}, "results": rows, "warnings": [], "kind": "audit",
@@ -104,7 +104,9 @@ def test_every_format_renders():
     html = render(report, ReportFormat.html)
     assert html.count("<svg") == 2 and "data:image/png;base64," in html and "<script" not in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")  # self-contained
+    assert "Model runtime: runs from a faster copy." in html
     md = render(report, ReportFormat.markdown)
+    assert "Model runtime: runs from a faster copy." in md
     assert "**Gates: 1 of 2 FAILED**" in md and "| FAIL | `pgd untargeted success_rate <= 0.3` | 0.4 |" in md
     root = ET.fromstring(render(report, ReportFormat.junit).split("\n", 1)[1])
     suite = root.find("testsuite")

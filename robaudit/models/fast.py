@@ -165,7 +165,7 @@ def prepare(net: torch.nn.Module, shape: tuple[int, int, int], clip: tuple[float
     except Exception as exc:  # noqa: BLE001
         why.append(f"predictions run the original: their copy failed ({type(exc).__name__})")
         infer = None
-    used = [name for name, m in (("channels-last frozen copy for gradients", grad),
-                                 ("oneDNN inference copy for predictions", infer)) if m is not None]
-    note = ("runs " + " and ".join(used) + " (checked against the original)") if used else ""
+    used = [name for name, m in (("a channels-last frozen copy for gradient passes", grad),
+                                 ("a oneDNN inference copy for predictions", infer)) if m is not None]
+    note = ("runs from " + " and ".join(used) + ", checked against the original") if used else ""
     return FastCopies(grad, infer, "; ".join([note] * bool(note) + why))

@@ -164,7 +164,8 @@ def report_html(report: dict[str, Any]) -> str:
                f"inputs; attacks ran on the {data.get('n_evaluated', '?')} classified correctly. "
                f"Seed {report.get('seed')}, device {escape(str(report.get('device')))}, robaudit "
                f"{escape(str(report.get('robaudit_version')))}, created {escape(str(report.get('created')))}"
-               + (f", profile <code>{escape(str(profile.get('name')))}</code>" if profile else "") + ".")
+               + (f", profile <code>{escape(str(profile.get('name')))}</code>" if profile else "") + "."
+               + (f" Model runtime: {escape(str(model['runtime']))}." if model.get("runtime") else ""))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1><p>{summary}</p>"]
     for w in report.get("warnings", []):

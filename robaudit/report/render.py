@@ -136,7 +136,7 @@ def results_markdown(report: dict[str, Any]) -> str:
         "",
         f"Clean accuracy {100 * float(data.get('clean_accuracy', 0.0)):.1f}% on {data.get('n_selected', '?')} inputs; "
         f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly. Seed {report.get('seed')}, "
-        f"device {report.get('device')}.",
+        f"device {report.get('device')}." + (f" Model runtime: {model['runtime']}." if model.get("runtime") else ""),
         "",
         "| " + " | ".join(h for _, h in _columns(report)) + " |",
         "|" + "|".join("---" for _ in _columns(report)) + "|",
