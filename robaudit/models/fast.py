@@ -133,6 +133,12 @@ def prepare(net: torch.nn.Module, shape: tuple[int, int, int], clip: tuple[float
                 base = torch.jit.trace(net, x[:3], check_trace=False).eval()
         except Exception as exc:  # noqa: BLE001 - the original serves
             return FastCopies(None, None, f"the original network runs: tracing it failed ({type(exc).__name__})")
+    def logit_gap(copy: torch.nn.Module) -> float:
+        """Worst logit gap on the probe batch and on its first input alone (batch sizes other than a
+        trace's, in case it baked one in)."""
+        with torch.no_grad():
+            return max(_logit_gap(ref, copy(x)), _logit_gap(ref[:1], copy(x[:1])))
+
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(54321))
     ref_grad = _input_grad(net, x, w)
     grad: torch.nn.Module | None = None
@@ -142,8 +148,7 @@ def prepare(net: torch.nn.Module, shape: tuple[int, int, int], clip: tuple[float
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             grad = GradCopy(torch.jit.freeze(_clone(base).to(memory_format=torch.channels_last)))
-            with torch.no_grad():  # batch sizes other than a trace's, in case it baked one in
-                gap = max(_logit_gap(ref, grad(x)), _logit_gap(ref[:1], grad(x[:1])))
+            gap = logit_gap(grad)
             g = _input_grad(grad, x, w)
             ggap = float((g - ref_grad).norm()) / max(float(ref_grad.norm()), 1e-12)
         if not (gap <= _ATOL and ggap <= _GRAD_RTOL and g.is_contiguous()):
@@ -156,11 +161,9 @@ def prepare(net: torch.nn.Module, shape: tuple[int, int, int], clip: tuple[float
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             infer = torch.jit.optimize_for_inference(torch.jit.freeze(_clone(base)))
-            with torch.no_grad():
-                gap = _logit_gap(ref, infer(x))
-                gap1 = _logit_gap(ref[:1], infer(x[:1]))
-        if not (gap <= _ATOL and gap1 <= _ATOL):
-            why.append(f"predictions run the original: their copy differs (logits {max(gap, gap1):.1e})")
+            gap = logit_gap(infer)
+        if not gap <= _ATOL:
+            why.append(f"predictions run the original: their copy differs (logits {gap:.1e})")
             infer = None
     except Exception as exc:  # noqa: BLE001
         why.append(f"predictions run the original: their copy failed ({type(exc).__name__})")
