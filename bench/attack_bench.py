@@ -153,8 +153,8 @@ def main() -> int:
             return 2
         data = load_dataset(str(ART / dfile))
         model = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]))
-        plain = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]))
-        plain.drop_copies()  # plain ART gets the network as the user gives it; it also judges both sides
+        # plain ART gets the network as the user gives it; it also judges both sides
+        plain = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]), fast_copies=False)
         ev = build_evaluation_set(model, data, min(len(data.x), int(args.n * 1.3) + 20), args.seed, 256)
         x, y = ev.x[: args.n], ev.y[: args.n]
         print(f"\n== {model_key}: {x.shape[0]} correctly classified images, eps {eps:.4g} (Linf), "

@@ -109,8 +109,8 @@ def speed(args: argparse.Namespace) -> dict:
                           seed=args.seed, clip=model.clip, keep_maxima=True)
         ours_t_s = (time.process_time() - t) / k
         # ART on the same images, budget and radius
-        plain = load_model(str(ART / MODELS[name][0]), device="cpu")
-        plain.drop_copies()  # plain ART: the network as the user gives it, not robaudit's prepared copies
+        # plain ART: the network as the user gives it, not robaudit's prepared copies
+        plain = load_model(str(ART / MODELS[name][0]), device="cpu", fast_copies=False)
         clf = PyTorchClassifier(plain, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(model.info.input_shape),
                                 nb_classes=model.num_classes, clip_values=model.clip, device_type="cpu")
         np.random.seed(args.seed)

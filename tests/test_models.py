@@ -474,6 +474,9 @@ def test_fast_copies_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.Monke
     clf = load_model(_bn_model(tmp_path), device="cpu", data_shape=(3, 12, 12))
     assert clf.grad_copy is None and clf.infer_copy is None
     assert "turned off" in clf.info.runtime
+    monkeypatch.delenv("ROBAUDIT_FAST_MODEL")
+    plain = load_model(_bn_model(tmp_path), device="cpu", data_shape=(3, 12, 12), fast_copies=False)
+    assert plain.grad_copy is None and plain.infer_copy is None and plain.info.runtime == ""
 
 
 class Noisy(torch.nn.Module):

@@ -68,7 +68,8 @@ def load_inputs(opts: InputOptions) -> Inputs:
             raise
         # The layout may only be decidable from the model's channel count: ask the model.
         try:
-            probe = load_model(model_path, device="cpu", mean=opts.mean, std=opts.std, clip=opts.clip)
+            probe = load_model(model_path, device="cpu", mean=opts.mean, std=opts.std, clip=opts.clip,
+                               fast_copies=False)
         except Exception:
             raise first from None
         data = _data(probe.info.input_shape[0])

@@ -56,6 +56,10 @@ class FastCopies:
     """One line for the model info: which copies are in use, or why none is."""
 
 
+NO_COPIES = FastCopies(None, None, "")
+"""The original network serves everything (copies not wanted, or not applicable)."""
+
+
 def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "off", "no")
 
@@ -121,7 +125,7 @@ def prepare(net: torch.nn.Module, shape: tuple[int, int, int], clip: tuple[float
     if not enabled():
         return FastCopies(None, None, f"model copies for speed turned off ({ENV}=0)")
     if device.type != "cpu":
-        return FastCopies(None, None, "")
+        return NO_COPIES
     x = _probe(shape, clip)
     with torch.no_grad():
         ref = net(x)

@@ -256,6 +256,7 @@ def load_model(
     data_shape: tuple[int, int, int] | None = None,
     num_classes_hint: int | None = None,
     allow_black_box: bool = True,
+    fast_copies: bool = True,
 ) -> Classifier:
     """Load ``path`` as a pixel-space :class:`Classifier` returning ``(N, K)`` logits.
 
@@ -264,6 +265,8 @@ def load_model(
     symbolic ONNX dims and picks the TorchScript probe shape. ``num_classes_hint`` (largest
     label + 1) must not exceed the model's number of logits. With ``allow_black_box=False`` an
     ONNX model that cannot be converted to torch is refused instead of served through onnxruntime.
+    ``fast_copies=False`` skips the faster copies of :mod:`robaudit.models.fast` (a probe load, or
+    the plain network for a benchmark).
 
     Raises:
         ModelLoadError: unreadable, unsafe or unsuitable model file.
@@ -288,8 +291,8 @@ def load_model(
         )
     digest = file_sha256(p)
     if kind == "torchscript":
-        return _load_torchscript(p, digest, dev, mean, std, clip, data_shape, num_classes_hint)
-    return _load_onnx(p, digest, dev, mean, std, clip, data_shape, num_classes_hint, allow_black_box)
+        return _load_torchscript(p, digest, dev, mean, std, clip, data_shape, num_classes_hint, fast_copies)
+    return _load_onnx(p, digest, dev, mean, std, clip, data_shape, num_classes_hint, allow_black_box, fast_copies)
 
 
 # --------------------------------------------------------------------------- TorchScript
@@ -322,6 +325,7 @@ def _load_torchscript(
     clip: tuple[float, float],
     data_shape: tuple[int, int, int] | None,
     num_classes_hint: int | None,
+    fast_copies: bool,
 ) -> Classifier:
     _check_zip_crc(path)
     try:
@@ -359,7 +363,7 @@ def _load_torchscript(
         norm = _normalizer(mean, std, shape[0], path)
         if norm is not None:
             norm = norm.to(dev)
-        copies = fast.prepare(net, shape, clip, dev)
+        copies = fast.prepare(net, shape, clip, dev) if fast_copies else fast.NO_COPIES
         info = ModelInfo(
             path=str(path),
             format="torchscript",
@@ -428,6 +432,7 @@ def _load_onnx(
     data_shape: tuple[int, int, int] | None,
     num_classes_hint: int | None,
     allow_black_box: bool,
+    fast_copies: bool,
 ) -> Classifier:
     model = ob.read_onnx(path)
     g = ob.graph_info(model, path)
@@ -476,7 +481,7 @@ def _load_onnx(
         if repairs:
             notes.append(f"converted with onnx2torch after {', '.join(repairs)}; matches onnxruntime")
         module = module.to(dev).eval()
-        copies = fast.prepare(module, shape, clip, dev) if batch_limit is None else fast.FastCopies(None, None, "")
+        copies = fast.prepare(module, shape, clip, dev) if fast_copies and batch_limit is None else fast.NO_COPIES
         info = ModelInfo(white_box=True, notes=tuple(notes), runtime=copies.note, **base)  # type: ignore[arg-type]
         if norm is not None:
             norm = norm.to(dev)
