@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized
 from robaudit.errors import ConfigError
 
 
@@ -36,9 +36,17 @@ class HopSkipJumpParams(AttackParams):
     """Most probe images sent to the model in one forward call; 0 (default) picks 128 on a CPU,
     where small batches keep a network's activations in cache (ResNet-20 forward: 630-1000
     images/s at 128 against 380-390 at 4096, one thread), and 4096 on a GPU."""
+    confirm_draws: int = 4
+    """Against a randomised model only (a stack with TVM; torch backend): a probe of the start
+    search, the binary search or the step-size search counts as adversarial only if it also fools
+    this many fresh draws (each a query), so the boundary found is where the defence is fooled
+    reliably, not where one lucky draw was. Gradient-estimate probes stay single draws (a noisy
+    sign only adds noise to a Monte-Carlo mean). 0 = off."""
 
 
 def _check(p: HopSkipJumpParams) -> None:
+    if p.confirm_draws < 0:
+        raise ConfigError(f"hopskipjump: confirm_draws must be >= 0, got {p.confirm_draws}")
     for key in ("max_iter", "max_eval", "init_eval", "init_size", "max_queries"):
         if getattr(p, key) < 1:
             raise ConfigError(f"hopskipjump: {key} must be >= 1, got {getattr(p, key)}")
@@ -75,6 +83,11 @@ class HopSkipJump(Attack):
     when the batch has none, uniform noise as above, searched for the target class. An image
     with no starting point is returned unchanged (a failure); an image already adversarial is
     returned unchanged (distance 0).
+
+    Randomised models (a defence stack with TVM): every decision that moves an image's current
+    point (its start, each binary-search and step-size probe, and whether the clean input is
+    already adversarial) must hold on ``confirm_draws`` fresh draws as well, so the attack ends
+    where the defence is fooled reliably; gradient-estimate probes are single draws.
 
     Arguments:
         max_iter (int): iterations. (Default: 40)
@@ -123,10 +136,23 @@ class _HSJRun:
         self.theta = p.gamma / (self.d ** 1.5 if self.l2 else self.d ** 2)
         self.queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self.qb = query_batch(p, x.device)
+        self.draws = p.confirm_draws if is_randomized(model) else 0
 
     # -- oracle ---------------------------------------------------------------------------------
-    def decide(self, probes: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
-        """Is each probe adversarial for the image it belongs to? Counts one query per probe."""
+    def decide(self, probes: torch.Tensor, owner: torch.Tensor, confirm: bool = False) -> torch.Tensor:
+        """Is each probe adversarial for the image it belongs to? Counts one query per probe and
+        model call. ``confirm``: against a randomised model, a probe stays adversarial only if
+        ``confirm_draws`` fresh draws agree (stopping at its first disagreeing draw)."""
+        ok = self._decide_once(probes, owner)
+        if confirm:
+            for _ in range(self.draws):
+                rows = ok.nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    break
+                ok[rows] = self._decide_once(probes[rows], owner[rows])
+        return ok
+
+    def _decide_once(self, probes: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         preds = [self.model(probes[s:s + self.qb]).argmax(dim=1) for s in range(0, probes.shape[0], self.qb)]
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=probes.device)
         self.queries.index_add_(0, owner, torch.ones_like(owner))
@@ -163,7 +189,7 @@ class _HSJRun:
             if a.numel() == 0:
                 break
             mids = (highs[a] + lows[a]) / 2
-            ok = self.decide(self.blend(x0[a], xa[a], mids), idx[a])
+            ok = self.decide(self.blend(x0[a], xa[a], mids), idx[a], confirm=True)
             highs[a] = torch.where(ok, mids, highs[a])
             lows[a] = torch.where(ok, lows[a], mids)
         return self.blend(x0, xa, highs)
@@ -177,6 +203,12 @@ class _HSJRun:
             j = torch.where(with_target, pick, torch.full_like(pick, -1.0)).argmax(dim=1)
             got = with_target.any(dim=1) & ~have
             x_adv[got] = self.x[j[got]]
+            for _ in range(self.draws):  # the pick must be the target on fresh draws too
+                g = got.nonzero().squeeze(1)
+                if g.numel() == 0:
+                    break
+                got[g] = self._decide_once(x_adv[g], g)
+            x_adv[~got & ~have] = self.x[~got & ~have]
             have |= got
         for _ in range(self.p.init_size):
             idx = (~have & self.room(torch.arange(have.shape[0], device=have.device))).nonzero().squeeze(1)
@@ -184,7 +216,7 @@ class _HSJRun:
                 break
             noise = torch.rand((idx.shape[0], *self.x.shape[1:]), generator=self.gen, device=self.x.device)
             noise = noise * (self.hi - self.lo) + self.lo
-            ok = self.decide(noise, idx)
+            ok = self.decide(noise, idx, confirm=True)
             x_adv[idx[ok]] = noise[ok]
             have[idx[ok]] = True
 
@@ -232,7 +264,7 @@ class _HSJRun:
             if a.numel() == 0:
                 break
             probes = (xb[a] + eps[a].view(-1, *([1] * (xb.dim() - 1))) * update[a]).clamp(self.lo, self.hi)
-            ok = self.decide(probes, idx[a])
+            ok = self.decide(probes, idx[a], confirm=True)
             out[a[ok]] = probes[ok]
             found[a[ok]] = True
             eps[a[~ok]] /= 2
@@ -244,6 +276,13 @@ class _HSJRun:
         self.queries += 1
         self.clean_pred = logits.argmax(dim=1)
         done = self.crit.is_adversarial(logits)
+        if self.draws:  # an input one draw misclassifies is not thereby adversarial
+            rows = torch.arange(x.shape[0], device=x.device)
+            for _ in range(self.draws):
+                r = rows[done]
+                if r.numel() == 0:
+                    break
+                done[r] = self._decide_once(x[r], r)
         x_adv = x.clone()
         have = done.clone()
         self.initial_points(x_adv, have)
@@ -280,8 +319,8 @@ class ArtHopSkipJump(ArtAttack):
     Distance Measure : L2 (default), Linf
 
     ART attacks one image at a time (its ``batch_size`` only batches the probes of that image)
-    and has no total query budget: ``max_queries``, ``gamma`` and ``query_batch`` are ignored, the
-    cost is set by ``max_iter``/``max_eval``/``init_eval``. Under numpy 2 ART probes with float64
+    and has no total query budget: ``max_queries``, ``gamma``, ``query_batch`` and ``confirm_draws``
+    are ignored, the cost is set by ``max_iter``/``max_eval``/``init_eval``. Under numpy 2 ART probes with float64
     arrays; the adapter casts them to float32 (see ``_art``). Targeted starts come from ART's own
     uniform-noise search (``init_size`` draws).
 
