@@ -196,6 +196,33 @@ def test_hsj_query_budget_is_a_hard_cap(demo):
     assert (_pred(model, out.x_adv) != y).all()  # the starting point is adversarial already
 
 
+def test_hsj_query_budget_holds_with_confirm_draws_against_a_randomised_stack(demo, monkeypatch):
+    """A confirmed probe costs up to 1 + confirm_draws queries; it is sent only if they all fit."""
+    import robaudit.attacks.hopskipjump as hsj
+    from robaudit.defences import defend_model
+    from robaudit.models.loader import load_model
+
+    spent = []
+    attack = hsj._HSJRun.attack
+
+    def spy(self):
+        out = attack(self)
+        spent.append(self.queries.clone())
+        return out
+
+    monkeypatch.setattr(hsj._HSJRun, "attack", spy)
+    _, x, y = demo
+    dm = defend_model(load_model(str(MODEL), device="cpu"), "tvm")
+    x, y = x[:8], y[:8]
+    for draws in (0, 4):
+        p = HopSkipJump.Params(max_iter=200, init_eval=4, max_eval=8, max_queries=300, confirm_draws=draws)
+        out = HopSkipJump(p).generate(dm, x, y)  # small gradient estimates: the searches meet the budget
+        q = spent[-1]
+        assert int(q.max()) <= 300, (draws, q.tolist())
+        assert int(q.max()) >= 295, (draws, q.tolist())  # the budget binds
+        assert out.forward_passes == int(q.sum())  # every query is one image through the model
+
+
 def test_hsj_targeted_and_linf(demo):
     model, x, y = demo
     x, y = x[:10], y[:10]

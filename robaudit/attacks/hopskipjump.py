@@ -160,6 +160,8 @@ class _HSJRun:
         return pred == cls if self.crit.targeted else pred != cls
 
     def room(self, idx: torch.Tensor, need: int = 1) -> torch.Tensor:
+        """Whether images ``idx`` can still spend ``need`` queries (a confirmed probe may take
+        ``1 + confirm_draws``) within ``max_queries``."""
         return self.queries[idx] + need <= self.p.max_queries
 
     # -- geometry -------------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class _HSJRun:
             thresholds = (highs * self.theta).clamp(max=self.theta)
         lows = torch.zeros_like(highs)
         while True:
-            act = ((highs - lows) > thresholds) & self.room(idx)
+            act = ((highs - lows) > thresholds) & self.room(idx, 1 + self.draws)
             a = act.nonzero().squeeze(1)
             if a.numel() == 0:
                 break
@@ -211,7 +213,7 @@ class _HSJRun:
             x_adv[~got & ~have] = self.x[~got & ~have]
             have |= got
         for _ in range(self.p.init_size):
-            idx = (~have & self.room(torch.arange(have.shape[0], device=have.device))).nonzero().squeeze(1)
+            idx = (~have & self.room(torch.arange(have.shape[0], device=have.device), 1 + self.draws)).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             noise = torch.rand((idx.shape[0], *self.x.shape[1:]), generator=self.gen, device=self.x.device)
@@ -260,7 +262,7 @@ class _HSJRun:
         found = torch.zeros(idx.shape[0], dtype=torch.bool, device=xb.device)
         eps = eps.clone()
         for _ in range(40):  # 2**-40 of the distance: below float32 resolution
-            a = (~found & self.room(idx)).nonzero().squeeze(1)
+            a = (~found & self.room(idx, 1 + self.draws)).nonzero().squeeze(1)
             if a.numel() == 0:
                 break
             probes = (xb[a] + eps[a].view(-1, *([1] * (xb.dim() - 1))) * update[a]).clamp(self.lo, self.hi)
