@@ -144,12 +144,17 @@ class _HSJRun:
         model call. ``confirm``: against a randomised model, a probe stays adversarial only if
         ``confirm_draws`` fresh draws agree (stopping at its first disagreeing draw)."""
         ok = self._decide_once(probes, owner)
-        if confirm:
-            for _ in range(self.draws):
-                rows = ok.nonzero().squeeze(1)
-                if rows.numel() == 0:
-                    break
-                ok[rows] = self._decide_once(probes[rows], owner[rows])
+        return self._confirm(ok, probes, owner) if confirm else ok
+
+    def _confirm(self, ok: torch.Tensor, probes: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """``ok`` (updated in place) with each True probe re-asked on up to ``confirm_draws`` fresh
+        draws, False at its first disagreeing one. (``base.refuted`` does this for gradient attacks;
+        here every draw must be a counted query of its image, against ``max_queries``.)"""
+        for _ in range(self.draws):
+            rows = ok.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            ok[rows] = self._decide_once(probes[rows], owner[rows])
         return ok
 
     def _decide_once(self, probes: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -205,11 +210,8 @@ class _HSJRun:
             j = torch.where(with_target, pick, torch.full_like(pick, -1.0)).argmax(dim=1)
             got = with_target.any(dim=1) & ~have
             x_adv[got] = self.x[j[got]]
-            for _ in range(self.draws):  # the pick must be the target on fresh draws too
-                g = got.nonzero().squeeze(1)
-                if g.numel() == 0:
-                    break
-                got[g] = self._decide_once(x_adv[g], g)
+            rows = torch.arange(got.shape[0], device=got.device)
+            self._confirm(got, x_adv, rows)  # the pick must be the target on fresh draws too
             x_adv[~got & ~have] = self.x[~got & ~have]
             have |= got
         for _ in range(self.p.init_size):
@@ -278,13 +280,8 @@ class _HSJRun:
         self.queries += 1
         self.clean_pred = logits.argmax(dim=1)
         done = self.crit.is_adversarial(logits)
-        if self.draws:  # an input one draw misclassifies is not thereby adversarial
-            rows = torch.arange(x.shape[0], device=x.device)
-            for _ in range(self.draws):
-                r = rows[done]
-                if r.numel() == 0:
-                    break
-                done[r] = self._decide_once(x[r], r)
+        # an input one draw misclassifies is not thereby adversarial
+        self._confirm(done, x, torch.arange(x.shape[0], device=x.device))
         x_adv = x.clone()
         have = done.clone()
         self.initial_points(x_adv, have)
