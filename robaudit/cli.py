@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 
 from robaudit import __version__
@@ -21,6 +20,8 @@ from robaudit.cli_audit import register as register_audit
 from robaudit.cli_clever import register as register_clever
 from robaudit.cli_defend import defend_app
 from robaudit.cli_detect import detect_app
+from robaudit.consoles import stderr_console, stdout_console
+from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import EXIT_INTERNAL, EXIT_USAGE, ConfigError, RobauditError
 
 app = typer.Typer(
@@ -33,8 +34,8 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
-out_console = Console()
-err_console = Console(stderr=True)
+out_console = stdout_console()
+err_console = stderr_console()
 
 
 class OutputFormat(str, Enum):
@@ -113,7 +114,7 @@ def attack(
     eps: Annotated[Optional[float], typer.Option(help="Budget of fixed-eps attacks in pixel space (default: per attack, e.g. 8/255 Linf).")] = None,
     norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: each attack's own norm).")] = None,
     num: Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: all).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for sampling and attacks.")] = 0,
+    seed: Annotated[int, typer.Option(max=MAX_SEED, help="Seed for sampling and attacks.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")] = 128,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     backend: Annotated[str, typer.Option(help="torch (robaudit's batched attacks) or art (ART reference).")] = "torch",
@@ -139,9 +140,14 @@ def attack(
 
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
+    attacks, params = tuple(parse_attack_names(attack)), _params(param)
+    stray = [a.value for a in params if a not in attacks]
+    if stray:  # a typo (--attack apgd --param pgd.steps=100) would otherwise run the defaults silently
+        raise ConfigError(f"--param names {', '.join(stray)}, which is not in --attack "
+                          f"({', '.join(a.value for a in attacks)}); add it to --attack or drop the --param")
     plan = AttackPlan(
-        attacks=tuple(parse_attack_names(attack)), targets=tuple(parse_targets(target)),
-        norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=_params(param),
+        attacks=attacks, targets=tuple(parse_targets(target)),
+        norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=params,
         batch_size=batch_size, seed=seed)
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key, model)
     job = AttackJob(inputs=inputs, plan=plan, n=num)

@@ -19,10 +19,12 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
+from robaudit.consoles import stderr_console, stdout_console
+from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import EXIT_GATE, ConfigError
 
-_out = Console()
-_err = Console(stderr=True)
+_out = stdout_console()
+_err = stderr_console()
 
 
 class ReportFormat(str, Enum):
@@ -44,7 +46,7 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
     """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`)."""
     from robaudit.report.gates import gates_markdown
     from robaudit.report.render import (defences_markdown, defences_table, detection_markdown, detection_table,
-                                        results_markdown, results_table)
+                                        report_warnings, results_markdown, results_table)
 
     if fmt is ReportFormat.json:
         from robaudit.report.writer import _clean
@@ -77,6 +79,8 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
         for g in report.get("gates") or []:
             console.print(f"gate {'pass' if g['passed'] else 'FAIL'}: {g['gate']}  [{g.get('detail')}]",
                           markup=False, highlight=False)
+        for w in report_warnings(report):
+            console.print(f"warning: {w}", markup=False, highlight=False)
         return console.export_text()
     raise AssertionError(f"unhandled format {fmt}")
 
@@ -88,11 +92,21 @@ def parse_gate_options(values: list[str] | None) -> list[Any]:
 
     gates = []
     for v in values or []:
-        if any(op in v for op in ("<", ">")):
-            gates.append(parse_gate(v))
-        else:
+        if _names_profile(v):
             gates.extend(parse_gate(g) for g in load_profile(v).gates)
+        else:  # parse_gate says what is wrong with an expression (an empty one, `==`, a missing value)
+            gates.append(parse_gate(v))
     return gates
+
+
+def _names_profile(value: str) -> bool:
+    """Whether a ``--gate`` value is a profile (a shipped name, a YAML path, an existing file)."""
+    from robaudit.config.profile import profile_names
+
+    v = value.strip()
+    if not v or any(c in v for c in "<>=!") or len(v.split()) > 1 and not Path(v).exists():
+        return False
+    return v in profile_names() or v.lower().endswith((".yaml", ".yml")) or "/" in v or Path(v).exists()
 
 
 def apply_gates(report: dict[str, Any], gates: list[Any]) -> list[Any]:
@@ -161,7 +175,7 @@ def audit_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: journal, report(s), summary.md.")] = Path("robaudit-audit"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue the audit journaled in --out (refused if model, data, profile, seed or version changed).")] = False,
     num: Annotated[Optional[int], typer.Option("-n", "--num", help="Override the profile's sample size.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Override the profile's seed.")] = None,
+    seed: Annotated[Optional[int], typer.Option(max=MAX_SEED, help="Override the profile's seed.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Override the profile's batch size.")] = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="Extra gate EXPR, or a profile whose gates to add (repeatable).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -288,7 +302,7 @@ def report_cmd(
 
 def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: float, fail: bool) -> None:
     from robaudit.report import read_report
-    from robaudit.report.diff import diff_dict, diff_markdown, diff_reports, regressions
+    from robaudit.report.diff import diff_dict, diff_markdown, diff_reports, diff_warnings, regressions
     from robaudit.report.writer import write_text_atomic
 
     if len(paths) != 2:
@@ -297,17 +311,24 @@ def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: floa
         raise ConfigError(f"--tolerance must be >= 0, got {tolerance}")
     old, new = read_report(paths[0]), read_report(paths[1])
     changes = diff_reports(old, new)
+    warnings = diff_warnings(old, new)
+    changed = [c for c in changes if c.metric == "setup"]
+    if changed:
+        warnings.append(f"{len(changed)} cells changed their attack setup and are not compared, e.g. "
+                        f"{changed[0].cell}: {changed[0].note}")
     if fmt is ReportFormat.json:
-        text = json.dumps({"old": paths[0], "new": paths[1], "tolerance": tolerance,
+        text = json.dumps({"old": paths[0], "new": paths[1], "tolerance": tolerance, "warnings": warnings,
                            "changes": diff_dict(changes, tolerance)}, indent=2) + "\n"
     elif fmt in (ReportFormat.markdown, ReportFormat.table):
-        text = diff_markdown(changes, tolerance, paths[0], paths[1])
+        text = diff_markdown(changes, tolerance, paths[0], paths[1], warnings)
     else:
         raise ConfigError(f"report diff writes table, markdown or json, not {fmt.value}")
     if out is None:
         typer.echo(text, nl=False)
     else:
         write_text_atomic(out, text)
+    for w in warnings:
+        _err.print(f"robaudit: warning: {w}", markup=False, highlight=False, soft_wrap=True)
     worse = regressions(changes, tolerance)
     if fail and worse:
         for c in worse:

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 
 from robaudit.cli_audit import input_options, progress_bars
+from robaudit.consoles import stderr_console, stdout_console
+from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
 
-_out = Console()
-_err = Console(stderr=True)
+_out = stdout_console()
+_err = stderr_console()
 
 
 class CleverFormat(str, Enum):
@@ -88,7 +89,7 @@ def clever_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Sample points per batch.")] = 100,
     radius: Annotated[Optional[str], typer.Option(help="Ball radius in pixel space: R for every norm or l2=R,linf=R (default l1 10, l2 5, linf 0.3 for [0,1] inputs).")] = None,
     num: Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: all).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for sampling inputs, the CLEVER sample points and the attacks.")] = 0,
+    seed: Annotated[int, typer.Option(max=MAX_SEED, help="Seed for sampling inputs, the CLEVER sample points and the attacks.")] = 0,
     compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Run DeepFool and C&W-L2 (L2) and C&W-Linf (Linf) and compare CLEVER with the distortions they find.")] = True,
     poor_fit_p: Annotated[float, typer.Option("--poor-fit-p", help="Flag inputs whose Weibull fit has a KS p-value below this.")] = 0.05,
     point_batch: Annotated[Optional[int], typer.Option("--point-batch", help="Sample points per forward/backward pass (speed/memory only; default: 8192 MNIST / 2730 CIFAR-10 points on GPU, 83 / 21 on CPU).")] = None,

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 
 from robaudit.cli_audit import WORKERS_HELP, SummaryFormat, execute_audit, input_options, progress_bars
+from robaudit.consoles import stderr_console, stdout_console
+from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
 
 defend_app = typer.Typer(
@@ -27,8 +28,8 @@ defend_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_out = Console()
-_err = Console(stderr=True)
+_out = stdout_console()
+_err = stderr_console()
 
 def _value(raw: str) -> Any:
     import yaml
@@ -90,7 +91,7 @@ def eval_cmd(
     defence_param: Annotated[Optional[list[str]], typer.Option("--defence-param", help="Defence parameter DEFENCE.NAME=VALUE, e.g. jpeg.quality=50 (repeatable).")] = None,
     eot_samples: Annotated[int, typer.Option("--eot-samples", help="Draws averaged per gradient against randomised stacks (TVM).")] = 4,
     num: Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: 100).")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed for sampling, defences and attacks.")] = 0,
+    seed: Annotated[int, typer.Option(max=MAX_SEED, help="Seed for sampling, defences and attacks.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size (also the journal granularity).")] = 64,
     examples: Annotated[int, typer.Option(help="Adversarial examples kept per cell for the HTML report.")] = 4,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: journal, report.json, summary.md.")] = Path("robaudit-defend"),
@@ -168,7 +169,7 @@ def train_cmd(
     val_size: Annotated[int, typer.Option("--val-size", help="Training images held out to watch PGD accuracy (early stop).")] = 1000,
     reset: Annotated[bool, typer.Option("--reset/--fine-tune", help="Re-initialise the weights, or fine-tune the given ones.")] = False,
     num: Annotated[Optional[int], typer.Option("-n", "--num", help="Train on this many sampled images (default: all).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for sampling, initialisation and perturbations.")] = 0,
+    seed: Annotated[int, typer.Option(max=MAX_SEED, help="Seed for sampling, initialisation and perturbations.")] = 0,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore a checkpoint from an earlier run and start over.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean applied inside the model (not saved in it).")] = None,

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from robaudit.consoles import stderr_console, stdout_console
+from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
 
 detect_app = typer.Typer(
@@ -22,14 +24,14 @@ detect_app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_out = Console()
-_err = Console(stderr=True)
+_out = stdout_console()
+_err = stderr_console()
 
 ModelArg = Annotated[str, typer.Argument(help="Model file (.pt TorchScript, .onnx) or demo:mnist / demo:cifar10.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Inputs: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")]
 CostOpt = Annotated[str, typer.Option("--cost", help="Cost attacks: bim-linf, bim-l2, jsma, boundary (comma-separated).")]
 NumOpt = Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: all).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for sampling, crafting and cost attacks.")]
+SeedOpt = Annotated[int, typer.Option(max=MAX_SEED, help="Seed for sampling, crafting and cost attacks.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Batch size.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 MeanOpt = Annotated[Optional[str], typer.Option(help="Per-channel mean applied inside the model.")]

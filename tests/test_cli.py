@@ -58,14 +58,52 @@ def test_same_seed_same_report(tmp_path):
         (["--norm", "l7"], "unknown norm"),
         (["--param", "pgd.nonsense=3"], "unknown parameter 'nonsense'"),
         (["--param", "pgd-steps"], "ATTACK.NAME=VALUE"),
+        (["--param", "apgd.n_iter=abc"], "--param names apgd, which is not in --attack (fgsm, pgd)"),
+        (["--seed", "100000000000000"], "less than or equal to 2147483647"),
+        (["--out", "{tmp}/r.json/x.json"], "r.json is a file, not a folder"),
     ],
 )
 def test_config_errors_exit_2_with_one_line(args, needle, tmp_path):
+    if "{tmp}/r.json/x.json" in args:
+        (tmp_path / "r.json").write_text("{}")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "-n", "5", "-q",
                         "--out", str(tmp_path / "r.json"), *args)
     assert proc.returncode == 2, proc.stderr
     assert needle in _one_line_error(proc)
-    assert not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "r.json").exists() or (tmp_path / "r.json").read_text() == "{}"
+
+
+def test_errors_stay_one_line_in_a_pipe(tmp_path):
+    """Off a terminal (CI logs) with no COLUMNS, a long message is not wrapped at 80 columns."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "neg.npz"
+    np.savez_compressed(data, x=np.zeros((4, 28, 28, 1), np.uint8), y=np.array([0, 1, -1, 3]))
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "robaudit", "attack", "demo:mnist", "--data", str(data), "-q",
+                           "--out", str(tmp_path / "r.json")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80 and "negative" in lines[0], proc.stderr
+
+
+def test_labels_of_one_class_only_are_fine(tmp_path):
+    """The number of classes comes from the model; a data set of zeros alone is not 'one class'."""
+    from robaudit.data import load_dataset
+
+    mnist = load_dataset(str(DEMO / "mnist_demo.npz"))
+    keep = mnist.y == 0
+    data = tmp_path / "zeros.npz"
+    np.savez_compressed(data, x=mnist.x[keep][:8], y=mnist.y[keep][:8])
+    out = tmp_path / "r.json"
+    proc = robaudit_cli("attack", "demo:mnist", "--data", str(data), "--attack", "fgsm", "--eps", "0.2", "-q",
+                        "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["model"]["classes"] == 10 and report["data"]["n_selected"] == 8
 
 
 def test_missing_and_bad_files_exit_2(tmp_path):

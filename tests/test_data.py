@@ -635,13 +635,18 @@ def test_uint8_scaling_stays_in_unit_range(tmp_path: Path, data: bytes, layout: 
 
 
 @SETTINGS
-@given(total=st.integers(1, 400), n=st.integers(1, 500), seed=st.integers(0, 2**32 - 1))
+@given(total=st.integers(1, 400), n=st.integers(1, 500), seed=st.integers(0, 2**31 - 1))
 def test_select_deterministic_without_duplicates(total: int, n: int, seed: int) -> None:
     d = make_dataset(total)
     a, b = select(d, n, seed), select(d, n, seed)
     np.testing.assert_array_equal(a, b)
     assert len(a) == min(n, total) and len(np.unique(a)) == len(a)
     assert np.all(np.diff(a) > 0) and a.min() >= 0 and a.max() < total and a.dtype == np.int64
+
+
+def test_select_refuses_seeds_beyond_the_documented_range() -> None:
+    with pytest.raises(ConfigError, match="from 0 to 2147483647"):
+        select(make_dataset(4), 2, 2**31)
 
 
 # ----------------------------------------------------------------------------- real data
@@ -656,3 +661,37 @@ def test_real_mnist_t10k() -> None:
     assert abs(float(d.x.mean(dtype=np.float64)) - 0.1325) < 5e-4
     assert d.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert np.bincount(d.y).tolist()[:2] == [980, 1135]
+
+
+def _digit_folders(root: Path, names: list[str]) -> None:
+    """One 4x4 grayscale PNG per class folder, its pixels all equal to the folder's position."""
+    for i, name in enumerate(names):
+        (root / name).mkdir()
+        Image.fromarray(np.full((4, 4), 10 * i, np.uint8), mode="L").save(root / name / "a.png")
+
+
+@pytest.mark.parametrize(
+    ("names", "labels", "class_names"),
+    [
+        (["0", "1", "2", "3", "4", "5", "6", "7", "9"], [0, 1, 2, 3, 4, 5, 6, 7, 9],  # no 8: 9 stays 9
+         ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")),
+        (["7"], [7], tuple(str(i) for i in range(8))),  # one class folder keeps its label
+        (["0", "1", "2", "10", "11"], [0, 1, 2, 10, 11], tuple(str(i) for i in range(12))),  # not text order
+        (["cat", "ant", "dog"], [1, 0, 2], ("ant", "cat", "dog")),  # names: sorted order, as ImageFolder
+        (["1", "dog"], [0, 1], ("1", "dog")),  # mixed: sorted names
+    ],
+)
+def test_folder_labels_come_from_numeric_names(tmp_path: Path, names, labels, class_names) -> None:
+    _digit_folders(tmp_path, names)
+    d = load_dataset(tmp_path)
+    by_pixel = {int(round(float(x.max()) * 255)) // 10: int(y) for x, y in zip(d.x, d.y, strict=True)}
+    assert [by_pixel[i] for i in range(len(names))] == labels
+    assert d.class_names == class_names
+    note = next(n for n in d.notes if n.startswith("labels "))
+    assert ("from the folder names" in note) == all(n.isdigit() for n in names)
+
+
+def test_folder_labels_named_twice_are_refused(tmp_path: Path) -> None:
+    _digit_folders(tmp_path, ["7", "07"])
+    with pytest.raises(DataLoadError, match="name the same label twice"):
+        load_dataset(tmp_path)

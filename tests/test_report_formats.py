@@ -226,3 +226,118 @@ def test_detection_report_is_schema_valid_renders_and_diffs():
     new["detection"][0]["rows"][0]["auroc"] = 0.9
     worse = {(c.cell, c.metric) for c in regressions(diff_reports(report, new), 0.0)}
     assert worse == {("m0/detect/detect/-/none fgsm/bim-linf", "auroc")}
+
+
+def test_partial_report_fails_every_gate(tmp_path):
+    report = _report(copy.deepcopy(ROWS))
+    report["partial"] = True  # an attack run killed after its first cells: the rest may break the gate
+    for expr in ("success_rate <= 0.9", "clean_accuracy >= 0.5", "fgsm l2_mean >= 0"):
+        result = evaluate_gate(parse_gate(expr), report)
+        assert not result.passed and result.value is None and "partial" in result.detail
+    path = tmp_path / "part.json"
+    path.write_text(json.dumps(report))
+    proc = robaudit_cli("report", str(path), "--gate", "success_rate <= 0.9")
+    assert proc.returncode == 1 and "the report is partial" in proc.stderr
+    for fmt in (ReportFormat.markdown, ReportFormat.table, ReportFormat.html):
+        assert "PARTIAL REPORT" in render(report, fmt)
+    assert 'failures="1"' in render(report, ReportFormat.junit)  # without gates too
+    report["partial"] = False
+    assert evaluate_gate(parse_gate("success_rate <= 0.9"), report).passed
+    assert "PARTIAL" not in render(report, ReportFormat.markdown)
+    assert 'failures="0"' in render(report, ReportFormat.junit)
+
+
+def test_robust_accuracy_gate_groups_the_untargeted_cells():
+    report = _report(copy.deepcopy(ROWS))
+    # "fail the build if PGD robust accuracy drops below 40%" on an audit that also ran targeted cells
+    result = evaluate_gate(parse_gate("pgd robust_accuracy >= 0.4"), report)
+    assert result.passed and result.value == pytest.approx(0.98 * 0.6) and result.cell.endswith("pgd/untargeted/none")
+    result = evaluate_gate(parse_gate("robust_accuracy >= 0.7"), report)  # worst untargeted cell: pgd
+    assert not result.passed and result.value == pytest.approx(0.98 * 0.6)
+    result = evaluate_gate(parse_gate("next-class robust_accuracy >= 0.1"), report)
+    assert not result.passed and result.value is None and "untargeted cells only" in result.detail
+
+
+def test_distance_gates_hold_where_the_attack_found_nothing():
+    rows = copy.deepcopy(ROWS)
+    rows.append(_row("cw-l2", "untargeted", 0.0, None))  # a minimisation attack that never succeeded
+    rows[-1]["eps"] = None
+    report = _report(rows)
+    result = evaluate_gate(parse_gate("cw-l2 l2_median >= 1.0"), report)
+    assert result.passed and result.value is None and "no successful example" in result.detail
+    result = evaluate_gate(parse_gate("untargeted l2_median >= 1.6"), report)  # fgsm 1.5 decides
+    assert not result.passed and result.value == 1.5 and "1 cell(s) without a successful example" in result.detail
+    assert evaluate_gate(parse_gate("untargeted l2_median >= 1.4"), report).passed
+
+
+def test_distance_gate_allows_float32_rounding_at_the_budget():
+    report = _report(copy.deepcopy(ROWS))
+    for row in report["results"]:
+        row["linf_max"] = 0.30000004172325134  # float32 eps 0.3, as attacks measure it
+    assert evaluate_gate(parse_gate("linf_max <= 0.3"), report).passed
+    report["results"][0]["linf_max"] = 0.3001
+    result = evaluate_gate(parse_gate("linf_max <= 0.3"), report)
+    assert not result.passed and "linf_max = 0.3001" in result.detail
+    report["results"][0]["linf_max"] = 0.30002
+    result = evaluate_gate(parse_gate("linf_max <= 0.3"), report)  # shown with the digits that fail it
+    assert not result.passed and "linf_max = 0.30002 at" in result.detail
+    assert not evaluate_gate(parse_gate("success_rate <= 0.39999"), report).passed  # rates stay exact
+
+
+def test_diff_compares_like_with_like(tmp_path):
+    old = _report(copy.deepcopy(ROWS))
+    new = _report(copy.deepcopy(ROWS))
+    for row in new["results"]:
+        if row["label"] == "fgsm":
+            row["eps"], row["success_rate"], row["l2_median"] = 0.01, 0.1, 0.2  # a smaller budget
+        if row["label"] == "pgd":
+            row["l2_median"] = 0.5  # fixed eps: distances sit at the budget, not a robustness direction
+    changes = diff_reports(old, new)
+    setup = [c for c in changes if c.metric == "setup"]
+    assert [(c.cell, c.note) for c in setup] == [("m0/attack/fgsm/untargeted/none", "eps 0.1 -> 0.01")]
+    assert not [c for c in changes if c.cell == "m0/attack/fgsm/untargeted/none" and c.metric != "setup"]
+    assert not [c for c in changes if c.metric in ("l2_median", "l2_mean", "linf_median")]
+    assert regressions(changes, 0.0) == []
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(old))
+    new["data"]["sha256"] = "y"
+    b.write_text(json.dumps(new))
+    proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression")
+    assert proc.returncode == 0, proc.stderr
+    assert "different data" in proc.stderr and "changed their attack setup" in proc.stderr
+    assert "| m0/attack/fgsm/untargeted/none | setup | | | eps 0.1 -> 0.01 | changed |" in proc.stdout
+    # a minimisation attack's distances still compare: smaller is worse
+    old["results"][2]["eps"] = new["results"][2]["eps"] = None
+    new["data"]["sha256"] = "x"
+    new["results"][2]["l2_median"] = 1.0
+    worse = {(c.cell, c.metric) for c in regressions(diff_reports(old, new), 0.0)}
+    assert ("m0/attack/pgd/next-class/none", "l2_median") in worse
+
+
+def test_report_refuses_a_malformed_report_and_explains_bad_gates(tmp_path):
+    report = _report(copy.deepcopy(ROWS))
+    report["results"][0]["success_rate"] = "x"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(report))
+    for fmt in ("table", "html"):
+        proc = robaudit_cli("report", str(bad), "--format", fmt)
+        assert proc.returncode == 2 and "is not a valid robaudit report: results/0/success_rate" in proc.stderr
+    report = _report(copy.deepcopy(ROWS))
+    report["schema_version"] = "9.0"
+    bad.write_text(json.dumps(report))
+    proc = robaudit_cli("report", str(bad))
+    assert proc.returncode == 2 and "schema_version" in proc.stderr
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_report(copy.deepcopy(ROWS))))
+    proc = robaudit_cli("report", str(good), "--gate", "pgd success_rate == 1")
+    assert proc.returncode == 2 and "cannot parse gate 'pgd success_rate == 1'" in proc.stderr
+    proc = robaudit_cli("report", str(good), "--gate", "")
+    assert proc.returncode == 2 and "a gate must be a non-empty string" in proc.stderr
+
+
+def test_tables_name_cells_by_their_profile_label():
+    rows = copy.deepcopy(ROWS)
+    rows.append(_row("fgsm-b", "untargeted", 0.5, 2.0, attack="fgsm"))
+    report = _report(rows)
+    for fmt in (ReportFormat.markdown, ReportFormat.table, ReportFormat.html):
+        assert "fgsm-b (fgsm)" in render(report, fmt)

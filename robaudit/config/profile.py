@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
@@ -167,8 +168,8 @@ class Profile:
                 raise ConfigError(f"-n must be >= 1, got {samples}")
             changes["samples"] = samples
         if seed is not None:
-            if seed < 0:
-                raise ConfigError(f"--seed must be >= 0, got {seed}")
+            if not 0 <= seed <= MAX_SEED:
+                raise ConfigError(f"--seed must be from 0 to {MAX_SEED}, got {seed}")
             changes["seed"] = seed
         if batch_size is not None:
             if batch_size < 1:
@@ -299,7 +300,7 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
     description = raw.get("description", "") or ""
     if not isinstance(description, str):
         raise ctx.fail("description", "must be a string")
-    seed = _int(ctx, "seed", raw.get("seed", 0), 0, 2**31 - 1)
+    seed = _int(ctx, "seed", raw.get("seed", 0), 0, MAX_SEED)
     samples = _int(ctx, "samples", raw.get("samples", 100), 1, allow_none=True)
     batch_size = _int(ctx, "batch_size", raw.get("batch_size", 64), 1, 65536)
     examples = _int(ctx, "examples", raw.get("examples", 4), 0, MAX_EXAMPLES)

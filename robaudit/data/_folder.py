@@ -92,12 +92,30 @@ def _decode(im: Image.Image, channels: int, counts: _Counts) -> np.ndarray:
     return out
 
 
+def class_labels(names: list[str]) -> tuple[list[int], tuple[str, ...], str]:
+    """Labels of class folders named ``names``, the class names by label, and a note saying how.
+
+    Folders all named by a non-negative integer (``0`` .. ``9``, ``007``) carry their label in the
+    name, so a missing class or an eleventh one (``10`` sorts before ``2`` as text) cannot shift the
+    others. Any other names are numbered in sorted order, as torchvision's ``ImageFolder`` does."""
+    if names and all(n.isascii() and n.isdigit() for n in names):
+        labels = [int(n) for n in names]
+        if len(set(labels)) != len(labels):
+            raise DataLoadError(f"class folders {', '.join(names)} name the same label twice (e.g. 7 and 07)")
+        by_label = dict(zip(labels, names, strict=True))
+        return labels, tuple(by_label.get(i, str(i)) for i in range(max(labels) + 1)), "labels from the folder names"
+    order = sorted(names)
+    shown = ", ".join(f"{n}={i}" for i, n in enumerate(order[:12])) + (", ..." if len(order) > 12 else "")
+    return [order.index(n) for n in names], tuple(order), f"labels by sorted folder name: {shown}"
+
+
 def load_folder(root: Path, opts: Options) -> Raw:
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    labels, class_names, label_note = class_labels([d.name for d in class_dirs])
     files: list[tuple[Path, int]] = []
     ignored = 0
     empty: list[str] = []
-    for label, d in enumerate(class_dirs):
+    for label, d in zip(labels, class_dirs, strict=True):
         n_before = len(files)
         for f in sorted(d.iterdir()):
             if f.name.startswith("."):
@@ -164,7 +182,7 @@ def load_folder(root: Path, opts: Options) -> Raw:
         _check_corrupt(root, len(files), corrupt)
     if not keep.all():
         x, y = x[keep], y[keep]
-    notes = []
+    notes = [label_note]
     if counts.eight_bit:
         notes.append("scaled 8-bit pixels to [0,1]")
     if counts.sixteen_bit:
@@ -183,7 +201,7 @@ def load_folder(root: Path, opts: Options) -> Raw:
         notes.append(f"class folders without images: {', '.join(empty)}")
     return Raw(
         x=x, y=y, sha256=manifest_sha256(entries), layout_in=Layout.NHWC, x_layout=Layout.NCHW,
-        x_unit=True, notes=notes, class_names=tuple(d.name for d in class_dirs),
+        x_unit=True, notes=notes, class_names=class_names,
     )  # fmt: skip
 
 

@@ -10,6 +10,10 @@ from robaudit.data.interface import Dataset
 from robaudit.errors import ConfigError, DataLoadError
 
 
+MAX_SEED = 2**31 - 1
+"""Largest seed (profiles, ``--seed``): derived per-batch and per-cell seeds must fit torch's int64."""
+
+
 def select(dataset: Dataset, n: int | None, seed: int) -> np.ndarray:
     """Sorted int64 indices of ``n`` distinct samples drawn with ``default_rng(seed)``.
 
@@ -19,8 +23,8 @@ def select(dataset: Dataset, n: int | None, seed: int) -> np.ndarray:
     total = len(dataset)
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
         raise ConfigError(f"the number of samples must be a positive integer, got {n!r}; pass e.g. -n 100")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"the seed must be a non-negative integer, got {seed!r}; pass e.g. --seed 0")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"the seed must be an integer from 0 to {MAX_SEED}, got {seed!r}; pass e.g. --seed 0")
     if n is None or n >= total:
         return np.arange(total, dtype=np.int64)
     rng = np.random.default_rng(int(seed))

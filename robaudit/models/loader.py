@@ -119,8 +119,8 @@ def _check_options(
     if data_shape is not None:
         if len(data_shape) != 3 or not all(isinstance(v, int) and v > 0 for v in data_shape):
             raise ConfigError(f"data shape {data_shape} is invalid; expected (channels, height, width)")
-    if num_classes_hint is not None and num_classes_hint < 2:
-        raise ConfigError(f"number of classes {num_classes_hint} is invalid; it must be at least 2")
+    if num_classes_hint is not None and num_classes_hint < 1:  # the largest label + 1 (all-0 labels: 1)
+        raise ConfigError(f"largest label + 1 = {num_classes_hint} is invalid; labels start at 0")
 
 
 def _normalizer(

@@ -2,8 +2,13 @@
 
 Cells are matched by ``cell_id`` when both reports have one, else by (attack label, target,
 defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
-distances of successful examples; detection rows (matched by cell id, attack and score) compare
-their AUROC (higher is better).
+distances of successful examples of minimisation attacks (a fixed-eps attack's distances sit at its
+budget, so they say nothing about robustness and are not compared); detection rows (matched by cell
+id, attack and score) compare their AUROC (higher is better).
+
+A matched cell whose attack setup changed (backend, norm, eps or parameters) is not compared at all:
+its numbers measure a different attack. It is listed with the verdict ``changed`` and never counts
+as a regression; :func:`diff_warnings` also says when the two reports ran on different data.
 """
 
 from __future__ import annotations
@@ -18,19 +23,29 @@ DIFF_METRICS: tuple[tuple[str, int], ...] = (
 """(metric, direction): +1 when a larger value is more robust, -1 when a smaller one is."""
 
 
+SETUP_KEYS = ("attack", "backend", "norm", "eps", "params")
+"""Row keys that define the attack a cell ran: cells that differ in any of them are not compared."""
+DISTANCES = ("l2_median", "l2_mean", "linf_median")
+
+
 @dataclass(frozen=True)
 class Change:
     cell: str
     metric: str
+    """A metric of :data:`DIFF_METRICS`, ``clean_accuracy``, or ``setup`` (the attack setup changed)."""
     old: float | None
     new: float | None
+    note: str = ""
+    """For ``setup``: what changed, e.g. ``eps 0.3 -> 0.01``."""
 
     @property
     def delta(self) -> float | None:
         return None if self.old is None or self.new is None else self.new - self.old
 
     def verdict(self, tolerance: float) -> str:
-        """``better``, ``worse``, ``same``, ``new``, ``gone`` or ``n/a``."""
+        """``better``, ``worse``, ``same``, ``new``, ``gone``, ``changed`` (setup) or ``n/a``."""
+        if self.metric == "setup":
+            return "changed"
         if self.old is None and self.new is None:
             return "n/a"
         if self.old is None:
@@ -58,8 +73,15 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
                       new.get("data", {}).get("clean_accuracy"))]
     for key in list(dict.fromkeys([*old_rows, *new_rows])):
         o, n = old_rows.get(key), new_rows.get(key)
+        if o is not None and n is not None:
+            changed = [f"{k} {_setup_value(o.get(k))} -> {_setup_value(n.get(k))}" for k in SETUP_KEYS
+                       if o.get(k) != n.get(k)]
+            if changed:
+                changes.append(Change(key, "setup", None, None, "; ".join(changed)))
+                continue
+        fixed_eps = any(r is not None and r.get("eps") is not None for r in (o, n))
         for metric, _ in DIFF_METRICS:
-            if metric == "auroc":
+            if metric == "auroc" or (fixed_eps and metric in DISTANCES):
                 continue
             ov = row_metric(old, o, metric) if o is not None and o.get("status") == "ok" else None
             nv = row_metric(new, n, metric) if n is not None and n.get("status") == "ok" else None
@@ -76,6 +98,23 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     return changes
 
 
+def _setup_value(v: Any) -> str:
+    return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+
+def diff_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What makes the two reports less comparable than their cells say: different data or seed."""
+    out = []
+    od, nd = old.get("data", {}), new.get("data", {})
+    if od.get("sha256") != nd.get("sha256"):
+        out.append(f"the reports ran on different data ({od.get('path')} sha256 {str(od.get('sha256'))[:12]} vs "
+                   f"{nd.get('path')} sha256 {str(nd.get('sha256'))[:12]})")
+    elif od.get("n_selected") != nd.get("n_selected") or old.get("seed") != new.get("seed"):
+        out.append(f"the reports sampled different inputs (n {od.get('n_selected')} seed {old.get('seed')} vs "
+                   f"n {nd.get('n_selected')} seed {new.get('seed')})")
+    return out
+
+
 def _verdict(c: Change, tolerance: float) -> str:
     if c.metric == "clean_accuracy":
         if c.old is None or c.new is None:
@@ -89,24 +128,32 @@ def regressions(changes: list[Change], tolerance: float) -> list[Change]:
     return [c for c in changes if _verdict(c, tolerance) in ("worse", "gone")]
 
 
-def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_name: str) -> str:
+def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_name: str,
+                  warnings: list[str] | None = None) -> str:
     worse = regressions(changes, tolerance)
     better = [c for c in changes if _verdict(c, tolerance) == "better"]
+    setup = [c for c in changes if c.metric == "setup"]
     lines = [f"### robaudit diff: `{old_name}` -> `{new_name}`", "",
-             f"{len(better)} better, {len(worse)} worse (tolerance {tolerance:g}).", "",
-             "| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
+             f"{len(better)} better, {len(worse)} worse (tolerance {tolerance:g})"
+             + (f"; {len(setup)} cells not compared because their attack setup changed." if setup else "."), ""]
+    lines += [f"> warning: {w}" for w in warnings or []] + ([""] if warnings else [])
+    lines += ["| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
+    head = len(lines)
     for c in changes:
         v = _verdict(c, tolerance)
         if v == "same" or v == "n/a":
             continue
+        if c.metric == "setup":
+            lines.append(f"| {c.cell} | setup | | | {c.note.replace('|', '/')} | {v} |")
+            continue
         fmt = (lambda x: "-" if x is None else f"{x:.4g}")
         delta = "-" if c.delta is None else f"{c.delta:+.4g}"
         lines.append(f"| {c.cell} | {c.metric} | {fmt(c.old)} | {fmt(c.new)} | {delta} | {v} |")
-    if len(lines) == 6:
+    if len(lines) == head:
         lines.append("| (no change) | | | | | |")
     return "\n".join(lines) + "\n"
 
 
 def diff_dict(changes: list[Change], tolerance: float) -> list[dict[str, Any]]:
     return [{"cell": c.cell, "metric": c.metric, "old": c.old, "new": c.new, "delta": c.delta,
-             "verdict": _verdict(c, tolerance)} for c in changes]
+             "verdict": _verdict(c, tolerance), **({"note": c.note} if c.note else {})} for c in changes]

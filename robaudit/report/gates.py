@@ -23,6 +23,12 @@ address the (crafting attack, score) rows of detection cells::
 The word ``detect`` is optional; other selectors are crafting-attack labels or names and score
 names (cost attacks, ``squeeze``, ``COST+squeeze``). Rows without adversarial examples (the attack
 never succeeded) are left out of groups.
+
+Groups and missing values: ``robust_accuracy`` is defined on untargeted cells, so a group is decided
+by its untargeted cells (``pgd robust_accuracy >= 0.4`` on an audit with targeted cells too); a
+distance over successful examples has no value in a cell whose attack found none, and that cell
+holds (there is no example to break the bound). Distance thresholds allow float32 rounding
+(:data:`DISTANCE_TOLERANCE`). A partial report fails every gate.
 """
 
 from __future__ import annotations
@@ -212,16 +218,41 @@ def _cell_name(row: dict[str, Any]) -> str:
     return str(row.get("cell_id") or f"{row.get('label', row.get('attack'))}/{row.get('target')}/{_defence_key(row)}")
 
 
+DISTANCE_TOLERANCE = 1e-6
+"""Relative slack of gates on distances (``x <= t`` holds up to ``t * (1 + tol) + tol``, ``x >= t`` down to
+``t * (1 - tol) - tol``): attacks compute in float32, so an example on its eps-ball's surface measures
+0.30000004 for eps 0.3; the engine's own bound check uses the same slack."""
+
+
+def _holds(gate: Gate, value: float) -> bool:
+    if gate.metric in ROW_METRICS and gate.metric not in ("success_rate", "robust_accuracy"):
+        slack = DISTANCE_TOLERANCE * (abs(gate.threshold) + 1.0)
+        return gate.holds(value - slack) if gate.op in ("<=", "<") else gate.holds(value + slack)
+    return gate.holds(value)
+
+
+def _show(value: float, gate: Gate) -> str:
+    """``value`` with enough digits that a failure at the threshold does not read as equal to it."""
+    text = f"{value:.4g}"
+    return repr(float(value)) if float(text) == gate.threshold != value else text
+
+
 def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
-    """Evaluate one gate on a report. A selector that matches no cell is a :class:`ConfigError`."""
+    """Evaluate one gate on a report. A selector that matches no cell is a :class:`ConfigError`.
+
+    A partial report (a run that was interrupted before every cell finished) fails every gate:
+    the cells that would decide it may be the ones missing."""
     thr = f"{gate.op} {gate.threshold:g}"
+    if report.get("partial"):
+        return GateResult(gate, False, None, None, "the report is partial (its run was interrupted before every "
+                                                   f"cell finished); finish the run to gate it (needs {thr})")
     if gate.metric in REPORT_METRICS:
         value = report.get("data", {}).get(gate.metric)
         if value is None:
             return GateResult(gate, False, None, None, f"{gate.metric}: no value in the report (needs {thr})")
         value = float(value)
         ok = gate.holds(value)
-        return GateResult(gate, ok, value, None, f"{gate.metric} = {value:.4g} (needs {thr})")
+        return GateResult(gate, ok, value, None, f"{gate.metric} = {_show(value, gate)} (needs {thr})")
     if gate.metric in DETECT_METRICS:
         return _evaluate_detect_gate(gate, report, thr)
     rows = report.get("results", [])
@@ -235,18 +266,34 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
     if not ran:
         reasons = "; ".join(f"{_cell_name(r)}: {r.get('status')} ({r.get('reason')})" for r in matched[:3])
         return GateResult(gate, False, None, None, f"{gate.metric}: no cell ran ({reasons}) (needs {thr})")
+    if gate.metric == "robust_accuracy":  # defined on untargeted cells only: a group means its untargeted cells
+        untargeted = [r for r in ran if r.get("target") == "untargeted"]
+        if not untargeted:
+            return GateResult(gate, False, None, _cell_name(ran[0]),
+                              f"robust_accuracy is defined on untargeted cells only, and none ran among the "
+                              f"{len(ran)} selected (needs {thr})")
+        ran = untargeted
     values = [(row_metric(report, r, gate.metric), r) for r in ran]
     missing = [r for v, r in values if v is None]
     present = [(v, r) for v, r in values if v is not None]
-    if missing:
-        why = "no successful example" if gate.metric.endswith(("_mean", "_median", "_max")) else "not defined"
+    if missing and gate.metric.endswith(("_mean", "_median", "_max")):
+        # distances over successful examples: a cell whose attack found none has no distance to break
+        # either bound (its minimal distortion is beyond the attack's reach); it holds and is named
+        if not present:
+            return GateResult(gate, True, None, _cell_name(missing[0]),
+                              f"{gate.metric}: no successful example in {len(missing)} cell(s), e.g. "
+                              f"{_cell_name(missing[0])}, so no distance to test (needs {thr})")
+    elif missing:
         return GateResult(gate, False, None, _cell_name(missing[0]),
-                          f"{gate.metric} has no value for {_cell_name(missing[0])} ({why}) (needs {thr})")
+                          f"{gate.metric} has no value for {_cell_name(missing[0])} (not defined) (needs {thr})")
     worst = gate.worst([v for v, _ in present])  # type: ignore[misc]
     cell = next(r for v, r in present if v == worst)
-    ok = gate.holds(worst)
+    ok = _holds(gate, worst)
     where = _cell_name(cell) + (f" (worst of {len(present)} cells)" if len(present) > 1 else "")
-    return GateResult(gate, ok, worst, _cell_name(cell), f"{gate.metric} = {worst:.4g} at {where} (needs {thr})")
+    if missing:
+        where += f"; {len(missing)} cell(s) without a successful example"
+    return GateResult(gate, ok, worst, _cell_name(cell),
+                      f"{gate.metric} = {_show(worst, gate)} at {where} (needs {thr})")
 
 
 def _evaluate_detect_gate(gate: Gate, report: dict[str, Any], thr: str) -> GateResult:
@@ -272,7 +319,7 @@ def _evaluate_detect_gate(gate: Gate, report: dict[str, Any], thr: str) -> GateR
     row = next(r for v, r in present if v == worst)
     where = _cell_name(row) + (f" (worst of {len(present)} rows)" if len(present) > 1 else "")
     return GateResult(gate, gate.holds(worst), worst, _cell_name(row),
-                      f"{gate.metric} = {worst:.4g} at {where} (needs {thr})")
+                      f"{gate.metric} = {_show(worst, gate)} at {where} (needs {thr})")
 
 
 def evaluate_gates(gates: list[Gate], report: dict[str, Any]) -> list[GateResult]:

@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from robaudit.report.clever_render import clever_html
-from robaudit.report.render import COLUMNS, _cells, _defence_cells, stack_label
+from robaudit.report.render import COLUMNS, _cells, _defence_cells, report_warnings, stack_label
 from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
@@ -72,9 +72,6 @@ def results_html_table(report: dict[str, Any]) -> str:
     for row in report.get("results", []):
         cells = _cells(row)
         stack = escape(stack_label(row.get("defences") or [], row.get("threat_model")))
-        label = row.get("label")
-        if label and label != row.get("attack"):
-            cells[0] = f"{label} ({row.get('attack')})"
         if row.get("status") != "ok":
             lines.append(f'<tr class="dim"><td class="l">{stack}</td>'
                          + "".join(f'<td class="l">{escape(c)}</td>' for c in cells[:3])
@@ -168,7 +165,7 @@ def report_html(report: dict[str, Any]) -> str:
                + (f" Model runtime: {escape(str(model['runtime']))}." if model.get("runtime") else ""))
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
              f"<style>{_CSS}</style></head><body><h1>{escape(title)}</h1><p>{summary}</p>"]
-    for w in report.get("warnings", []):
+    for w in report_warnings(report):
         parts.append(f'<div class="warn">warning: {escape(w)}</div>')
     parts.append(gates_html(report))
     svgs = charts(report)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from robaudit.report.render import PARTIAL_WARNING
+
 
 def report_junit(report: dict[str, Any], gate_results: list[dict[str, Any]] | None = None) -> str:
     """JUnit XML for the gates of ``report`` (``gate_results`` overrides ``report['gates']``).
@@ -28,6 +30,10 @@ def report_junit(report: dict[str, Any], gate_results: list[dict[str, Any]] | No
             else:
                 ET.SubElement(case, "system-out").text = g.get("detail") or value
     else:
+        if report.get("partial"):
+            failures += 1
+            case = ET.SubElement(suite, "testcase", classname=f"robaudit.results.{model}", name="complete report")
+            ET.SubElement(case, "failure", message=PARTIAL_WARNING, type="PartialReport")
         for row in report.get("results", []):
             name = row.get("cell_id") or f"{row.get('attack')}/{row.get('target')}"
             case = ET.SubElement(suite, "testcase", classname=f"robaudit.results.{model}", name=str(name))

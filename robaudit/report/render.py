@@ -32,6 +32,9 @@ def fmt(key: str, value: Any) -> str:
 
 
 def _derived(row: dict[str, Any], key: str) -> Any:
+    if key == "attack":  # a profile's label (fgsm-b: {attack: fgsm}) names the cell, as gates do
+        label, name = row.get("label"), row.get("attack")
+        return f"{label} ({name})" if label and label != name else name
     if key == "budget":
         eps = row.get("eps")
         return f"{row.get('norm')}<={eps:.3g}" if eps is not None else f"min {row.get('norm')}"
@@ -48,6 +51,15 @@ def stack_label(stack: list[str], threat: str | None = None) -> str:
     if not stack:
         return "none"
     return "+".join(stack) + (f" ({threat})" if threat and threat != "none" else "")
+
+
+PARTIAL_WARNING = ("PARTIAL REPORT: its run was interrupted before every cell finished; the missing cells may be "
+                   "the ones that matter, and every gate fails on it")
+
+
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """The report's warnings for display, led by :data:`PARTIAL_WARNING` when it is partial."""
+    return ([PARTIAL_WARNING] if report.get("partial") else []) + [str(w) for w in report.get("warnings", [])]
 
 
 def has_defences(report: dict[str, Any]) -> bool:
@@ -146,7 +158,7 @@ def results_markdown(report: dict[str, Any]) -> str:
     clever = clever_markdown(report)  # the clever section (robaudit clever, audit CLEVER cells), if any
     if clever:
         lines.append(clever.rstrip("\n"))
-    for w in report.get("warnings", []):
+    for w in report_warnings(report):
         lines.append(f"\n> warning: {w}")
     return "\n".join(lines) + "\n"
 

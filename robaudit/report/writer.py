@@ -62,6 +62,9 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     if target.is_dir():
         raise InputError(f"cannot write {target}: it is a folder; give a file name for --out")
     folder = target.parent if str(target.parent) else Path(".")
+    blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"cannot write {target}: {blocker} is a file, not a folder; choose another --out path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
@@ -91,8 +94,16 @@ def read_json_file(path: str | os.PathLike[str], what: str, error: type[Exceptio
 
 
 def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The report in ``path``, validated against the published schema (a report edited by hand or
+    by another tool into a wrong shape is refused with the first violation, exit 2)."""
+    from robaudit.report.schema import validation_errors
+
     p = Path(path)
     report = read_json_file(p, "report")
     if not isinstance(report, dict) or "schema_version" not in report or "results" not in report:
         raise DataLoadError(f"{p} is not a robaudit report (no schema_version/results)")
+    errors = validation_errors(report)
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise DataLoadError(f"{p} is not a valid robaudit report: {errors[0]}{more}")
     return report
