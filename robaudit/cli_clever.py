@@ -65,8 +65,8 @@ def parse_radius(value: str | None) -> dict[Any, float]:
             r = float(num if sep else key)
         except ValueError:
             raise ConfigError(f"--radius expects R or NORM=R[,NORM=R] (e.g. l2=2,linf=0.1), got {value!r}") from None
-        if not r > 0:
-            raise ConfigError(f"--radius must be > 0, got {r:g}")
+        if not 0 < r < float("inf"):
+            raise ConfigError(f"--radius must be finite and > 0, got {r:g}")
         if sep:
             out[CleverNorm.parse(key)] = r
         else:

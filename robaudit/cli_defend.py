@@ -131,6 +131,12 @@ def eval_cmd(
     execute_audit((model,), inputs, prof, out, resume, gate, fmt, quiet, workers)
 
 
+def _val_text(rec: Any, pgd: str) -> str:
+    if rec.val_clean_accuracy is None:
+        return "no validation (--val-size 0)"
+    return f"val clean {100 * rec.val_clean_accuracy:.1f}%, {pgd} {100 * rec.val_pgd_accuracy:.1f}%"
+
+
 class _TrainProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
@@ -147,8 +153,7 @@ class _TrainProgress:
     def epoch_finished(self, rec: Any) -> None:
         self.progress.console.print(
             f"epoch {rec.epoch}: loss {rec.train_loss:.3f}, FGSM train acc {100 * rec.train_adv_accuracy:.1f}%, "
-            f"val clean {100 * rec.val_clean_accuracy:.1f}%, val PGD {100 * rec.val_pgd_accuracy:.1f}% "
-            f"({rec.seconds:.0f} s)", highlight=False)
+            f"{_val_text(rec, 'val PGD')} ({rec.seconds:.0f} s)", highlight=False)
 
     def warn(self, text: str) -> None:
         self.progress.console.print(f"warning: {text}", markup=False, highlight=False)
@@ -176,6 +181,8 @@ def train_cmd(
     std: Annotated[Optional[str], typer.Option(help="Per-channel std applied inside the model (not saved in it).")] = None,
     clip: Annotated[str, typer.Option(help="Valid input range lo,hi of the model's pixel space.")] = "0,1",
     layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC when the data layout is ambiguous.")] = None,
+    x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
+    y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """"Fast is better than free" adversarial training (FGSM + random start, cyclic LR, PGD early stop)."""
@@ -197,7 +204,7 @@ def train_cmd(
     check_writable(out)
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
-    opts = input_options(data, device, mean, std, clip, layout, None, None)
+    opts = input_options(data, device, mean, std, clip, layout, x_key, y_key)
     import dataclasses
 
     seed_everything(seed)
@@ -221,8 +228,7 @@ def train_cmd(
     write_json_atomic(out.with_name(out.name + ".json"), summary)
     best = next((h for h in result.history if h.epoch == result.best_epoch), None)
     if best is not None:
-        _err.print(f"wrote {out} (epoch {best.epoch}: val clean {100 * (best.val_clean_accuracy or 0):.1f}%, "
-                   f"val PGD-{cfg.val_pgd_steps} {100 * (best.val_pgd_accuracy or 0):.1f}% at eps {eps:g}); "
-                   f"training log {out.name}.json", highlight=False)
+        _err.print(f"wrote {out} (epoch {best.epoch}: {_val_text(best, f'val PGD-{cfg.val_pgd_steps}')} at eps "
+                   f"{eps:g}); training log {out.name}.json", highlight=False)
     if not quiet:
         typer.echo(json.dumps({k: summary[k] for k in ("out", "best_epoch", "stopped_early")}))

@@ -40,15 +40,21 @@ ClipOpt = Annotated[str, typer.Option(help="Valid input range lo,hi.")]
 MaxIterOpt = Annotated[Optional[int], typer.Option("--max-iter", help="Cap of every cost attack (default: 500 BIM, 100 JSMA, 200 boundary).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the path of the written file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON report instead of a table.")]
+XKeyOpt = Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")]
+YKeyOpt = Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")]
 
 
 def _common(model: str, data: str, cost: str, num: int | None, seed: int, batch_size: int, device: str,
-            mean: str | None, std: str | None, clip: str, max_iter: int | None) -> Any:
+            mean: str | None, std: str | None, clip: str, max_iter: int | None, x_key: str | None = None,
+            y_key: str | None = None, labels_optional: bool = False) -> Any:
+    import dataclasses
+
     from robaudit.cli_audit import input_options
     from robaudit.detect.interface import CostName
     from robaudit.engine.detect_job import DetectCommon
 
-    inputs = input_options(data, device, mean, std, clip, None, None, None, model)
+    inputs = dataclasses.replace(input_options(data, device, mean, std, clip, None, x_key, y_key, model),
+                                 labels_optional=labels_optional)
     return DetectCommon(inputs=inputs, n=num, seed=seed, batch_size=batch_size,
                         costs=tuple(CostName.parse_list(cost)), max_iter=max_iter)
 
@@ -70,6 +76,7 @@ def fit_cmd(
     squeeze: Annotated[bool, typer.Option("--squeeze", help="Add the feature-squeezing detector to an ensemble.")] = False,
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
+    x_key: XKeyOpt = None, y_key: YKeyOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the detector (JSON).")] = Path("detector.json"),
     quiet: QuietOpt = False,
 ) -> None:
@@ -78,7 +85,7 @@ def fit_cmd(
     from robaudit.detect.interface import DetectorKind
     from robaudit.engine.detect_job import FitJob, run_fit_job
 
-    common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter)
+    common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter, x_key, y_key)
     kind = DetectorKind.parse(detector)
     if adversarial and attack:
         raise ConfigError("pass either --adversarial or --attack, not both")
@@ -109,6 +116,7 @@ def score_cmd(
     detector: Annotated[Path, typer.Option("--detector", help="Detector file written by `detect fit`.")] = Path("detector.json"),
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1",
+    x_key: XKeyOpt = None, y_key: YKeyOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect-score.json"),
     json_out: JsonOpt = False,
 ) -> None:
@@ -116,7 +124,8 @@ def score_cmd(
     from robaudit.engine.detect_job import ScoreJob, run_score_job
     from robaudit.report.writer import write_json_atomic
 
-    common = _common(model, data, "bim-linf", num, seed, batch_size, device, mean, std, clip, None)
+    common = _common(model, data, "bim-linf", num, seed, batch_size, device, mean, std, clip, None, x_key, y_key,
+                     labels_optional=True)  # scoring reads images only: unlabelled inputs are fine
     report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
     path = write_json_atomic(out, report)
     if json_out:
@@ -151,6 +160,7 @@ def eval_cmd(
     fpr: Annotated[float, typer.Option(help="Target false-positive rate of fitted thresholds.")] = 0.05,
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
+    x_key: XKeyOpt = None, y_key: YKeyOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect.json"),
     json_out: JsonOpt = False,
 ) -> None:
@@ -159,7 +169,7 @@ def eval_cmd(
     from robaudit.engine.detect_job import EvalJob, run_eval_job
     from robaudit.report.writer import write_json_atomic
 
-    common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter)
+    common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter, x_key, y_key)
     job = EvalJob(common=common, attacks=tuple(parse_attack_names(attack)), craft_mode=craft_mode, fpr=fpr,
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
     with _err.status("evaluating", spinner="dots"):

@@ -222,6 +222,23 @@ def test_same_seed_same_scores_whatever_the_grouping(demo):
     assert not np.allclose(_scores(_run(demo, seed=1)), _scores(a))
 
 
+def test_clean_margins_behind_a_randomised_stack_agree_across_norms(demo):
+    """Behind TVM, g(x0) is judged on one seeded draw: the same in every norm (it was a fresh draw
+    per norm, so an input could be correct in the L2 row and misclassified in the Linf row)."""
+    from robaudit.defences import defend_model
+
+    model, ev = demo
+    defended = defend_model(model, "tvm")
+    margins = {}
+    for norm, radius in ((CleverNorm.L2, 2.0), (CleverNorm.LINF, 0.1), (CleverNorm.L1, 10.0)):
+        defended.stack.reseed(norm.value.__hash__() % 1000)  # whatever ran before must not matter
+        run = estimate(defended, ev.x[:4], ev.y[:4], [[j for j in range(10) if j != int(c)][:2] for c in ev.y[:4]],
+                       [int(i) for i in ev.indices[:4]], norm, radius,
+                       CleverParams(nb_batches=2, batch_size=4), seed=3, clip=model.clip)
+        margins[norm] = [[c.g0 for c in e.classes] for e in run.inputs]
+    assert margins[CleverNorm.L2] == margins[CleverNorm.LINF] == margins[CleverNorm.L1]
+
+
 def test_scores_never_exceed_the_radius(demo):
     for norm, radius in ((CleverNorm.L2, 0.05), (CleverNorm.LINF, 0.002)):
         run = _run(demo, norm=norm, radius=radius)
@@ -374,7 +391,7 @@ def test_norm_and_radius_parsing():
     assert CleverNorm.parse_list("linf, 2") == [CleverNorm.LINF, CleverNorm.L2]
     assert parse_radius("3") == {n: 3.0 for n in CleverNorm}
     assert parse_radius("l2=2,inf=0.1") == {CleverNorm.L2: 2.0, CleverNorm.LINF: 0.1}
-    for bad in ("-1", "l2=x", "l5=1"):
+    for bad in ("-1", "l2=x", "l5=1", "inf", "l2=nan"):
         with pytest.raises(ConfigError):
             parse_radius(bad)
     with pytest.raises(ConfigError, match="unknown CLEVER norm"):

@@ -435,6 +435,8 @@ def test_parse_stacks_undefended_first_in_order() -> None:
     assert parse_stacks("ss,jpeg;tvm") == [(), ("ss", "jpeg"), ("tvm",)]
     assert parse_stacks(["jpeg", "none", "ss+tvm"]) == [(), ("jpeg",), ("ss", "tvm")]
     assert parse_stacks(["tvm", "all-combinations"])[:2] == [(), ("tvm",)]
+    # all-combinations does not make a stack named beside it a duplicate, in either order or within ;
+    assert len(parse_stacks(["all-combinations", "ss"])) == len(parse_stacks("all-combinations;ss")) == 8
     with pytest.raises(ConfigError, match="stack ss\\+jpeg twice"):
         parse_stacks(["ss,jpeg", "ss+jpeg"])
     with pytest.raises(ConfigError, match="unknown defence"):
@@ -677,3 +679,23 @@ def test_clean_accuracy_floor(stack: tuple[str, ...], mnist_model, mnist) -> Non
     dm = defend_model(mnist_model, stack)
     acc = (dm.predict(x, batch_size=200).argmax(1) == y).float().mean().item()
     assert acc >= ACCURACY_FLOORS[stack], f"{'+'.join(stack) or 'none'}: {acc:.3f}"
+
+
+def test_judging_replays_the_same_draws_on_clean_and_adversarial_inputs(mnist_model, mnist) -> None:
+    """Behind TVM an unperturbed 'example' must never count as a success: the clean input and its
+    example are judged on the same masks, and an input the judging draw gets wrong earns nothing."""
+    from robaudit.attacks.base import Criterion
+    from robaudit.engine.cells import judge_on_shared_draws
+
+    x, y = mnist
+    dm = defend_model(mnist_model, "tvm")
+    dm.stack.reseed(5)
+    keep = dm.predict(x, batch_size=64).argmax(1) == y  # an evaluation set chosen on other draws
+    x, y = x[keep], y[keep]
+    logits, clean_ok = judge_on_shared_draws(dm, x, x.clone(), y, seed=11, batch_size=64)
+    assert (~clean_ok).sum() >= 3  # TVM's dropout misclassifies some of them on the judging draw
+    naive = Criterion(y, None).is_adversarial(logits)
+    assert torch.equal(naive, ~clean_ok)  # same masks: the "example" fails exactly where the clean does
+    assert not (naive & clean_ok).any()  # and the engine credits none of them
+    again, ok2 = judge_on_shared_draws(dm, x, x.clone(), y, seed=11, batch_size=64)
+    assert torch.equal(again, logits) and torch.equal(ok2, clean_ok)  # seeded

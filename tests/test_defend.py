@@ -61,7 +61,8 @@ def test_cyclic_lr_is_triangular() -> None:
     assert all(a >= b for a, b in zip(lrs[40:], lrs[41:]))
 
 
-@pytest.mark.parametrize("kw, msg", [({"eps": 0.0}, "--eps must be > 0"), ({"eps": 0.3, "epochs": 0}, "--epochs"),
+@pytest.mark.parametrize("kw, msg", [({"eps": 0.0}, "--eps must be finite and > 0"),
+                                     ({"eps": float("inf")}, "--eps must be finite"), ({"eps": 0.3, "epochs": 0}, "--epochs"),
                                      ({"eps": 0.3, "optimizer": "rmsprop"}, "adam or sgd")])
 def test_config_refuses_bad_values(kw: dict[str, object], msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
@@ -99,6 +100,7 @@ def test_training_improves_robustness_writes_a_loadable_model_and_resumes_exactl
     with pytest.raises(KeyboardInterrupt):
         train_fast_at(model, x, y, cfg, out, _StopAfter(2))
     assert (tmp_path / "adv.pt.ckpt").exists() and not out.exists()
+    model, _, _ = _demo(1)  # a rerun of the command loads the model file afresh
     resumed = train_fast_at(model, x, y, cfg, out)
     assert resumed.resumed_from == 2 and [h.epoch for h in resumed.history] == [1, 2, 3, 4]
 
@@ -124,6 +126,39 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
         train_fast_at(model, x, y, FastAtConfig(eps=0.2, epochs=1, batch_size=100, val_size=50, val_pgd_steps=2), out)
 
 
+def test_checkpoint_of_another_model_or_other_images_is_refused(tmp_path: Path) -> None:
+    """Same settings and image count, but another starting model or other images: a checkpoint of
+    that run must not be resumed (it would silently write the other run's weights)."""
+    model, x, y = _demo(300)
+    cfg = FastAtConfig(eps=0.1, epochs=2, batch_size=100, val_size=50, val_pgd_steps=2)
+    out = tmp_path / "m.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_fast_at(model, x, y, cfg, out, _StopAfter(1))
+    # each call starts from a fresh copy of the model file, as a rerun of the command does
+    other_images = torch.flip(x, dims=[0]), torch.flip(y, dims=[0])
+    with pytest.raises(ConfigError, match="another model or trained on other images"):
+        train_fast_at(_demo(1)[0], *other_images, cfg, out)
+    other_model, _, _ = _demo(1)
+    with torch.no_grad():
+        next(iter(other_model.parameters())).add_(0.01)
+    with pytest.raises(ConfigError, match="another model or trained on other images"):
+        train_fast_at(other_model, x, y, cfg, out)
+    assert train_fast_at(_demo(1)[0], x, y, cfg, out).resumed_from == 1  # the same run still resumes
+
+
+def test_training_without_validation_writes_the_last_epoch(tmp_path: Path) -> None:
+    from robaudit.models.loader import load_model
+
+    model, x, y = _demo(300)
+    out = tmp_path / "m.pt"
+    result = train_fast_at(model, x, y, FastAtConfig(eps=0.1, epochs=2, batch_size=100, val_size=0), out)
+    assert result.best_epoch == 2 and result.history[-1].val_pgd_accuracy is None
+    trained = load_model(str(out), device="cpu")
+    fresh, _, _ = _demo(1)
+    with torch.no_grad():
+        assert not torch.equal(trained(x[:20]), fresh(x[:20]))  # not the untouched input model
+
+
 def test_defend_train_cli(tmp_path: Path) -> None:
     out = tmp_path / "fast.pt"
     res = robaudit_cli("defend", "train", "demo:mnist", "--data", "demo:mnist", "--eps", "0.1", "--epochs", "1",
@@ -133,7 +168,7 @@ def test_defend_train_cli(tmp_path: Path) -> None:
     assert log["best_epoch"] == 1 and len(log["history"]) == 1
     assert 0.0 <= log["history"][0]["val_pgd_accuracy"] <= 1.0
     bad = robaudit_cli("defend", "train", "demo:mnist", "--data", "demo:mnist", "--eps", "-1", "--out", str(out))
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--eps must be > 0" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--eps must be finite and > 0" in bad.stderr
     onnx = robaudit_cli("defend", "train", "demo:mnist-onnx", "--data", "demo:mnist", "--eps", "0.1",
                         "--out", str(out))
     assert onnx.returncode == 2 and "TorchScript" in onnx.stderr

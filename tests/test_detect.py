@@ -154,6 +154,20 @@ def test_zscore_all_benign_at_cap_flags_any_cheaper_input():
     assert det.flag({"c": np.array([499.0, 500.0, 3.0])}).tolist() == [True, False, True]
 
 
+@pytest.mark.parametrize(("benign", "fpr"), [([30, 90] + [100] * 8, 0.05), (list(range(10, 50)) + [200] * 10, 0.01),
+                                           ([7, 8] + [50] * 6, 0.05)])
+def test_zscore_on_few_benign_costs_flags_anything_cheaper_than_them(benign, fpr):
+    """With fewer benign costs than 1 / fpr the closest rate is 0: the threshold must hug the
+    cheapest benign cost, not fall half-way to the next one (for [30, 90, 100 x 8] that was 0,
+    which flags no cost at all)."""
+    det = ZScoreDetector.fit("c", np.array(benign, float), fpr)
+    cheapest = min(benign)
+    assert det.fit_info["rule"] == "empirical" and det.fit_info["fit_fpr"] == 0.0
+    assert det.flag({"c": np.array([1.0, cheapest - 1.0])}).all()
+    assert not det.flag({"c": np.array(benign, float)}).any()
+    assert cheapest - 1 <= det.threshold_cost() <= cheapest
+
+
 def test_knn_needs_both_classes():
     rng = np.random.default_rng(2)
     f = _features(rng, 10)
@@ -243,6 +257,36 @@ def test_detector_refuses_another_model(tmp_path):
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["kind"] == "detect" and len(report["inputs"]) == 4
     assert {"bim-linf", "score", "adversarial"} <= set(report["inputs"][0])
+
+
+def test_score_reads_unlabelled_images_and_fit_refuses_what_it_would_ignore(tmp_path):
+    from typer.testing import CliRunner
+
+    from robaudit.cli_detect import detect_app
+    from robaudit.errors import ConfigError
+    from robaudit.report.writer import read_report
+
+    runner = CliRunner()
+    det = tmp_path / "d.json"
+    res = runner.invoke(detect_app, ["fit", "demo:mnist", "--data", "demo:mnist", "-n", "12", "--max-iter", "30",
+                                     "--device", "cpu", "--out", str(det), "-q"])
+    assert res.exit_code == 0, res.output
+    from .conftest import DEMO as DEMO_DIR
+
+    demo = np.load(str(DEMO_DIR / "mnist_demo.npz"), allow_pickle=False)
+    np.savez(tmp_path / "suspicious.npz", images=demo["x"][:5])  # inputs to screen have no labels
+    score = tmp_path / "s.json"
+    res = runner.invoke(detect_app, ["score", "demo:mnist", "--data", str(tmp_path / "suspicious.npz"), "--x-key",
+                                     "images", "--device", "cpu", "--detector", str(det), "--out", str(score)])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(score.read_text())["inputs"]) == 5
+    with pytest.raises(Exception, match="detect score"):  # `report` says what the file is
+        read_report(score)
+    for extra in (["--cost", "bim-linf,bim-l2"], ["--craft", "foo"]):
+        res = runner.invoke(detect_app, ["fit", "demo:mnist", "--data", "demo:mnist", "-n", "12", "--max-iter", "30",
+                                         "--device", "cpu", "--out", str(tmp_path / "x.json"), "-q", *extra])
+        assert isinstance(res.exception, ConfigError), res.output
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_eval_report(tmp_path):

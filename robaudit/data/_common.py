@@ -24,6 +24,9 @@ class Options:
     y_key: str | None
     input_range: tuple[float, float]
     max_bytes: int
+    labels_optional: bool = False
+    """An ``.npz`` without a labels array loads with placeholder labels 0 (for jobs that never read
+    labels, e.g. scoring inputs with a detector); every other format has labels anyway."""
 
 
 @dataclass

@@ -95,32 +95,37 @@ def load_npz(path: Path, opts: Options) -> Raw:
         else:
             pair = None
         if pair is None:
-            pair = (
-                _pick_key(keys, opts.x_key, [k for k, _ in _DEFAULT_KEYS], "images", path),
-                _pick_key(keys, opts.y_key, [k for _, k in _DEFAULT_KEYS], "labels", path),
-            )
+            x_pick = _pick_key(keys, opts.x_key, [k for k, _ in _DEFAULT_KEYS], "images", path)
+            unlabelled = opts.labels_optional and opts.y_key is None and not any(
+                k in keys for _, k in _DEFAULT_KEYS)
+            pair = (x_pick, None if unlabelled else
+                    _pick_key(keys, opts.y_key, [k for _, k in _DEFAULT_KEYS], "labels", path))
         x_key, y_key = pair
         total = 0
-        for key in (x_key, y_key):
+        for key in (x_key,) if y_key is None else (x_key, y_key):
             size = members[key].file_size
             total += size
             check_bytes(size, f"array {key!r} in {path}", opts.max_bytes)
         check_bytes(total, f"the arrays {x_key!r} and {y_key!r} in {path}", opts.max_bytes)
         x_shape, _ = _npy_header(zf, members[x_key], x_key, path)
-        _npy_header(zf, members[y_key], y_key, path)
+        if y_key is not None:
+            _npy_header(zf, members[y_key], y_key, path)
         check_float_size(x_shape, opts.channels, opts.max_bytes, f"array {x_key!r}")
         class_names = _npz_class_names(zf, members, path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             x = npz[x_key]
-            y = npz[y_key]
+            y = np.zeros(x.shape[:1], np.int64) if y_key is None else npz[y_key]
     except ValueError as e:
         raise DataLoadError(
             f"cannot load arrays from {path} ({one_line(e)}); save plain numeric arrays"
         ) from None
     except _READ_ERRORS as e:
         raise DataLoadError(f"{path} is corrupt ({one_line(e)}); re-save it with numpy.savez") from None
-    notes = [] if (x_key, y_key) == ("x", "y") else [f"read arrays {x_key!r} and {y_key!r}"]
+    if y_key is None:
+        notes = [f"read array {x_key!r}; no labels (not needed here)"]
+    else:
+        notes = [] if (x_key, y_key) == ("x", "y") else [f"read arrays {x_key!r} and {y_key!r}"]
     return Raw(x=x, y=y, sha256=digest, layout_in=Layout.NCHW, notes=notes, class_names=class_names)
 
 

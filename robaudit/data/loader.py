@@ -268,6 +268,7 @@ def load_dataset(
     y_key: str | None = None,
     input_range: tuple[float, float] = (0.0, 1.0),
     max_bytes: int = DEFAULT_MAX_BYTES,
+    labels_optional: bool = False,
 ) -> Dataset:
     """Load images and labels from ``path`` as a validated :class:`Dataset`.
 
@@ -277,11 +278,12 @@ def load_dataset(
     ``*-idx1-ubyte[.gz]`` beside it), or CIFAR-10 binary batches (a ``.bin`` file or a folder
     of them). ``layout`` forces the axis order of ``.npz`` images; ``channels`` is the model's
     channel count (decides ambiguous layouts, converts image folders, widens grayscale).
+    ``labels_optional``: an ``.npz`` without labels loads with placeholder labels 0 (a note says so).
     Raises DataLoadError (bad data) or ConfigError (bad option).
     """
     lo, hi = _check_options(channels, input_range, max_bytes)
     lay = Layout.parse(layout) if layout is not None else None
-    opts = Options(lay, channels, x_key, y_key, (lo, hi), max_bytes)
+    opts = Options(lay, channels, x_key, y_key, (lo, hi), max_bytes, labels_optional)
     p = Path(path)
     fmt = _detect(p)
     raw = _READERS[fmt](p, opts)

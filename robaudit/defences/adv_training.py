@@ -56,7 +56,8 @@ class FastAtConfig:
     optimizer: str = "adam"
     """``adam`` (paper's MNIST setting) or ``sgd`` (momentum 0.9, weight decay 5e-4; CIFAR setting)."""
     val_size: int = 1000
-    """Training images held out (before training) to watch PGD accuracy for early stopping."""
+    """Training images held out (before training) to watch PGD accuracy for early stopping; 0: no
+    validation, no early stop, and the last epoch's weights are written."""
     val_pgd_steps: int = 10
     overfit_drop: float = 0.2
     """Stop when validation PGD accuracy falls this far below the best epoch's."""
@@ -65,15 +66,15 @@ class FastAtConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (self.eps > 0):
-            raise ConfigError(f"--eps must be > 0, got {self.eps}")
-        if self.alpha is not None and not (self.alpha > 0):
-            raise ConfigError(f"--alpha must be > 0, got {self.alpha}")
+        if not (0 < self.eps < math.inf):
+            raise ConfigError(f"--eps must be finite and > 0, got {self.eps}")
+        if self.alpha is not None and not (0 < self.alpha < math.inf):
+            raise ConfigError(f"--alpha must be finite and > 0, got {self.alpha}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not (self.lr_max > 0):
+        if not (0 < self.lr_max < math.inf):
             raise ConfigError(f"--lr-max must be > 0, got {self.lr_max}")
         if not 0.0 <= self.eps_warmup < 1.0:
             raise ConfigError(f"--eps-warmup must be in [0, 1), got {self.eps_warmup}")
@@ -262,11 +263,15 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
     best_pgd = -1.0
     start_epoch = 0
     ckpt = checkpoint_path(out)
+    source = _source_digest(best_state, x, y)
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt)
         if state.get("digest") != cfg.digest() or state.get("n") != n:
             raise ConfigError(f"{ckpt} was written by a run with other settings or data: delete it, or pass "
                               "--restart to start over")
+        if state.get("source") != source:
+            raise ConfigError(f"{ckpt} was written by a run that started from another model or trained on other "
+                              "images: delete it, or pass --restart to start over")
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         best_state = state["best"]
@@ -305,14 +310,20 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
             seen += int(yb.numel())
             obs.batch_finished()
         net.eval()
-        val_clean, val_pgd = pgd_accuracy(model, x_val, y_val, cfg.eps, cfg.val_pgd_steps, clip,
-                                          max(cfg.batch_size, 256), cfg.seed)
+        val_clean: float | None = None
+        val_pgd: float | None = None
+        if cfg.val_size:
+            val_clean, val_pgd = pgd_accuracy(model, x_val, y_val, cfg.eps, cfg.val_pgd_steps, clip,
+                                              max(cfg.batch_size, 256), cfg.seed)
         rec = EpochRecord(epoch=epoch + 1, lr_end=lr, train_loss=loss_sum / seen, train_adv_accuracy=correct / seen,
                           val_clean_accuracy=val_clean, val_pgd_accuracy=val_pgd,
                           seconds=time.perf_counter() - t0)
         result.history.append(rec)
         stop = False
-        if val_pgd > best_pgd:
+        if val_pgd is None:  # no validation: the last epoch is the result
+            result.best_epoch = epoch + 1
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        elif val_pgd > best_pgd:
             best_pgd = val_pgd
             result.best_epoch = epoch + 1
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -320,7 +331,7 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
             stop = True
             obs.warn(f"epoch {epoch + 1}: validation PGD accuracy fell from {best_pgd:.3f} to {val_pgd:.3f} "
                      f"(catastrophic overfitting): stopping, keeping epoch {result.best_epoch}")
-        _save_atomic({"digest": cfg.digest(), "n": n, "epoch": epoch + 1, "net": net.state_dict(),
+        _save_atomic({"digest": cfg.digest(), "n": n, "source": source, "epoch": epoch + 1, "net": net.state_dict(),
                       "opt": opt.state_dict(), "best": best_state, "best_pgd": best_pgd,
                       "best_epoch": result.best_epoch, "history": [dataclasses.asdict(h) for h in result.history],
                       "rng": torch.get_rng_state(), "stopped": stop}, ckpt)
@@ -344,6 +355,21 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
     return result
+
+
+def _source_digest(weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> str:
+    """What a run starts from, beyond its settings: the network's starting weights and the training
+    images and labels (a checkpoint of another model or data set of the same size must not resume)."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:32]
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

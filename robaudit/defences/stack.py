@@ -63,13 +63,17 @@ def parse_stacks(values: str | Sequence[str] | None) -> list[tuple[str, ...]]:
     not already listed."""
     items = [values] if isinstance(values, str) else list(values or [])
     stacks: list[tuple[str, ...]] = [()]
+    named: set[tuple[str, ...]] = set()  # stacks the user named one by one (all-combinations may repeat them)
     for raw in items:
-        every = raw.strip().lower() == ALL_COMBINATIONS
-        for stack in all_combinations() if every else [parse_stack(p) for p in raw.split(";")]:
-            if stack and stack in stacks and not every:
-                raise ConfigError(f"--defences lists the stack {'+'.join(stack)} twice")
-            if stack not in stacks:
-                stacks.append(stack)
+        for part in raw.split(";"):
+            every = part.strip().lower() == ALL_COMBINATIONS
+            for stack in all_combinations() if every else [parse_stack(part)]:
+                if not every and stack:
+                    if stack in named:
+                        raise ConfigError(f"--defences lists the stack {'+'.join(stack)} twice")
+                    named.add(stack)
+                if stack not in stacks:
+                    stacks.append(stack)
     return stacks
 
 

@@ -44,8 +44,10 @@ def _empirical_threshold(t: np.ndarray, fpr: float) -> float:
     (all capped at ``max_iter``), any cheaper input is flagged and the fitted FPR is 0."""
     u, counts = np.unique(t, return_counts=True)
     below = np.concatenate([[0], np.cumsum(counts)]) / t.size  # fraction below each candidate
-    gap = (u[1] - u[0]) / 2 if u.size > 1 else 1e-9 * max(1.0, abs(u[0]))
-    cand = np.concatenate([[u[0] - gap], (u[:-1] + u[1:]) / 2, [u[-1] + max(1.0, abs(u[-1]))]])
+    # the lowest candidate hugs the smallest value (not half-way to the next one, which after a
+    # transform can sit below every possible cost and flag nothing): anything cheaper is flagged
+    below_min = u[0] - 1e-9 * max(1.0, abs(u[0]))
+    cand = np.concatenate([[below_min], (u[:-1] + u[1:]) / 2, [u[-1] + max(1.0, abs(u[-1]))]])
     j = int(np.argmin(np.abs(below - fpr) + 1e-12 * below))
     return float(cand[j])
 

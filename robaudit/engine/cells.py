@@ -393,7 +393,13 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
         raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     dist = perturbation_norms(x, x_adv)
     verify_bounds(attack, x, x_adv, dist, model.clip)
-    success = Criterion(y, targets).is_adversarial(logits)
+    clean_wrong = 0
+    if getattr(model, "randomized", False):
+        logits, clean_ok = judge_on_shared_draws(model, x, x_adv, y, seed, eff)
+        clean_wrong = int((~clean_ok).sum())
+        success = Criterion(y, targets).is_adversarial(logits) & clean_ok
+    else:
+        success = Criterion(y, targets).is_adversarial(logits)
     preds = logits.argmax(dim=1)
     examples = []
     for pos in range(lo, min(hi, profile.examples)):
@@ -404,7 +410,29 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
             "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
             "seconds": seconds, "forward": fwd, "backward": bwd, **nonfinite,
-            "examples": examples, **({"notes": notes, "batch_size": eff} if notes else {})}
+            "examples": examples, **({"notes": notes, "batch_size": eff} if notes else {}),
+            **({"clean_wrong_on_judging_draw": clean_wrong} if clean_wrong else {})}
+
+
+JUDGE_STREAM = 7_919
+"""Offset of the judging draws' seed from the chunk's seed (a stream of its own, not the attack's)."""
+
+
+def judge_on_shared_draws(model: Any, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, seed: int,
+                          batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``x_adv`` under a randomised stack, and whether ``x`` is classified correctly under
+    the very same draws (same masks, image by image).
+
+    The evaluation set was chosen on other draws, so under the judging draw a clean input may
+    already be misclassified; counting its example as a success would credit the attack with the
+    defence's own noise (an unperturbed input "succeeding" at L2 0). An example counts only where
+    the clean input survives the draw that judges it."""
+    judge_seed = (seed + JUDGE_STREAM) % (2**31 - 1)
+    reseed_defences(model, judge_seed)
+    logits = model.predict(x_adv, batch_size=batch_size)
+    reseed_defences(model, judge_seed)  # replay the same masks on the clean inputs
+    clean_ok = model.predict(x, batch_size=batch_size).argmax(dim=1) == y.to(logits.device)
+    return logits, clean_ok.to(logits.device)
 
 
 def reseed_defences(model: Any, seed: int) -> None:
@@ -491,6 +519,10 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
                                                               "nonfinite_examples")},
     })
     notes = [n for c in chunks for n in c.get("notes", [])]
+    clean_wrong = sum(int(c.get("clean_wrong_on_judging_draw", 0)) for c in chunks)
+    if clean_wrong:
+        notes.append(f"{cell.id}: {clean_wrong} of {n} inputs were misclassified clean on the random draw that "
+                     "judged their example; those examples are not counted as successes")
     if notes:
         row["notes"] = notes
     samples = [e for c in chunks for e in c.get("examples", [])]

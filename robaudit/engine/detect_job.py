@@ -142,7 +142,7 @@ def features_for(model: Classifier, x: torch.Tensor, costs: Sequence[CostParams]
 
 def _load_adversarial(opts: InputOptions, path: str, model: Classifier, n: int | None, seed: int) -> torch.Tensor:
     ds = load_dataset(resolve_data(path), layout=opts.layout, channels=model.info.input_shape[0], x_key=opts.x_key,
-                      input_range=model.clip)
+                      input_range=model.clip, labels_optional=True)  # only the images are used
     if tuple(ds.x.shape[1:]) != tuple(model.info.input_shape):
         raise DataLoadError(f"adversarial inputs {path} have shape {tuple(ds.x.shape[1:])}, "
                             f"the model expects {tuple(model.info.input_shape)}")
@@ -175,6 +175,12 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
     obs = observer or NullObserver()
     c = job.common
     _check_common(c)
+    if job.detector is DetectorKind.ZSCORE and len(c.costs) > 1:  # refused before any cost is computed
+        raise ConfigError(f"the z-score detector uses one cost attack, got {len(c.costs)} "
+                          f"({', '.join(k.value for k in c.costs)}); give one --cost, or --detector ensemble "
+                          "to combine them")
+    if job.craft_mode not in CRAFT_MODES:
+        raise ConfigError(f"--craft must be one of {', '.join(CRAFT_MODES)}, got {job.craft_mode!r}")
     seed_everything(c.seed)
     inputs = load_inputs(c.inputs)
     model = inputs.model
@@ -188,10 +194,6 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
                            "command": command}
     det: Detector
     if job.detector is DetectorKind.ZSCORE:
-        if len(c.costs) > 1:
-            obs.warn("the z-score detector uses one cost attack; using the first, "
-                     f"{c.costs[0].value} (use --detector ensemble to combine)")
-            costs = costs[:1]
         det = ZScoreDetector.fit(c.costs[0].value, benign[c.costs[0].value], job.fpr)
     elif job.detector is DetectorKind.SQUEEZE:
         costs = []

@@ -28,6 +28,8 @@ class InputOptions:
     layout: str | None = None
     x_key: str | None = None
     y_key: str | None = None
+    labels_optional: bool = False
+    """The job never reads labels (``detect score``): an ``.npz`` of images alone is accepted."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def load_inputs(opts: InputOptions) -> Inputs:
 
     def _data(channels: int | None) -> Dataset:
         return load_dataset(data_path, layout=opts.layout, channels=channels, x_key=opts.x_key,
-                            y_key=opts.y_key, input_range=opts.clip)
+                            y_key=opts.y_key, input_range=opts.clip, labels_optional=opts.labels_optional)
 
     try:
         data = _data(None)

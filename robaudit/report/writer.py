@@ -100,6 +100,10 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     p = Path(path)
     report = read_json_file(p, "report")
+    if isinstance(report, dict) and "results" not in report and "mode" in report and "schema_version" in report:
+        raise DataLoadError(f"{p} is the output of `robaudit detect {report.get('mode')}`, which `report` does not "
+                            "render; detection results that `report` renders come from `robaudit audit` with a "
+                            "detect section")
     if not isinstance(report, dict) or "schema_version" not in report or "results" not in report:
         raise DataLoadError(f"{p} is not a robaudit report (no schema_version/results)")
     errors = validation_errors(report)
