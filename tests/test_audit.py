@@ -152,6 +152,23 @@ def test_resume_after_torn_write_matches(baseline, tmp_path, profile):
     assert a == b
 
 
+def test_resume_refuses_a_damaged_journal_instead_of_cutting_finished_records(baseline, tmp_path, profile):
+    _, out = baseline
+    lines = (out / JOURNAL_NAME).read_bytes().splitlines(keepends=True)
+    for name, body, needle in (
+        ("middle", b"".join(lines[:2]) + b"\x00garbage\n" + b"".join(lines[2:]), "line 3 is not a journal record"),
+        ("garbage", b"not a journal at all\nstill not\n", "line 1 is not a journal record"),
+        ("headless", b"".join(lines[1:3]), "does not start with a robaudit journal header"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / JOURNAL_NAME).write_bytes(body)
+        proc = _audit(profile, folder, "--resume")
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+        assert (folder / JOURNAL_NAME).read_bytes() == body  # left as it was, for the user to inspect
+        assert not (folder / "report.json").exists()
+
+
 def test_sigkill_midway_then_resume_gives_the_same_report(baseline, tmp_path, profile):
     _, reference = baseline
     out = tmp_path / "killed"

@@ -39,13 +39,24 @@ def read_journal(path: Path) -> JournalState:
         return state
     data = path.read_bytes()
     pos = 0
-    for raw in data.splitlines(keepends=True):
+    lines = data.splitlines(keepends=True)
+    for number, raw in enumerate(lines, start=1):
         if not raw.endswith(b"\n"):
             break  # torn write: the process died mid-line
         try:
             rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            break
+            if not isinstance(rec, dict):
+                raise ValueError("not a record")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            if number == len(lines):
+                break  # the last line only: treated as a torn write
+            # a damaged line with records after it: resuming would cut those finished records away
+            raise ConfigError(f"{path} line {number} is not a journal record, and {len(lines) - number} lines "
+                              "follow it: the journal is damaged, not torn; move it away (or choose another "
+                              "--out) to start over") from None
+        if number == 1 and rec.get("type") != "header":
+            raise ConfigError(f"{path} does not start with a robaudit journal header: move it away (or choose "
+                              "another --out) to start over")
         pos += len(raw)
         kind = rec.get("type")
         if kind == "header":
