@@ -104,9 +104,11 @@ def _names_profile(value: str) -> bool:
     from robaudit.config.profile import profile_names
 
     v = value.strip()
-    if not v or any(c in v for c in "<>=!") or len(v.split()) > 1 and not Path(v).exists():
+    if not v or any(c in v for c in "<>=!"):
         return False
-    return v in profile_names() or v.lower().endswith((".yaml", ".yml")) or "/" in v or Path(v).exists()
+    if Path(v).exists():
+        return True
+    return len(v.split()) == 1 and (v in profile_names() or v.lower().endswith((".yaml", ".yml")) or "/" in v)
 
 
 def apply_gates(report: dict[str, Any], gates: list[Any]) -> list[Any]:

@@ -24,6 +24,7 @@ from robaudit.clever.gradients import margin_gradient_norms
 from robaudit.clever.interface import ClassEstimate, CleverNorm, CleverParams, CleverRun, InputEstimate
 from robaudit.clever.sampling import sample_ball, unit_seed
 from robaudit.clever.weibull import clever_score, fit_reverse_weibull_many
+from robaudit.defences.stack import reseed_defences
 from robaudit.errors import AttackFailure, ConfigError
 
 GPU_POINT_ELEMENTS = 2**23
@@ -73,9 +74,7 @@ def estimate(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, clas
     start = time.perf_counter()
     # a randomised stack (TVM) judges g(x0) on one draw: the same draw for every norm and target
     # setting, so an input is not correct in one row and misclassified in the next
-    reseed = getattr(getattr(model, "stack", None), "reseed", None)
-    if callable(reseed):
-        reseed(seed)
+    reseed_defences(model, seed)
     g0 = _margins_at_inputs(model, x, labels, classes, dev)
 
     width = max(len(cl) for cl in classes) if n else 1

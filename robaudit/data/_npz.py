@@ -106,7 +106,8 @@ def load_npz(path: Path, opts: Options) -> Raw:
             size = members[key].file_size
             total += size
             check_bytes(size, f"array {key!r} in {path}", opts.max_bytes)
-        check_bytes(total, f"the arrays {x_key!r} and {y_key!r} in {path}", opts.max_bytes)
+        if y_key is not None:
+            check_bytes(total, f"the arrays {x_key!r} and {y_key!r} in {path}", opts.max_bytes)
         x_shape, _ = _npy_header(zf, members[x_key], x_key, path)
         if y_key is not None:
             _npy_header(zf, members[y_key], y_key, path)

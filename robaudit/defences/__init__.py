@@ -27,6 +27,7 @@ from robaudit.defences.stack import (
     defend_model,
     parse_stack,
     parse_stacks,
+    reseed_defences,
 )
 from robaudit.defences.tvm import TotalVarMin, TvmParams
 
@@ -52,4 +53,5 @@ __all__ = [
     "ALL_COMBINATIONS",
     "parse_stack",
     "parse_stacks",
+    "reseed_defences",
 ]

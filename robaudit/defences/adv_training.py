@@ -75,7 +75,7 @@ class FastAtConfig:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if not (0 < self.lr_max < math.inf):
-            raise ConfigError(f"--lr-max must be > 0, got {self.lr_max}")
+            raise ConfigError(f"--lr-max must be finite and > 0, got {self.lr_max}")
         if not 0.0 <= self.eps_warmup < 1.0:
             raise ConfigError(f"--eps-warmup must be in [0, 1), got {self.eps_warmup}")
         if not 0.0 < self.lr_peak_at < 1.0:
@@ -320,11 +320,9 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
                           seconds=time.perf_counter() - t0)
         result.history.append(rec)
         stop = False
-        if val_pgd is None:  # no validation: the last epoch is the result
-            result.best_epoch = epoch + 1
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        elif val_pgd > best_pgd:
-            best_pgd = val_pgd
+        if val_pgd is None or val_pgd > best_pgd:  # no validation: every epoch is the latest best
+            if val_pgd is not None:
+                best_pgd = val_pgd
             result.best_epoch = epoch + 1
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         elif best_pgd - val_pgd > cfg.overfit_drop:

@@ -287,3 +287,13 @@ __all__ = [
     "defend_model",
     "parse_stack",
 ]
+
+
+def reseed_defences(model: Any, seed: int) -> None:
+    """Restart a defended model's random pre-processing (TVM masks) from ``seed``, so what it
+    computes depends on that seed only, never on what ran before (resume, run order, other norms).
+    A no-op for models without a randomised stack."""
+    stack = getattr(model, "stack", None)
+    reseed = getattr(stack, "reseed", None)
+    if callable(reseed):
+        reseed(seed)

@@ -288,8 +288,7 @@ class StackContexts:
         if stack not in self._sets:
             import hashlib
 
-            from robaudit.defences import defend_model
-            from robaudit.engine.cells import reseed_defences
+            from robaudit.defences import defend_model, reseed_defences
             from robaudit.engine.evaluation import build_evaluation_set
 
             profile = self.base.profile

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from robaudit.config import AttackSpec, Profile
+from robaudit.defences.stack import reseed_defences
 from robaudit.errors import ConfigError
 
 
@@ -364,6 +365,9 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     assert not isinstance(attack, _Unsupported)
     notes: list[str] = []
     eff = bs
+    # a randomised stack judges each example and its clean input on the same draws, once
+    randomised = bool(getattr(model, "randomized", False))
+    clean_ok: torch.Tensor | None = None
     if pool is not None:
         rows = pool.rows(evalset.indices[lo:hi])
         notes = list(pool.notes) if chunk == 0 else []
@@ -371,7 +375,10 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
         targets = None if pool.targets is None else pool.targets[rows]
         reseed_defences(model, seed)
         t0 = time.perf_counter()
-        logits = model.predict(x_adv, batch_size=bs)
+        if randomised:
+            logits, clean_ok = judge_on_shared_draws(model, x, x_adv, y, seed, bs)
+        else:
+            logits = model.predict(x_adv, batch_size=bs)
         share = {k: float(getattr(pool, k)[rows].sum()) for k in
                  ("seconds", "forward", "backward", "nonfinite_logits", "nonfinite_grads", "nonfinite_examples")}
         seconds = share["seconds"] + time.perf_counter() - t0
@@ -383,23 +390,25 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
         attacked = model if craft_model is None else craft_model
         craft_logits = evalset.clean_logits[lo:hi] if craft_model is None else craft_model.predict(x, batch_size=bs)
         targets = compute_targets(TargetMode(cell.target), craft_logits, y)
-        out, judged, eff, notes = _generate(attack, attacked, model, x, y, targets, model.clip, bs, seed, device,
-                                            f"{cell.id}: chunk {chunk}")
-        assert judged is not None
-        logits, x_adv = judged, out.x_adv
+        out, judged, eff, notes = _generate(attack, attacked, None if randomised else model, x, y, targets,
+                                            model.clip, bs, seed, device, f"{cell.id}: chunk {chunk}")
+        x_adv = out.x_adv
+        if randomised:
+            logits, clean_ok = judge_on_shared_draws(model, x, x_adv, y, seed, eff)
+        else:
+            assert judged is not None
+            logits = judged
         seconds, fwd, bwd = out.seconds, out.forward_passes, out.backward_passes
         nonfinite = nonfinite_fields(out, logits)
     if x_adv.shape != x.shape:
         raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     dist = perturbation_norms(x, x_adv)
     verify_bounds(attack, x, x_adv, dist, model.clip)
+    success = Criterion(y, targets).is_adversarial(logits)
     clean_wrong = 0
-    if getattr(model, "randomized", False):
-        logits, clean_ok = judge_on_shared_draws(model, x, x_adv, y, seed, eff)
+    if clean_ok is not None:
         clean_wrong = int((~clean_ok).sum())
-        success = Criterion(y, targets).is_adversarial(logits) & clean_ok
-    else:
-        success = Criterion(y, targets).is_adversarial(logits)
+        success &= clean_ok
     preds = logits.argmax(dim=1)
     examples = []
     for pos in range(lo, min(hi, profile.examples)):
@@ -433,15 +442,6 @@ def judge_on_shared_draws(model: Any, x: torch.Tensor, x_adv: torch.Tensor, y: t
     reseed_defences(model, judge_seed)  # replay the same masks on the clean inputs
     clean_ok = model.predict(x, batch_size=batch_size).argmax(dim=1) == y.to(logits.device)
     return logits, clean_ok.to(logits.device)
-
-
-def reseed_defences(model: Any, seed: int) -> None:
-    """Restart a defended model's random pre-processing (TVM masks) from ``seed``, so a chunk's
-    result depends on its own seed only, never on what ran before it (resume, run order)."""
-    stack = getattr(model, "stack", None)
-    reseed = getattr(stack, "reseed", None)
-    if callable(reseed):
-        reseed(seed)
 
 
 _OOM_MARKERS = ("out of memory", "DefaultCPUAllocator: can't allocate", "CUDNN_STATUS_ALLOC_FAILED")
