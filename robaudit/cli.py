@@ -107,7 +107,7 @@ class _ProgressObserver:
 
 @app.command()
 def attack(
-    model: Annotated[str, typer.Argument(help="Model file (.pt TorchScript, .onnx, .pt2) or demo:mnist / demo:cifar10.")],
+    model: Annotated[str, typer.Argument(help="Model file (.pt TorchScript or .onnx) or demo:mnist / demo:cifar10.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")],
     attack: Annotated[str, typer.Option("--attack", "-a", help="Comma-separated attack names, or all.")] = "fgsm,pgd",
     target: Annotated[str, typer.Option("--target", "-t", help="untargeted, least-likely, next-class (comma-separated) or all.")] = "untargeted",
@@ -214,6 +214,15 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C (SIGINT). Not a KeyboardInterrupt: Typer turns that into a silent exit 130 before the
+    message below could say that finished work is kept."""
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    raise _Interrupted()
+
+
 _STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --resume, defend train when "
                  "run again")
 
@@ -223,6 +232,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except RobauditError as exc:
@@ -230,7 +240,7 @@ def main() -> None:
             raise
         err_console.print(f"robaudit: error: {exc}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         err_console.print(f"robaudit: interrupted; {_STOPPED_HINT}", highlight=False)
         sys.exit(130)
     except _Terminated:
@@ -239,7 +249,8 @@ def main() -> None:
     except SystemExit:
         raise
     except MemoryError:
-        err_console.print("robaudit: error: out of memory: lower --batch-size or -n", highlight=False)
+        err_console.print("robaudit: error: out of memory: lower the batch size (--batch-size, a profile's "
+                          "batch_size or clever.batch_size) or the number of inputs (-n)", highlight=False)
         sys.exit(EXIT_INTERNAL)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback without --debug
         if _state["debug"]:

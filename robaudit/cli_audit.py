@@ -46,7 +46,7 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
     """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`)."""
     from robaudit.report.gates import gates_markdown
     from robaudit.report.render import (defences_markdown, defences_table, detection_markdown, detection_table,
-                                        report_warnings, results_markdown, results_table)
+                                        report_warnings, results_markdown, results_table, results_title)
 
     if fmt is ReportFormat.json:
         from robaudit.report.writer import _clean
@@ -65,7 +65,10 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
         return report_junit(report)
     if fmt is ReportFormat.table:
         console = Console(record=True, width=width, file=io.StringIO())
-        console.print(results_table(report, width=width))
+        if report.get("results"):
+            console.print(results_table(report, width=width))
+        else:  # a detect- or CLEVER-only audit: no empty attack table, only what it ran on
+            console.print(results_title(report), markup=False, highlight=False)
         dt = defences_table(report)
         if dt is not None:
             console.print(dt)
@@ -171,7 +174,7 @@ MAX_WORKERS = 64
 
 
 def audit_cmd(
-    models: Annotated[list[str], typer.Argument(help="Model files (.pt, .onnx, .pt2) or demo:mnist / demo:cifar10.")],
+    models: Annotated[list[str], typer.Argument(help="Model files (.pt TorchScript or .onnx) or demo:mnist / demo:cifar10.")],
     data: Annotated[str, typer.Option("--data", "-d", help="Data: .npz, image folder, MNIST IDX, CIFAR-10 .bin, or demo:mnist.")],
     profile: Annotated[str, typer.Option("--profile", "-P", help="Profile name (quick, ci-gate, ...) or path to a YAML file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: journal, report(s), summary.md.")] = Path("robaudit-audit"),
@@ -187,7 +190,7 @@ def audit_cmd(
     layout: Annotated[Optional[str], typer.Option(help="NCHW or NHWC when the data layout is ambiguous.")] = None,
     x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
     y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
-    fmt: Annotated[SummaryFormat, typer.Option("--format", help="What to print: table, markdown, json or none.")] = SummaryFormat.table,
+    fmt: Annotated[SummaryFormat, typer.Option("--format", help="What to print: table, markdown, json (an array of reports for several models) or none.")] = SummaryFormat.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     workers: Annotated[int, typer.Option("--workers", "-w", help=WORKERS_HELP)] = 1,
 ) -> None:
@@ -201,10 +204,12 @@ def audit_cmd(
 
 
 def progress_bars(console: Console, quiet: bool) -> Progress:
-    """Transient rich progress bars with elapsed time and ETA (disabled by ``--quiet``)."""
+    """Transient rich progress bars with elapsed time and ETA, on a terminal only: ``--quiet`` turns
+    them off, and off a terminal (a CI log) rich cannot redraw them, only leave a blank line before
+    the next message."""
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                    disable=quiet, transient=True)
+                    disable=quiet or not console.is_terminal, transient=True)
 
 
 def input_options(data: str, device: str, mean: str | None, std: str | None, clip: str, layout: str | None,
@@ -257,9 +262,14 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
         prefix = f"{report['model']['path']}: " if len(result.reports) > 1 else ""
         failed += _print_failures(gate_results, prefix)
     write_text_atomic(out / "summary.md", "\n".join(summaries))
+    if fmt is SummaryFormat.json and len(result.reports) > 1:  # one JSON document: an array of the reports
+        from robaudit.report.writer import _clean
+
+        typer.echo(json.dumps([_clean(report) for _, report in result.reports], indent=2))
     for path, report in result.reports:
         if fmt is SummaryFormat.json:
-            typer.echo(render(report, ReportFormat.json), nl=False)
+            if len(result.reports) == 1:
+                typer.echo(render(report, ReportFormat.json), nl=False)
         elif fmt is SummaryFormat.markdown:
             typer.echo(render(report, ReportFormat.markdown), nl=False)
         elif fmt is SummaryFormat.table:

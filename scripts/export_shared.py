@@ -10,6 +10,9 @@ Writes, into ``artifacts/``:
   ``mnist_lenet5_clean.onnx``, ``cifar10_resnet20.onnx``.
 * Data: ``mnist_test.npz`` (all 10000 MNIST test images) and ``cifar10_exact761.npz``
   (the 761 exact CIFAR-10 test images); keys ``x`` uint8 NHWC and ``y`` int64.
+* ``cifar10_train13k.npz``: a CIFAR-10 training set for ``robaudit defend train`` that never
+  touches the 761 evaluation images: the 3805 exact training images plus the lossy JPEG copies of
+  test images 761..9999 (13044 images; the demo CIFAR CNN was trained on the same split).
 
 Each exported file is reloaded and its clean accuracy printed (MNIST models on the full
 MNIST test set, CIFAR models on the 761 exact test images); each ONNX file is checked
@@ -38,9 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import architectures as A  # noqa: E402
 from onnx_export import export_onnx, verify_onnx  # noqa: E402
 from shared_data import (  # noqa: E402
+    CIFAR_EXACT_N,
     DEFAULT_SHARED,
     REPO_ROOT,
     load_cifar_exact_test,
+    load_cifar_exact_train,
+    load_cifar_jpeg_test,
     load_mnist,
     to_tensor_nchw,
 )
@@ -109,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     xc, yc = load_cifar_exact_test(shared)
     np.savez_compressed(out / "mnist_test.npz", x=xm, y=ym)
     np.savez_compressed(out / "cifar10_exact761.npz", x=xc, y=yc)
-    print(f"data: mnist_test.npz x{xm.shape} y{ym.shape}; cifar10_exact761.npz x{xc.shape} y{yc.shape}")
+    x_tr, y_tr = load_cifar_exact_train(shared)
+    x_jpeg, y_jpeg = load_cifar_jpeg_test(shared)
+    x_tr, y_tr = np.concatenate([x_tr, x_jpeg[CIFAR_EXACT_N:]]), np.concatenate([y_tr, y_jpeg[CIFAR_EXACT_N:]])
+    np.savez_compressed(out / "cifar10_train13k.npz", x=x_tr, y=y_tr)
+    print(f"data: mnist_test.npz x{xm.shape} y{ym.shape}; cifar10_exact761.npz x{xc.shape} y{yc.shape}; "
+          f"cifar10_train13k.npz x{x_tr.shape} y{y_tr.shape}")
     data = {"mnist": (to_tensor_nchw(xm), ym), "cifar10": (to_tensor_nchw(xc), yc)}
 
     summary: dict[str, dict[str, object]] = {}

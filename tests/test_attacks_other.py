@@ -256,6 +256,17 @@ def test_art_hsj_runs_with_float32_cast(demo):
     _in_range(out.x_adv)
 
 
+def test_art_hsj_is_seeded(demo):
+    """ART's start search draws from an unseeded np.random.RandomState() (the OS): the adapter seeds it."""
+    model, x, y = demo
+    attack = ArtHopSkipJump(ArtHopSkipJump.Params(max_iter=1, max_eval=20, init_eval=10))
+    a, b, c = (attack.generate(model, x[:3], y[:3], seed=s).x_adv for s in (0, 0, 1))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    before = np.random.RandomState  # restored after the call
+    attack.generate(model, x[:1], y[:1], seed=0)
+    assert np.random.RandomState is before
+
+
 # -- Shadow ------------------------------------------------------------------------------------
 
 def test_shadow_untargeted_and_seed(demo):

@@ -96,7 +96,9 @@ def test_resume_refuses_changed_seed_and_data(baseline, tmp_path):
     assert proc.returncode == 2 and "the seed changed (5 -> 6)" in proc.stderr
     changed.write_text(PROFILE.replace("steps: 10", "steps: 11"))
     proc = _audit(str(changed), out, "--resume")
-    assert proc.returncode == 2 and "the profile changed" in proc.stderr
+    assert proc.returncode == 2 and "the profile changed (name 'p' -> 'seed', attacks)" in proc.stderr, proc.stderr
+    proc = _audit(str(out.parent / "p.yaml"), out, "--resume", "-n", "5")  # the baseline's own profile file
+    assert proc.returncode == 2 and "the profile changed (samples 24 -> 5)" in proc.stderr, proc.stderr
     proc = robaudit_cli("audit", "demo:mnist-onnx", "--data", "demo:mnist", "--profile", str(changed),
                         "--out", str(out), "--resume", "-q")
     assert proc.returncode == 2 and "model 0 (demo:mnist-onnx) changed" in proc.stderr
@@ -310,3 +312,15 @@ def test_detect_cell_resumes_from_its_journaled_chunks(detect_run, tmp_path):
     a = strip_timing(json.loads((out / "report.json").read_text()))
     b = strip_timing(json.loads((cut / "report.json").read_text()))
     assert a == b
+
+
+def test_json_summary_of_two_models_is_one_json_document(tmp_path):
+    """``--format json`` printed one document per model back to back, which no JSON reader accepts."""
+    path = tmp_path / "p.yaml"
+    path.write_text("samples: 8\nattacks:\n  fgsm: {eps: 0.1}\ntargets: [untargeted]\n")
+    proc = robaudit_cli("audit", "demo:mnist", str(DEMO / "mnist_cnn.onnx"), "--data", "demo:mnist", "--profile",
+                        str(path), "--out", str(tmp_path / "out"), "-q", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    reports = json.loads(proc.stdout)
+    assert isinstance(reports, list) and len(reports) == 2
+    assert [r["model"]["format"] for r in reports] == ["torchscript", "onnx"]

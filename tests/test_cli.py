@@ -53,6 +53,7 @@ def test_same_seed_same_report(tmp_path):
     [
         (["--attack", "nope"], "unknown attack 'nope'"),
         (["--target", "sideways"], "unknown target 'sideways'"),
+        (["--target", "all,untargeted"], "'all' stands alone"),
         (["--batch-size", "0"], "batch"),
         (["--eps", "-1"], "eps"),
         (["--norm", "l7"], "unknown norm"),
@@ -88,6 +89,14 @@ def test_errors_stay_one_line_in_a_pipe(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and len(lines[0]) > 80 and "negative" in lines[0], proc.stderr
+
+
+def test_an_error_after_the_progress_bars_started_is_one_line_without_q(tmp_path):
+    """Without -q and off a terminal, the progress display left a blank line before the message."""
+    proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "-n", "5", "--attack", "cw-l2",
+                        "--param", "cw-l2.max_iter=0", "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("robaudit: error: cw-l2 needs") and proc.stderr.count("\n") == 1, repr(proc.stderr)
 
 
 def test_labels_of_one_class_only_are_fine(tmp_path):

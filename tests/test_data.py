@@ -325,6 +325,8 @@ def test_idx_pair(tmp_path: Path, gz: bool) -> None:
     assert d.sha256 == manifest_sha256([(images.name, sha(images)), (labels_path.name, sha(labels_path))])
     # a folder holding exactly one images file works too
     assert load_dataset(tmp_path).sha256 == d.sha256
+    with pytest.raises(ConfigError, match="--x-key/--y-key name arrays in an .npz file"):
+        load_dataset(images, x_key="images")  # was silently ignored
 
 
 def test_idx_folder_with_two_image_files(tmp_path: Path) -> None:

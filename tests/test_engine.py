@@ -35,6 +35,17 @@ class _Noisy(torch.nn.Module):
         return self.net(x + 0.05 * torch.randn_like(x))
 
 
+class _Scaled(torch.nn.Module):
+    """The demo network on [0, 255] pixels."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x / 255.0)
+
+
 def _job(model_path, attacks=(AttackName.FGSM,), n=16):
     plan = AttackPlan(attacks=tuple(attacks), targets=(TargetMode.UNTARGETED,), eps=0.2, batch_size=64)
     return AttackJob(inputs=InputOptions(model=str(model_path), data="demo:mnist", device="cpu"), plan=plan, n=n)
@@ -62,6 +73,70 @@ def test_clean_model_has_no_flags_and_rows_are_consistent():
     assert report["results"][1]["eps"] is None  # deepfool is a minimisation attack
 
 
+@pytest.mark.parametrize("norm", [Norm.L2, Norm.LINF])
+def test_budgets_hold_on_a_0_255_pixel_range(tmp_path, norm):
+    """float32 rounds x + delta at the pixels' magnitude (3e-5 near 255): examples on their eps-ball
+    measure a hair outside it, which the bound check allowed on [0, 1] only (exit 3 here before)."""
+    import numpy as np
+
+    net = torch.jit.load(str(DEMO / "mnist_cnn.pt")).eval()
+    model = tmp_path / "m255.pt"
+    torch.jit.script(_Scaled(net)).save(str(model))
+    with np.load(DEMO / "mnist_demo.npz", allow_pickle=False) as d:
+        x, y = d["x"][:100].astype(np.float32), d["y"][:100]
+    data = tmp_path / "d255.npz"
+    np.savez(data, x=x, y=y)
+    eps = 1.0 if norm is Norm.L2 else 0.3
+    plan = AttackPlan(attacks=(AttackName.FGSM, AttackName.PGD), targets=(TargetMode.UNTARGETED,), norm=norm,
+                      eps=eps, batch_size=100, params={AttackName.PGD: {"steps": "5"}})
+    inputs = InputOptions(model=str(model), data=str(data), device="cpu", clip=(0.0, 255.0))
+    report = run_attack_job(AttackJob(inputs=inputs, plan=plan, n=100), ["test"])
+    key = "l2_mean_all" if norm is Norm.L2 else "linf_mean_all"
+    for row in report["results"]:
+        assert row["status"] == "ok"
+        assert 0.9 * eps < row[key] <= eps * (1 + 1e-4)  # at (L2: near) the ball's surface
+
+
+class _AlwaysZero(torch.nn.Module):
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 10) + x.flatten(1).mean(1, keepdim=True) * 0
+        logits[:, 0] = 1.0
+        return logits
+
+
+def test_clean_accuracy_at_chance_is_flagged(tmp_path):
+    """Data that does not belong to the model (digits through a CIFAR network run without an error when the
+    network broadcasts the channels) gives chance-level accuracy: say so instead of reporting silently."""
+    import numpy as np
+
+    model = tmp_path / "zero.pt"
+    torch.jit.script(_AlwaysZero()).save(str(model))
+    with np.load(DEMO / "mnist_demo.npz", allow_pickle=False) as d:
+        x, y = d["x"], d["y"]
+    pick = np.concatenate([np.flatnonzero(y == 0)[:5], np.flatnonzero(y != 0)[:95]])
+    data = tmp_path / "d.npz"
+    np.savez(data, x=x[pick], y=y[pick])
+    plan = AttackPlan(attacks=(AttackName.FGSM,), targets=(TargetMode.UNTARGETED,), eps=0.1, batch_size=100)
+    report = run_attack_job(AttackJob(inputs=InputOptions(model=str(model), data=str(data), device="cpu"), plan=plan),
+                            ["test"])
+    assert report["data"]["clean_accuracy"] == 0.05
+    assert any("no better than chance (1/10 = 10.0%)" in w for w in report["warnings"]), report["warnings"]
+    # a real model on its own data is not flagged
+    report = run_attack_job(_job(DEMO / "mnist_cnn.pt", n=32), ["test"])
+    assert not any("chance" in w for w in report["warnings"])
+
+
+def test_default_eps_on_another_clip_range_is_flagged():
+    from robaudit.engine.attack_job import plan_warnings
+
+    plan = AttackPlan(attacks=(AttackName.FGSM, AttackName.DEEPFOOL), targets=(TargetMode.UNTARGETED,))
+    assert plan_warnings(plan, (0.0, 1.0)) == []
+    (w,) = plan_warnings(plan, (0.0, 255.0))
+    assert w.startswith("fgsm ran at default eps meant for pixels in [0, 1]") and "--eps 8 " in w
+    assert plan_warnings(AttackPlan(attacks=(AttackName.DEEPFOOL,), targets=(TargetMode.UNTARGETED,)),
+                         (0.0, 255.0)) == []  # a minimisation attack has no budget to get wrong
+
+
 def test_bound_violations_are_internal_errors():
     class _Fake:
         name, kind, norm, eps = "fake", AttackKind.FIXED_EPS, Norm.LINF, 0.1
@@ -74,6 +149,13 @@ def test_bound_violations_are_internal_errors():
     outside[0, 0, 0, 0] = 1.5
     with pytest.raises(AttackFailure, match="clip range"):
         verify_bounds(_Fake(), x, outside, perturbation_norms(x, outside), (0.0, 1.0))
+    class _Fake255(_Fake):
+        eps = 25.5
+
+    x255 = x * 255
+    past = x255 + 25.5 + 0.05  # past the ball by far more than float32 rounding at 255 (3e-5)
+    with pytest.raises(AttackFailure, match="exceeded its linf budget"):
+        verify_bounds(_Fake255(), x255, past, perturbation_norms(x255, past), (0.0, 255.0))
     nan = x.clone()
     nan[1, 0, 0, 0] = float("nan")
     with pytest.raises(AttackFailure, match="non-finite"):

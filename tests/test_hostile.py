@@ -625,7 +625,12 @@ def test_journal_write_failure_then_resume_loses_nothing(tmp_path, monkeypatch, 
     assert strip_timing(json.loads((out / "report.json").read_text())) == strip_timing(reference)
 
 
-def test_sigterm_midway_then_resume_loses_at_most_one_batch(tmp_path, monkeypatch, capsys, audit_reference):
+@pytest.mark.parametrize(("sig", "exit_code", "message"), [
+    (signal.SIGTERM, 143, "robaudit: terminated (SIGTERM); finished work is kept"),
+    (signal.SIGINT, 130, "robaudit: interrupted; finished work is kept"),  # Ctrl-C used to print nothing
+])
+def test_sigterm_midway_then_resume_loses_at_most_one_batch(tmp_path, monkeypatch, capsys, audit_reference,
+                                                            sig, exit_code, message):
     profile, reference = audit_reference
     out = tmp_path / "out"
     args = ["audit", "demo:mnist", "--data", "demo:mnist", "--profile", str(profile), "--out", str(out), "-q",
@@ -638,11 +643,11 @@ def test_sigterm_midway_then_resume_loses_at_most_one_batch(tmp_path, monkeypatc
             if journal.exists() and journal.read_bytes().count(b'"type":"chunk"') >= 2:
                 break
             time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
     finally:
         _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, "the audit finished before it could be stopped"
-    assert stderr.strip().startswith("robaudit: terminated (SIGTERM); finished work is kept") and "--resume" in stderr
+    assert proc.returncode == exit_code, "the audit finished before it could be stopped"
+    assert stderr.strip().startswith(message) and "--resume" in stderr
     assert not (out / "report.json").exists()
     done = [json.loads(line) for line in journal.read_text().splitlines() if '"type":"chunk"' in line]
     assert 2 <= len(done) < 8  # 2 cells x 4 chunks of 4 samples

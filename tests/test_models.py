@@ -249,6 +249,54 @@ def test_onnx_white_box_matches_runtime_and_torchscript(tmp_path: Path) -> None:
     assert g.abs().sum() > 0
 
 
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def test_onnx_with_several_outputs_reads_the_first_white_box(tmp_path: Path) -> None:
+    """onnx2torch returns a tuple for such a graph: the model used to fall back to black-box use."""
+    net = _net()
+    path = tmp_path / "two.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_TwoOutputs(net), (torch.zeros(1, *SHAPE),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits", "probs"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}, "probs": {0: "n"}})
+    ox = load_model(path, device="cpu")
+    assert ox.white_box and ox.num_classes == 5
+    assert any("the first ('logits') is read as the logits" in n for n in ox.info.notes)
+    x = _x(6)
+    with torch.no_grad():
+        assert torch.allclose(ox(x), net(x), atol=1e-4)
+
+
+class _ChannelsLast(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+def test_onnx_channels_last_input_is_named_as_such(tmp_path: Path) -> None:
+    """The error blamed the data ('expects (12, 12, 1) but the data has (1, 12, 12)')."""
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ChannelsLast(_net()), (torch.zeros(1, 12, 12, 1),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}})
+    with pytest.raises(ModelLoadError, match=r"channels-last input \(12, 12, 1\) \(NHWC\).*re-export"):
+        load_model(path, device="cpu", data_shape=SHAPE)
+
+
 def test_onnx_newer_opset_repaired(tmp_path: Path) -> None:
     path17 = _export_onnx(_net(), tmp_path / "m17.onnx")
     model20 = version_converter.convert_version(onnx.load(str(path17)), 20)

@@ -45,6 +45,13 @@ BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
         (BASE + "sample: 10\n", "sample", "unknown key"),
         ("attacks:\n  nope: {}\n", "attacks.nope", "unknown attack 'nope'"),
         ("attacks:\n  x: {attack: pgdd}\n", "attacks.x.attack", "unknown attack 'pgdd'"),
+        # labels that gates would read as something else
+        ("attacks:\n  untargeted: {attack: fgsm}\n", "attacks.untargeted", "target setting or metric name"),
+        ("attacks:\n  LL: {attack: fgsm}\n", "attacks.LL", "target setting or metric name"),
+        ("attacks:\n  success_rate: {attack: fgsm}\n", "attacks.success_rate", "target setting or metric name"),
+        ("attacks:\n  pgd: {attack: fgsm}\n", "attacks.pgd", "names another attack (this one runs fgsm)"),
+        ("attacks:\n  weak: {attack: fgsm}\n  WEAK: {attack: pgd}\n", "attacks.WEAK", "differ only in case"),
+        ("attacks:\n  a=b: {attack: fgsm}\n", "attacks.a=b", "without spaces"),
         ("attacks:\n  pgd: {eps: -0.1}\n", "attacks.pgd.eps", "must be between 0 and 1"),
         ("attacks:\n  pgd: {eps: 8}\n", "attacks.pgd.eps", "must be between 0 and 1"),
         ("attacks:\n  pgd: {steps: -3}\n", "attacks.pgd.steps", "must be >= 0"),
@@ -53,6 +60,7 @@ BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
         ("attacks:\n  pgd: {norm: l0}\n", "attacks.pgd.norm", "does not support norm l0"),
         ("attacks:\n  deepfool: {}\ntargets: [least-likely]\n", "attacks.deepfool", "would never run"),
         (BASE + "targets: [sideways]\n", "targets", "unknown target 'sideways'"),
+        (BASE + "targets: [all, untargeted]\n", "targets", "'all' stands alone"),
         (BASE + "samples: 0\n", "samples", "must be >= 1"),
         (BASE + "seed: -1\n", "seed", "between 0 and"),
         (BASE + "examples: 99\n", "examples", "between 0 and 16"),
@@ -111,6 +119,22 @@ def test_merge_keys_may_be_overridden(tmp_path):
     from robaudit.config.yaml_load import load_yaml
 
     assert load_yaml(text)["attacks"] == [{"attack": "pgd", "eps": 0.2}]
+
+
+def test_n_override_is_checked_like_the_profile_samples():
+    prof = parse_profile({"samples": 100, "attacks": {"fgsm": {}}, "clever": {"inputs": 50}})
+    assert prof.with_overrides(samples=60).samples == 60
+    with pytest.raises(ConfigError, match=r"-n 5 is fewer than the profile's clever.inputs \(50\)"):
+        prof.with_overrides(samples=5)
+
+
+def test_exponent_numbers_are_numbers():
+    """YAML 1.1 (PyYAML) reads ``3e-2`` as a string, so ``eps: 3e-2`` was refused as not a number."""
+    from robaudit.config.yaml_load import load_yaml
+
+    assert load_yaml("a: 3e-2\nb: 1E+3\nc: .5e-1\nd: 3e\ne: 8\n") == {"a": 0.03, "b": 1000.0, "c": 0.05, "d": "3e", "e": 8}
+    prof = parse_profile(load_yaml("attacks:\n  pgd: {eps: 3e-2}\n"))
+    assert prof.attacks[0].eps == 0.03
 
 
 def test_shipped_profiles_are_the_package_data():

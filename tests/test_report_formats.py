@@ -270,6 +270,41 @@ def test_distance_gates_hold_where_the_attack_found_nothing():
     assert evaluate_gate(parse_gate("untargeted l2_median >= 1.4"), report).passed
 
 
+def test_markdown_escapes_markup_in_labels_and_has_no_empty_attack_table():
+    rows = copy.deepcopy(ROWS)
+    rows[0]["label"] = '<b>fg"sm&amp;'
+    md = render(_report(rows), ReportFormat.markdown)
+    assert "<b>" not in md and "&lt;b>fg\"sm&amp;amp;" in md  # shown as typed, not rendered as markup
+    assert "linf<=0.1" in md  # a plain '<=' stays readable
+    empty = _report(copy.deepcopy(ROWS))
+    empty["results"] = []
+    for fmt in (ReportFormat.markdown, ReportFormat.table):
+        text = render(empty, fmt)
+        assert "success" not in text and "clean accuracy" in text.lower(), text
+
+
+def test_chart_has_one_bar_per_threat_model_and_one_colour_per_series():
+    import re
+
+    from robaudit.report.html import charts
+
+    rows = []
+    for threat, rate in (("adaptive", 0.61), ("transfer", 0.56)):  # one stack under both threat models
+        row = _row("fgsm", "untargeted", rate, 1.0)
+        row.update(defences=["ss"], threat_model=threat, cell_id=f"m0/attack/fgsm/untargeted/ss/{threat}")
+        rows.append(row)
+    svg = charts(_report(rows))[0]
+    assert "fgsm / untargeted / ss (adaptive): 61%" in svg and "fgsm / untargeted / ss (transfer): 56%" in svg
+    many = []
+    for i in range(21):  # more series than the palette has colours
+        row = _row("fgsm", "untargeted", 0.5, 1.0)
+        row.update(defences=[f"d{i}"], threat_model="adaptive", cell_id=f"m0/attack/fgsm/untargeted/d{i}")
+        many.append(row)
+    svg = charts(_report(many))[0]
+    bars = re.findall(r'<rect x="[^"]+" y="[^"]+" width="[^"]+" height="[^"]+" fill="([^"]+)"><title>', svg)
+    assert len(bars) == 21 and len(set(bars)) == 21
+
+
 def test_distance_gate_allows_float32_rounding_at_the_budget():
     report = _report(copy.deepcopy(ROWS))
     for row in report["results"]:
@@ -282,6 +317,19 @@ def test_distance_gate_allows_float32_rounding_at_the_budget():
     result = evaluate_gate(parse_gate("linf_max <= 0.3"), report)  # shown with the digits that fail it
     assert not result.passed and "linf_max = 0.30002 at" in result.detail
     assert not evaluate_gate(parse_gate("success_rate <= 0.39999"), report).passed  # rates stay exact
+    # on [0, 255] pixels float32 rounds at 255, not at 1: the engine accepted 0.300003 for eps 0.3, so must a gate
+    for row in report["results"]:
+        row["linf_max"] = 0.300003
+    assert not evaluate_gate(parse_gate("linf_max <= 0.3"), report).passed  # [0, 1]: 3e-6 is past rounding
+    report["model"]["clip"] = [0.0, 255.0]
+    assert evaluate_gate(parse_gate("linf_max <= 0.3"), report).passed
+    report["results"][0]["linf_max"] = 0.3002
+    assert not evaluate_gate(parse_gate("linf_max <= 0.3"), report).passed
+    for row in report["results"]:  # L2 rounding adds up over the 784 values of an image
+        row["l2_median"] = 1.00005
+    assert evaluate_gate(parse_gate("l2_median <= 1"), report).passed
+    report["model"]["clip"] = [0.0, 1.0]
+    assert not evaluate_gate(parse_gate("l2_median <= 1"), report).passed
 
 
 def test_diff_compares_like_with_like(tmp_path):

@@ -5,12 +5,16 @@ reference. Two ART pitfalls are handled here for every ART-backed attack:
 
 * some ART attacks (HopSkipJump under numpy 2) probe the model with float64 arrays, which a
   float32 PyTorch model rejects: inputs are cast to float32 inside the wrapped module;
-* ART seeds from numpy's global RNG, so each batch seeds it from robaudit's generator.
+* ART draws from numpy's global RNG, so each batch seeds it from robaudit's generator; a
+  ``np.random.RandomState()`` that ART creates without a seed (HopSkipJump's search for a starting
+  point does, so it drew from the OS and two runs with one seed differed) is seeded from that RNG.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -43,6 +47,24 @@ def art_classifier(model: torch.nn.Module, input_shape: tuple[int, ...], num_cla
     )
 
 
+@contextmanager
+def seeded_numpy(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG, and every ``np.random.RandomState()`` created without a seed while
+    inside (from that RNG), so that ART's random choices follow robaudit's seed."""
+    original = np.random.RandomState
+
+    class _FromGlobal(original):  # type: ignore[valid-type, misc]
+        def __init__(self, seed: Any = None) -> None:
+            super().__init__(int(np.random.randint(0, 2**31 - 1)) if seed is None else seed)
+
+    np.random.seed(seed)
+    np.random.RandomState = _FromGlobal  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        np.random.RandomState = original  # type: ignore[misc]
+
+
 class ArtAttack(Attack):
     """Base for ART-backed attacks: subclasses implement :meth:`build`."""
 
@@ -62,7 +84,7 @@ class ArtAttack(Attack):
         clf = art_classifier(model, tuple(x.shape[1:]), num_classes, self.clip, x.device)
         attack = self.build(clf, criterion.targeted, int(x.shape[0]))
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
-        np.random.seed(seed)
         y = self.art_labels(criterion, num_classes)
-        adv = attack.generate(x=x.detach().cpu().numpy().astype(np.float32), y=y)
+        with seeded_numpy(seed):
+            adv = attack.generate(x=x.detach().cpu().numpy().astype(np.float32), y=y)
         return torch.from_numpy(np.asarray(adv, dtype=np.float32)).to(x.device)

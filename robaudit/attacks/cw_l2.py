@@ -152,10 +152,18 @@ class CWL2(Attack):
         draws = p.confirm_draws if is_randomized(model) else 0
         ok = functools.partial(cw_success, confidence=p.confidence)
 
-        def from_w(w: torch.Tensor) -> torch.Tensor:
+        def tanh_box(w: torch.Tensor) -> torch.Tensor:
             return lo + (hi - lo) * (torch.tanh(w) + 1.0) * 0.5
 
         w0 = torch.atanh((((x - lo) / (hi - lo)) * 2.0 - 1.0).clamp(-1.0, 1.0) * _TANH_SCALE)
+        # the tanh round trip moves every pixel by up to 5e-7 of the range: measure the change from
+        # w0 instead, so pixels the attack leaves alone come back exact (an honest L0); the clip
+        # that offset can need passes tanh's gradient straight through (a pixel on a bound still moves)
+        offset = x - tanh_box(w0)
+
+        def from_w(w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            v = tanh_box(w) + offset[idx]
+            return v + (v.clamp(lo, hi) - v).detach()
 
         best_l2 = torch.full((n,), float("inf"), device=dev)
         best_adv = x.clone()
@@ -189,7 +197,7 @@ class CWL2(Attack):
             live = torch.arange(rows.numel(), device=dev)  # positions within ``rows``
             for it in range(p.max_iter):
                 wl = w[live].requires_grad_(True)
-                xl = from_w(wl)
+                xl = from_w(wl, rows[live])
                 logits = model(xl)
                 l2sq = (xl - x_r[live]).flatten(1).pow(2).sum(1)
                 margin = cw_margin(logits, cls_r[live], targeted)

@@ -27,6 +27,8 @@ def parse_targets(spec: str) -> list[TargetMode]:
         if name in aliases:
             out.append(aliases[name])
             continue
+        if name == "all":
+            raise ConfigError(f"'all' stands alone: it already means {', '.join(t.value for t in TargetMode)}")
         try:
             out.append(TargetMode(name))
         except ValueError:

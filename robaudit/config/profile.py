@@ -166,6 +166,10 @@ class Profile:
         if samples != "keep":
             if samples is not None and (not isinstance(samples, int) or samples < 1):
                 raise ConfigError(f"-n must be >= 1, got {samples}")
+            if samples is not None and self.clever is not None and self.clever.inputs > samples:
+                # the profile's own check (clever.inputs <= samples), for the -n that replaces its samples
+                raise ConfigError(f"-n {samples} is fewer than the profile's clever.inputs ({self.clever.inputs}): "
+                                  "CLEVER would silently run on fewer inputs; raise -n or lower clever.inputs")
             changes["samples"] = samples
         if seed is not None:
             if not 0 <= seed <= MAX_SEED:
@@ -352,11 +356,23 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
         value = {v: {} for v in value}
     if not isinstance(value, dict):
         raise ctx.fail(prefix, f"must be a mapping LABEL: {{parameters}}, got {type(value).__name__}")
+    from robaudit.report.gates import DETECT_METRICS, REPORT_METRICS, ROW_METRICS, TARGET_WORDS
+
+    reserved = set(TARGET_WORDS) | {"all"} | set(ROW_METRICS) | set(DETECT_METRICS) | set(REPORT_METRICS)
     out = []
+    seen: dict[str, str] = {}
     for label, spec in value.items():
         key = f"{prefix}.{label}"
-        if not isinstance(label, str) or not label or any(c.isspace() or c in "/|" for c in label):
-            raise ctx.fail(key, "an attack label is one word without spaces, '/' or '|'")
+        if not isinstance(label, str) or not label or any(c.isspace() or c in "/|=" for c in label):
+            raise ctx.fail(key, "an attack label is one word without spaces, '/', '|' or '='")
+        # gates select cells by label, attack name or target setting, case-insensitively: a label
+        # that reads as another of these would gate the wrong cells
+        low = label.lower()
+        if low in reserved:
+            raise ctx.fail(key, f"the label {label!r} is a target setting or metric name in gates; choose another")
+        if low in seen:
+            raise ctx.fail(key, f"the labels {seen[low]!r} and {label!r} differ only in case; gates cannot tell them apart")
+        seen[low] = label
         spec = {} if spec is None else spec
         if not isinstance(spec, dict):
             raise ctx.fail(key, f"must be a mapping of parameters, got {spec!r}")
@@ -366,6 +382,9 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
         except ValueError:
             raise ctx.fail(f"{key}.attack" if "attack" in spec else key,
                            f"unknown attack {name!r} (known: {', '.join(attack_names())})") from None
+        if low in attack_names() and low != attack.value:
+            raise ctx.fail(key, f"the label {label!r} names another attack (this one runs {attack.value}); "
+                                "gates select by label and by attack name, so choose another label")
         a_backend = spec.get("backend", backend)
         if a_backend not in ("torch", "art"):
             raise ctx.fail(f"{key}.backend", f"unknown backend {a_backend!r} (known: torch, art)")

@@ -1,11 +1,14 @@
 """YAML for profiles: ``yaml.SafeLoader`` (no Python objects) that also refuses duplicate keys.
 
 PyYAML keeps the last of two equal keys without a word, so a profile that says ``attacks:``
-twice would silently lose the first list; here that is an error naming both lines.
+twice would silently lose the first list; here that is an error naming both lines. It also reads
+numbers like ``3e-2`` as floats, as YAML 1.2 does (PyYAML's YAML 1.1 rules need ``3.0e-2`` and would
+hand ``eps: 3e-2`` over as a string).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -33,6 +36,9 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def load_yaml(text: str) -> Any:

@@ -286,6 +286,8 @@ def load_dataset(
     opts = Options(lay, channels, x_key, y_key, (lo, hi), max_bytes, labels_optional)
     p = Path(path)
     fmt = _detect(p)
+    if (x_key is not None or y_key is not None) and fmt is not DataFormat.NPZ:
+        raise ConfigError(f"--x-key/--y-key name arrays in an .npz file; {p} is {fmt.value} data: drop them")
     raw = _READERS[fmt](p, opts)
     notes = list(raw.notes)
     n = int(raw.x.shape[0]) if raw.x.ndim else 0

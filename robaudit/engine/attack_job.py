@@ -28,11 +28,23 @@ class AttackJob:
     """How many inputs to sample (``None``: all)."""
 
 
+def default_eps_warnings(defaulted: list[str], clip: tuple[float, float]) -> list[str]:
+    """Default budgets (8/255 Linf, 0.5 L2, ...) are for pixels in [0, 1]; on another clip range they are
+    a different, usually tiny, budget. ``defaulted``: the fixed-eps attacks left at their default eps."""
+    span = clip[1] - clip[0]
+    if not defaulted or abs(span - 1.0) <= 1e-6:
+        return []
+    return [f"{', '.join(defaulted)} ran at default eps meant for pixels in [0, 1], but the clip range is "
+            f"[{clip[0]:g}, {clip[1]:g}]: give the budget in this range (e.g. --eps {8 / 255 * span:.4g} for "
+            f"8/255 of it under linf)"]
+
+
 def plan_warnings(plan: AttackPlan, clip: tuple[float, float],
                   input_shape: tuple[int, ...] | None = None) -> list[str]:
     """Warnings about the budget: an eps no attack uses, or one that allows replacing the whole input."""
     if plan.eps is None:
-        return []
+        return default_eps_warnings([n.value for n in plan.attacks
+                                     if get_attack_class(n, plan.backend).kind is AttackKind.FIXED_EPS], clip)
     norms = set()
     for name in plan.attacks:
         cls = get_attack_class(name, plan.backend)
@@ -62,6 +74,11 @@ def model_warnings(model: Classifier, evalset: EvaluationSet) -> list[str]:
         out.append(f"the model returns NaN/inf logits for {evalset.n_nonfinite} of the {evalset.n_selected} sampled "
                    "clean inputs: they count as misclassified and are not attacked; the model is numerically "
                    "unstable and its results are unreliable")
+    classes = model.num_classes
+    if classes > 1 and evalset.n_selected >= 2 * classes and evalset.clean_accuracy <= 1.0 / classes:
+        out.append(f"clean accuracy {evalset.clean_accuracy:.1%} is no better than chance (1/{classes} = "
+                   f"{1 / classes:.1%}): check that the model and the data belong together (a TorchScript model "
+                   "does not declare its input shape, so e.g. 28x28 gray digits run through a 32x32 RGB network)")
     if looks_like_probabilities(evalset.clean_logits):
         out.append("the model outputs probabilities (rows sum to 1), not logits: gradients are weak and "
                    "gradient attacks understate its vulnerability; export the model without the final softmax")

@@ -26,10 +26,7 @@ from robaudit.engine.observer import NullObserver, Observer
 from robaudit.errors import AttackFailure, ConfigError
 from robaudit.metrics import perturbation_norms, summarize
 from robaudit.models import Classifier
-
-BOUND_TOLERANCE = 1e-6
-"""Slack allowed on the eps-ball and clip range checks (float32 rounding)."""
-
+from robaudit.tolerance import bound_slack, clip_slack
 
 @dataclass(frozen=True)
 class AttackPlan:
@@ -163,11 +160,13 @@ def verify_bounds(attack: Attack, x: torch.Tensor, x_adv: torch.Tensor, dist: An
     if not torch.isfinite(x_adv).all():
         raise AttackFailure(f"attack {attack.name} returned non-finite values")
     lo, hi = clip
-    if float(x_adv.min()) < lo - BOUND_TOLERANCE or float(x_adv.max()) > hi + BOUND_TOLERANCE:
+    slack = clip_slack(clip)
+    if float(x_adv.min()) < lo - slack or float(x_adv.max()) > hi + slack:
         raise AttackFailure(f"attack {attack.name} left the clip range [{lo}, {hi}]")
     if attack.kind is AttackKind.FIXED_EPS and attack.eps is not None:
         measured = dist.linf if attack.norm is Norm.LINF else dist.l2 if attack.norm is Norm.L2 else None
-        if measured is not None and float(measured.max()) > attack.eps * (1 + BOUND_TOLERANCE) + BOUND_TOLERANCE:
+        if measured is not None and float(measured.max()) > attack.eps + bound_slack(
+                attack.eps, attack.norm.value, clip, x_adv[0].numel()):
             raise AttackFailure(
                 f"attack {attack.name} exceeded its {attack.norm.value} budget: "
                 f"{float(measured.max()):.6g} > eps {attack.eps:.6g}")

@@ -93,6 +93,7 @@ def _fingerprint(job: AuditJob, loaded: list[Inputs]) -> dict[str, Any]:
         "data": {"spec": job.inputs.data, "sha256": loaded[0].data.sha256},
         "seed": job.profile.seed,
         "profile": {"name": job.profile.name, "digest": _profile_digest(job.profile)},
+        "profile_fields": _profile_fields(job.profile),
         "attack_params": _attack_params_digest(job.profile),
     }
     return json.loads(json.dumps(fp))  # the form it has when read back from the journal (tuples -> lists)
@@ -112,6 +113,33 @@ def _attack_params_digest(profile: Profile) -> str:
         cls = get_attack_class(AttackName(spec.name), spec.backend)
         resolved[spec.label] = dataclasses.asdict(params_from_overrides(cls.Params, dict(spec.params)))
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _default_eps_warnings(profile: Profile, clip: tuple[float, float]) -> list[str]:
+    from robaudit.attacks.base import AttackKind
+    from robaudit.attacks.registry import AttackName, get_attack_class
+    from robaudit.engine.attack_job import default_eps_warnings
+
+    defaulted = [a.label for a in profile.attacks if a.eps is None
+                 and get_attack_class(AttackName(a.name), a.backend).kind is AttackKind.FIXED_EPS]
+    return default_eps_warnings(defaulted, clip)
+
+
+def _profile_fields(profile: Profile) -> dict[str, Any]:
+    """What ``_profile_digest`` covers, field by field (numbers and names as they are, the rest hashed),
+    so that a refused resume can say which field changed. Not compared itself: the digest decides."""
+    import hashlib
+
+    body = dataclasses.replace(profile, name="", seed=0, gates=()).to_dict()
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in ("source", "description", "name", "seed", "gates"):
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            out[key] = {"sha256": hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()}
+    return out
 
 
 def _profile_digest(profile: Profile) -> str:
@@ -172,6 +200,7 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
     warnings = list(model.info.notes)
     for w in model_warnings(model, evalset):
         warnings.append(w)
+    warnings += _default_eps_warnings(profile, model.clip)
     for w in warnings:
         obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
     base_ctx = CellContext(model=model, evalset=evalset, profile=profile, device=str(model.device))

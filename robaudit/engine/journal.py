@@ -91,8 +91,17 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             what = "content (sha256)" if (a or {}).get("sha256") != (b or {}).get("sha256") else "options"
             out.append(f"the data ({(b or {}).get('spec')}) changed: {what}")
         elif key == "profile":
-            out.append(f"the profile changed ({(a or {}).get('name')} -> {(b or {}).get('name')}, "
-                       "attacks, targets, defences, samples, batch size or examples differ)")
+            diffs = [f"name {(a or {}).get('name')!r} -> {(b or {}).get('name')!r}"] \
+                if (a or {}).get("name") != (b or {}).get("name") else []
+            fa, fb = old.get("profile_fields") or {}, new.get("profile_fields") or {}
+            for k in dict.fromkeys([*fa, *fb]):  # numbers and names as they are; lists and mappings hashed
+                va, vb = fa.get(k), fb.get(k)
+                if va != vb:
+                    hashed = isinstance(va, dict) or isinstance(vb, dict) or k not in fa or k not in fb
+                    diffs.append(k if hashed else f"{k} {va!r} -> {vb!r}")
+            if not fa and (a or {}).get("digest") != (b or {}).get("digest"):
+                diffs.append("its content (the journal predates per-field records)")
+            out.append(f"the profile changed ({', '.join(diffs) or 'content'})")
         elif key == "attack_params":
             out.append("the attacks' parameters with robaudit's defaults filled in differ from the run being "
                        "resumed (written by an earlier robaudit, or defaults changed)")

@@ -130,9 +130,10 @@ def _normalizer(
         return None
     for name, vals in (("mean", mean), ("std", std)):
         if len(vals) not in (1, channels):
+            plural = "channel" if channels == 1 else "channels"
             raise ConfigError(
-                f"{name} has {len(vals)} values but {path.name} takes {channels} channels; "
-                f"give 1 or {channels} values"
+                f"{name} has {len(vals)} values but {path.name} takes {channels} {plural}; "
+                + ("give 1 value" if channels == 1 else f"give 1 or {channels} values")
             )
     return Normalize(mean, std, channels)
 
@@ -407,6 +408,11 @@ def _onnx_input_shape(
     for i, d in enumerate(chw):
         if d is not None:
             if data_shape is not None and data_shape[i] != d:
+                if tuple(chw) == (data_shape[1], data_shape[2], data_shape[0]):
+                    raise ModelLoadError(
+                        f"{path} takes channels-last input {tuple(chw)} (NHWC); robaudit feeds NCHW batches "
+                        f"{data_shape}: re-export the model with an NCHW input (e.g. transpose inside the model)"
+                    )
                 raise ModelLoadError(
                     f"{path} expects inputs of shape {tuple(chw)} but the data has shape {data_shape}; "
                     "check that the model and the data belong together"
@@ -475,6 +481,8 @@ def _load_onnx(
         std=_expand(std, shape[0]),
     )
     notes: list[str] = []
+    if len(model.graph.output) > 1:
+        notes.append(f"graph has {len(model.graph.output)} outputs: the first ({g.output_name!r}) is read as the logits")
     if batch_limit == 1:
         notes.append("graph has a fixed batch size of 1: inputs are run one at a time")
     if module is not None:

@@ -221,26 +221,47 @@ def _repair_for_onnx2torch(model: Any) -> tuple[Any, list[str]]:
     return fixed, done
 
 
+class FirstOutput(torch.nn.Module):
+    """onnx2torch returns a tuple for a graph with several outputs; robaudit reads the first one as the
+    logits, as it does from onnxruntime."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.module(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def convert_onnx(model: Any) -> tuple[torch.nn.Module | None, str, list[str]]:
     """Try onnx2torch, then the repair. Returns (module or None, failure reason, repairs used)."""
     from onnx2torch import convert
 
+    # onnx2torch's converted modules warn from their forward passes too (e.g. on every Slice), and the
+    # user can do nothing about it: silence warnings raised from its code for the whole run
+    warnings.filterwarnings("ignore", module=r"onnx2torch(\.|$)")
+    several = len(model.graph.output) > 1
+
+    def first(module: torch.nn.Module) -> torch.nn.Module:
+        return (FirstOutput(module) if several else module).eval()
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return convert(model).eval(), "", []
+            return first(convert(model)), "", []
         except Exception as exc:
-            first = _one_line(exc)
+            first_error = _one_line(exc)
         try:
             fixed, done = _repair_for_onnx2torch(model)
         except Exception as exc:
-            return None, f"{first}; opset down-conversion also failed: {_one_line(exc, 80)}", []
+            return None, f"{first_error}; opset down-conversion also failed: {_one_line(exc, 80)}", []
         if not done:
-            return None, first, []
+            return None, first_error, []
         try:
-            return convert(fixed).eval(), "", done
+            return first(convert(fixed)), "", done
         except Exception as exc:
-            return None, f"{first}; after {', '.join(done)}: {_one_line(exc, 80)}", done
+            return None, f"{first_error}; after {', '.join(done)}: {_one_line(exc, 80)}", done
 
 
 def compare_with_runtime(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any
 
@@ -106,9 +107,21 @@ def clever_tables(report: dict[str, Any]) -> list[Table]:
     return tables
 
 
+_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
+def md_text(text: str, cell: bool = True) -> str:
+    """``text`` safe in Markdown: what would start an HTML tag or entity is escaped (a label ``<b>x``
+    must not render as markup in a CI job summary) and, in a table ``cell``, ``|`` cannot end it.
+    Plain ``<=`` and ``&`` stay readable."""
+    text = _TAG_START.sub("&lt;", _ENTITY.sub("&amp;", text))
+    return text.replace("|", "/") if cell else text
+
+
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]
     return out
 
 

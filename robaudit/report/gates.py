@@ -27,8 +27,9 @@ never succeeded) are left out of groups.
 Groups and missing values: ``robust_accuracy`` is defined on untargeted cells, so a group is decided
 by its untargeted cells (``pgd robust_accuracy >= 0.4`` on an audit with targeted cells too); a
 distance over successful examples has no value in a cell whose attack found none, and that cell
-holds (there is no example to break the bound). Distance thresholds allow float32 rounding
-(:data:`DISTANCE_TOLERANCE`). A partial report fails every gate.
+holds (there is no example to break the bound). Distance thresholds allow float32 rounding at the
+model's clip range, as the engine's own eps-ball check does (:func:`robaudit.tolerance.bound_slack`).
+A partial report fails every gate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robaudit.errors import ConfigError
+from robaudit.tolerance import bound_slack
 
 ROW_METRICS = (
     "success_rate", "robust_accuracy", "l2_mean", "l2_median", "linf_mean", "linf_median", "linf_max",
@@ -55,6 +57,8 @@ OPS = ("<=", ">=", "<", ">")
 
 _TARGET_ALIASES = {"untargeted": "untargeted", "least-likely": "least-likely", "ll": "least-likely",
                    "next-class": "next-class", "next": "next-class"}
+TARGET_WORDS = tuple(_TARGET_ALIASES)
+"""Selector words that pick a target setting."""
 _GATE_RE = re.compile(r"^\s*(?P<sel>(?:\S+\s+)*?)(?P<metric>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*"
                       r"(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)\s*$")
 
@@ -218,15 +222,14 @@ def _cell_name(row: dict[str, Any]) -> str:
     return str(row.get("cell_id") or f"{row.get('label', row.get('attack'))}/{row.get('target')}/{_defence_key(row)}")
 
 
-DISTANCE_TOLERANCE = 1e-6
-"""Relative slack of gates on distances (``x <= t`` holds up to ``t * (1 + tol) + tol``, ``x >= t`` down to
-``t * (1 - tol) - tol``): attacks compute in float32, so an example on its eps-ball's surface measures
-0.30000004 for eps 0.3; the engine's own bound check uses the same slack."""
-
-
-def _holds(gate: Gate, value: float) -> bool:
+def _holds(gate: Gate, value: float, report: dict[str, Any]) -> bool:
+    """``gate`` on ``value``; distances get the engine's float32 slack (an example on its eps-ball's
+    surface measures 0.30000004 for eps 0.3 on [0, 1] data, 0.300003 on [0, 255] data)."""
     if gate.metric in ROW_METRICS and gate.metric not in ("success_rate", "robust_accuracy"):
-        slack = DISTANCE_TOLERANCE * (abs(gate.threshold) + 1.0)
+        model = report.get("model") or {}
+        shape = model.get("input_shape") or [1]
+        norm = gate.metric.split("_", 1)[0]
+        slack = bound_slack(gate.threshold, norm, model.get("clip"), math.prod(int(d) for d in shape))
         return gate.holds(value - slack) if gate.op in ("<=", "<") else gate.holds(value + slack)
     return gate.holds(value)
 
@@ -288,7 +291,7 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
                           f"{gate.metric} has no value for {_cell_name(missing[0])} (not defined) (needs {thr})")
     worst = gate.worst([v for v, _ in present])  # type: ignore[misc]
     cell = next(r for v, r in present if v == worst)
-    ok = _holds(gate, worst)
+    ok = _holds(gate, worst, report)
     where = _cell_name(cell) + (f" (worst of {len(present)} cells)" if len(present) > 1 else "")
     if missing:
         where += f"; {len(missing)} cell(s) without a successful example"
@@ -328,6 +331,8 @@ def evaluate_gates(gates: list[Gate], report: dict[str, Any]) -> list[GateResult
 
 def gates_markdown(gates: list[dict[str, Any]]) -> str:
     """A Markdown table of evaluated gates (``GateResult.to_dict()`` entries, as stored in reports)."""
+    from robaudit.report.clever_render import md_text
+
     if not gates:
         return ""
     failed = sum(not g["passed"] for g in gates)
@@ -336,5 +341,5 @@ def gates_markdown(gates: list[dict[str, Any]]) -> str:
     for g in gates:
         value = "-" if g.get("value") is None else f"{g['value']:.4g}"
         lines.append(f"| {'pass' if g['passed'] else 'FAIL'} | `{g['gate']}` | {value} | "
-                     f"{str(g.get('cell') or '-').replace('|', '/')} |")
+                     f"{md_text(str(g.get('cell') or '-'))} |")
     return "\n".join(lines) + "\n"

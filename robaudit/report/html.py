@@ -32,7 +32,8 @@ def charts(report: dict[str, Any]) -> list[str]:
     rows = [r for r in report.get("results", []) if r.get("status") == "ok"]
     if not rows:
         return []
-    multi = len({tuple(r.get("defences") or []) for r in report.get("results", [])}) > 1
+    # one series per stack and threat model: a single stack under both threat models is two bars
+    multi = len({stack_label(r.get("defences") or [], r.get("threat_model")) for r in report.get("results", [])}) > 1
     groups = list(dict.fromkeys(str(r.get("label", r.get("attack"))) for r in report["results"]))
     series = list(dict.fromkeys(_series_name(r, multi) for r in report["results"]))
     success = {(str(r.get("label", r.get("attack"))), _series_name(r, multi)): r.get("success_rate") for r in rows}

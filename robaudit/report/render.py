@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from robaudit.report.clever_render import clever_markdown
+from robaudit.report.clever_render import clever_markdown, md_text
 
 COLUMNS = (
     ("attack", "attack"), ("target", "target"), ("budget", "budget"), ("n", "n"),
@@ -84,12 +84,17 @@ WIDE_ONLY = ("l2_mean", "linf_max", "seconds", "passes")
 WIDE_WIDTH = 120
 
 
-def results_table(report: dict[str, Any], width: int = 200) -> Table:
+def results_title(report: dict[str, Any]) -> str:
+    """Model, data and clean accuracy: the title of the results table."""
     data = report.get("data", {})
     model = report.get("model", {})
-    title = (f"{model.get('path', '?')} on {data.get('path', '?')}: clean accuracy "
-             f"{100 * float(data.get('clean_accuracy', 0.0)):.1f}%, {data.get('n_evaluated', '?')} correctly "
-             f"classified inputs attacked ({data.get('n_dropped_misclassified', 0)} dropped)")
+    return (f"{model.get('path', '?')} on {data.get('path', '?')}: clean accuracy "
+            f"{100 * float(data.get('clean_accuracy', 0.0)):.1f}%, {data.get('n_evaluated', '?')} correctly "
+            f"classified inputs attacked ({data.get('n_dropped_misclassified', 0)} dropped)")
+
+
+def results_table(report: dict[str, Any], width: int = 200) -> Table:
+    title = results_title(report)
     reasons = dict.fromkeys(str(r.get("reason")) for r in report.get("results", []) if r.get("status") != "ok")
     table = Table(title=title, title_justify="left", caption="; ".join(reasons) or None, caption_justify="left")
     columns = _columns(report)
@@ -136,7 +141,7 @@ def defences_markdown(report: dict[str, Any]) -> str:
         return ""
     lines = ["", "**Defence stacks**: clean accuracy on the sampled inputs", "",
              "| defence | clean accuracy | change | correct / sampled | randomised |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(_defence_cells(e)) + " |" for e in entries]
+    lines += ["| " + " | ".join(md_text(c) for c in _defence_cells(e)) + " |" for e in entries]
     return "\n".join(lines) + "\n"
 
 
@@ -150,16 +155,17 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly. Seed {report.get('seed')}, "
         f"device {report.get('device')}." + (f" Model runtime: {model['runtime']}." if model.get("runtime") else ""),
         "",
-        "| " + " | ".join(h for _, h in _columns(report)) + " |",
-        "|" + "|".join("---" for _ in _columns(report)) + "|",
     ]
+    if report.get("results"):  # a detect- or CLEVER-only audit has no attack rows: no empty table
+        lines += ["| " + " | ".join(h for _, h in _columns(report)) + " |",
+                  "|" + "|".join("---" for _ in _columns(report)) + "|"]
     for row in report.get("results", []):
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in _cells(row, _columns(report))) + " |")
+        lines.append("| " + " | ".join(md_text(c) for c in _cells(row, _columns(report))) + " |")
     clever = clever_markdown(report)  # the clever section (robaudit clever, audit CLEVER cells), if any
     if clever:
         lines.append(clever.rstrip("\n"))
     for w in report_warnings(report):
-        lines.append(f"\n> warning: {w}")
+        lines.append(f"\n> warning: {md_text(w, cell=False)}")
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +202,7 @@ def detection_markdown(report: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(h for _, h in DETECT_COLUMNS) + " |")
         lines.append("|" + "|".join("---" for _ in DETECT_COLUMNS) + "|")
         for row in entry["rows"]:
-            lines.append("| " + " | ".join(c.replace("|", "/") for c in _detect_cells(row)) + " |")
+            lines.append("| " + " | ".join(md_text(c) for c in _detect_cells(row)) + " |")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -7,6 +7,14 @@ from html import escape
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 
 
+def series_colour(index: int, count: int) -> str:
+    """The colour of series ``index`` of ``count``: the palette while it lasts; beyond it (a defence
+    grid has 45 series) hues a golden angle apart at three lightnesses, one colour per series."""
+    if count <= len(PALETTE):
+        return PALETTE[index]
+    return f"hsl({index * 137.508 % 360:.1f},62%,{(38, 54, 70)[index % 3]}%)"
+
+
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
@@ -51,7 +59,7 @@ def grouped_bars(title: str, groups: list[str], series: list[str], values: dict[
         for si, s in enumerate(series):
             v = values.get((group, s))
             x = gx + si * bar_w
-            colour = PALETTE[si % len(PALETTE)]
+            colour = series_colour(si, len(series))
             if v is None:
                 parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - 4}" text-anchor="middle" '
                              f'font-size="9" fill="#999">n/a</text>')
@@ -68,7 +76,7 @@ def grouped_bars(title: str, groups: list[str], series: list[str], values: dict[
     for si, s in enumerate(series):
         lx = left + (si % 3) * 200
         ly = top + plot_h + 38 + 20 * (si // 3)
-        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{PALETTE[si % len(PALETTE)]}"/>')
+        parts.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{series_colour(si, len(series))}"/>')
         parts.append(f'<text x="{lx + 16}" y="{ly}">{escape(s)}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -99,7 +107,7 @@ def roc_chart(title: str, curves: list[tuple[str, list[float], list[float]]], *,
     parts.append(f'<text x="12" y="{top + size / 2:.1f}" transform="rotate(-90 12 {top + size / 2:.1f})" '
                  'text-anchor="middle" fill="#555">detection rate</text>')
     for ci, (name, fpr, tpr) in enumerate(curves):
-        colour = PALETTE[ci % len(PALETTE)]
+        colour = series_colour(ci, len(curves))
         pts = " ".join(f"{left + f * size:.1f},{top + size - t * size:.1f}" for f, t in zip(fpr, tpr))
         if pts:
             parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2">'
