@@ -11,6 +11,12 @@ Markdown:
 3. the median L2 of successful examples per stack size (combinations widen the distance);
 4. the lowest success of any stack, per model (adversarial training + pre-processing should be lowest);
 5. how much of the transfer-setting gain the adaptive attack undoes.
+
+Given several finished reports (e.g. a model and its adversarially trained copy), it ends with finding 4
+across them: every (model, stack, threat model) ranked by mean success, with its clean accuracy and its
+untargeted robust accuracy against the strongest fixed-budget attack (clean accuracy under the stack x
+(1 - the highest success of FGSM, PGD and Auto-PGD)), since success counts only the inputs each
+defended model classifies correctly and both adversarial training and pre-processing cost clean accuracy.
 """
 
 from __future__ import annotations
@@ -24,6 +30,40 @@ from typing import Any
 
 SMALL = ("cw-l2", "cw-linf")
 LARGE = ("fgsm", "pgd", "apgd")
+
+
+def clean_by_stack(path: Path) -> dict[str, float]:
+    """Clean accuracy per defence stack (``none`` included) of a finished report; empty for a journal."""
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.exists() or path.suffix != ".json":
+        return {}
+    report = json.loads(path.read_text())
+    out = {"none": float(report["data"]["clean_accuracy"])}
+    for e in report.get("defences") or []:
+        out["+".join(e.get("defences") or []) or "none"] = float(e["clean_accuracy"])
+    return out
+
+
+def across_models(reports: list[tuple[str, list[dict[str, Any]], dict[str, float]]]) -> list[str]:
+    """Finding 4 over several models: (model, stack, threat) by mean success, with robust accuracy."""
+    entries = []
+    for name, rows, clean in reports:
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in rows:
+            if r.get("status") == "ok":
+                groups[("+".join(r["defences"]) or "none", r.get("threat_model", "none"))].append(r)
+        for (stack, threat), rs in groups.items():
+            unt = [r["success_rate"] for r in rs if r["target"] == "untargeted" and r["attack"] in LARGE]
+            robust = clean[stack] * (1 - max(unt)) if stack in clean and unt else None
+            entries.append((_mean([r["success_rate"] for r in rs]) or 0.0, robust, name, stack, threat))
+    out = ["## Finding 4 across models", "",
+           "| model | stack | threat model | mean success (all attacks, targets) | clean accuracy | "
+           "untargeted robust accuracy (worst of FGSM, PGD, APGD) |", "|---|---|---|---|---|---|"]
+    for success, robust, name, stack, threat in sorted(entries, key=lambda e: e[0]):
+        clean = dict((n, c) for n, _, c in reports)[name].get(stack)
+        out.append(f"| {name} | {stack} | {threat} | {_pct(success)} | {_pct(clean)} | {_pct(robust)} |")
+    return out + [""]
 
 
 def load_rows(path: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -112,9 +152,13 @@ def summarise(name: str, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    loaded = []
     for arg in argv:
         name, rows = load_rows(Path(arg))
         print("\n".join(summarise(name, rows)))
+        loaded.append((name, rows, clean_by_stack(Path(arg))))
+    if len(loaded) > 1:
+        print("\n".join(across_models(loaded)))
 
 
 if __name__ == "__main__":
