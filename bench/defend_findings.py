@@ -56,13 +56,13 @@ def across_models(reports: list[tuple[str, list[dict[str, Any]], dict[str, float
         for (stack, threat), rs in groups.items():
             unt = [r["success_rate"] for r in rs if r["target"] == "untargeted" and r["attack"] in LARGE]
             robust = clean[stack] * (1 - max(unt)) if stack in clean and unt else None
-            entries.append((_mean([r["success_rate"] for r in rs]) or 0.0, robust, name, stack, threat))
+            entries.append((_mean([r["success_rate"] for r in rs]) or 0.0, clean.get(stack), robust, name, stack,
+                            threat))
     out = ["## Finding 4 across models", "",
            "| model | stack | threat model | mean success (all attacks, targets) | clean accuracy | "
            "untargeted robust accuracy (worst of FGSM, PGD, APGD) |", "|---|---|---|---|---|---|"]
-    for success, robust, name, stack, threat in sorted(entries, key=lambda e: e[0]):
-        clean = dict((n, c) for n, _, c in reports)[name].get(stack)
-        out.append(f"| {name} | {stack} | {threat} | {_pct(success)} | {_pct(clean)} | {_pct(robust)} |")
+    for success, clean_acc, robust, name, stack, threat in sorted(entries, key=lambda e: e[0]):
+        out.append(f"| {name} | {stack} | {threat} | {_pct(success)} | {_pct(clean_acc)} | {_pct(robust)} |")
     return out + [""]
 
 

@@ -28,6 +28,7 @@ from robaudit.metrics import perturbation_norms, summarize
 from robaudit.models import Classifier
 from robaudit.tolerance import bound_slack, clip_slack
 
+
 @dataclass(frozen=True)
 class AttackPlan:
     """What to run: attacks x target settings, with shared budget options."""

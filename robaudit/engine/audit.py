@@ -130,10 +130,9 @@ def _profile_fields(profile: Profile) -> dict[str, Any]:
     so that a refused resume can say which field changed. Not compared itself: the digest decides."""
     import hashlib
 
-    body = dataclasses.replace(profile, name="", seed=0, gates=()).to_dict()
     out: dict[str, Any] = {}
-    for key, value in body.items():
-        if key in ("source", "description", "name", "seed", "gates"):
+    for key, value in profile.to_dict().items():
+        if key in ("source", "description", "name", "seed", "gates"):  # outside the digest
             continue
         if value is None or isinstance(value, (bool, int, float, str)):
             out[key] = value

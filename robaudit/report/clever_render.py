@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from html import escape
 from typing import Any
 
 from rich.table import Table
+
+from robaudit.report.markdown import md_text
 
 ROW_COLUMNS = (("defences", "defence"), ("norm", "norm"), ("target", "target"), ("radius", "radius"), ("n", "n"),
                ("mean", "mean"), ("median", "median"), ("min", "min"), ("n_at_radius", "at radius"),
@@ -105,18 +106,6 @@ def clever_tables(report: dict[str, Any]) -> list[Table]:
             comp.add_row(*line)
         tables.append(comp)
     return tables
-
-
-_TAG_START = re.compile(r"<(?=[A-Za-z/!?])")
-_ENTITY = re.compile(r"&(?=#?\w+;)")
-
-
-def md_text(text: str, cell: bool = True) -> str:
-    """``text`` safe in Markdown: what would start an HTML tag or entity is escaped (a label ``<b>x``
-    must not render as markup in a CI job summary) and, in a table ``cell``, ``|`` cannot end it.
-    Plain ``<=`` and ``&`` stay readable."""
-    text = _TAG_START.sub("&lt;", _ENTITY.sub("&amp;", text))
-    return text.replace("|", "/") if cell else text
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robaudit.errors import ConfigError
+from robaudit.report.markdown import md_text
 from robaudit.tolerance import bound_slack
 
 ROW_METRICS = (
@@ -331,8 +332,6 @@ def evaluate_gates(gates: list[Gate], report: dict[str, Any]) -> list[GateResult
 
 def gates_markdown(gates: list[dict[str, Any]]) -> str:
     """A Markdown table of evaluated gates (``GateResult.to_dict()`` entries, as stored in reports)."""
-    from robaudit.report.clever_render import md_text
-
     if not gates:
         return ""
     failed = sum(not g["passed"] for g in gates)

@@ -6,7 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from robaudit.report.clever_render import clever_markdown, md_text
+from robaudit.report.clever_render import clever_markdown
+from robaudit.report.markdown import md_text
 
 COLUMNS = (
     ("attack", "attack"), ("target", "target"), ("budget", "budget"), ("n", "n"),
