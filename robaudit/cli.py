@@ -227,14 +227,39 @@ _STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --
                  "run again")
 
 
+def _click_error(name: str) -> type[Exception]:
+    """Click's exception class ``name``, from whichever click this Typer uses (its own vendored copy
+    or the click package): found through ``typer.BadParameter``, which is click's."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+def _usage_error_line(exc: Any) -> str:
+    """Click's usage error (usage line, "Try ... --help", blank line, "Error: ...") as one line."""
+    command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "robaudit"
+    message = " ".join(str(exc.format_message()).split())
+    return f"robaudit: error: {message} (see '{command} --help')"
+
+
 def main() -> None:
     """Console entry point: maps errors to one-line messages and exit codes."""
     import signal
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigint)
+    usage_error, click_exception = _click_error("UsageError"), _click_error("ClickException")
     try:
-        app()
+        # not standalone: Click's own errors come here, to be printed on one line like robaudit's
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click_exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `robaudit defend`: the help is the answer
+            exc.show()  # type: ignore[attr-defined]
+        elif isinstance(exc, usage_error):
+            err_console.print(_usage_error_line(exc), highlight=False, markup=False, soft_wrap=True)
+        else:
+            err_console.print(f"robaudit: error: {exc.format_message()}",  # type: ignore[attr-defined]
+                              highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except RobauditError as exc:
         if _state["debug"]:
             raise

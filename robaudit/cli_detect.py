@@ -97,6 +97,8 @@ def fit_cmd(
     with _err.status("fitting detector", spinner="dots") if not quiet else _nullcontext():
         dfile, summary = run_fit_job(job, _command())
     path = dfile.save(out)
+    for w in summary["fit"].get("warnings", []):
+        _err.print(f"warning: {w}", highlight=False)
     if quiet:
         typer.echo(str(path))
         return
@@ -157,7 +159,7 @@ def eval_cmd(
     craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
     detector: Annotated[Optional[Path], typer.Option("--detector", help="Use this detector's thresholds (default: fit z-scores on half the benign inputs).")] = None,
     squeeze: Annotated[bool, typer.Option("--squeeze", help="Also evaluate feature squeezing and A2D+squeeze.")] = False,
-    fpr: Annotated[float, typer.Option(help="Target false-positive rate of fitted thresholds.")] = 0.05,
+    fpr: Annotated[Optional[float], typer.Option(help="Target false-positive rate of the thresholds eval fits (default 0.05; not with --detector, whose file has its own).")] = None,
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
     x_key: XKeyOpt = None, y_key: YKeyOpt = None,
@@ -193,16 +195,21 @@ def print_eval(report: dict[str, Any], console: Console) -> None:
     for c in cols:
         table.add_column(c, justify="right")
     for a, row in report["auroc"].items():
-        table.add_row(a, str(report["attacks"][a]["n_adversarial"]), *[f"{row[c]:.3f}" for c in cols])
+        table.add_row(a, str(report["attacks"][a]["n_adversarial"]),
+                      *["-" if row[c] is None else f"{row[c]:.3f}" for c in cols])
     console.print(table)
-    det = Table(title=f"detection at the thresholds (target FPR {report['config']['target_fpr']})")
+    target = report["config"]["target_fpr"]
+    benign = report.get("benign", {})
+    held = (f"; FPR on {benign['n_test']} held-out benign inputs" if benign.get("n_test") is not None else "")
+    det = Table(title=f"detection at the thresholds (target FPR {target}{held})" if target is not None
+                else f"detection by the k-NN detector{held}")
     det.add_column("attack")
     det.add_column("detector")
     for c in ("TPR", "FPR", "accuracy"):
         det.add_column(c, justify="right")
     for a, by in report["detection"].items():
         for name, r in by.items():
-            det.add_row(a, name, f"{r['tpr']:.3f}", f"{r['fpr']:.3f}", f"{r['accuracy']:.3f}")
+            det.add_row(a, name, *("-" if r[k] != r[k] else f"{r[k]:.3f}" for k in ("tpr", "fpr", "accuracy")))
     console.print(det)
     for name, lat in report["latency"].items():
         console.print(f"latency {name}: {1000 * lat['benign_seconds_per_input']:.1f} ms per benign input, "

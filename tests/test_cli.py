@@ -16,7 +16,8 @@ def _one_line_error(proc):
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert lines, "expected an error message"
     assert "Traceback" not in proc.stderr
-    return lines[-1]
+    assert len(lines) == 1 and lines[0].startswith("robaudit: error: "), proc.stderr
+    return lines[0]
 
 
 def test_attack_demo_writes_valid_report(tmp_path):
@@ -62,6 +63,10 @@ def test_same_seed_same_report(tmp_path):
         (["--param", "apgd.n_iter=abc"], "--param names apgd, which is not in --attack (fgsm, pgd)"),
         (["--seed", "100000000000000"], "less than or equal to 2147483647"),
         (["--out", "{tmp}/r.json/x.json"], "r.json is a file, not a folder"),
+        # Click's own usage errors were four lines (usage, "Try ...", blank, "Error: ...")
+        (["--bogus"], "No such option: --bogus"),
+        (["-n", "abc"], "Invalid value for '-n' / '--num'"),
+        (["--data"], "Option '--data' requires an argument."),
     ],
 )
 def test_config_errors_exit_2_with_one_line(args, needle, tmp_path):

@@ -285,6 +285,19 @@ def test_transfer_examples_are_crafted_once_per_attack_and_target(tmp_path: Path
     assert float(pool.seconds.sum()) > 0 and float(pool.forward.sum()) == pytest.approx(30.0)
 
 
+def test_defend_eval_eot_default_is_quiet_and_a_no_op_value_is_warned(tmp_path: Path) -> None:
+    base = ("defend", "eval", "demo:mnist", "--data", "demo:mnist", "--attack", "fgsm", "-n", "5", "--format",
+            "none", "-q")
+    res = robaudit_cli(*base, "--defences", "tvm", "--out", str(tmp_path / "a"))
+    assert res.returncode == 0 and "ignored" not in res.stderr, res.stderr
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["config"]["profile"]["eot_samples"] == 4 and report["warnings"] == []
+    res = robaudit_cli(*base, "--defences", "ss", "--eot-samples", "3", "--out", str(tmp_path / "b"))
+    assert res.returncode == 0 and "eot_samples 3 ignored: no stack is randomised" in res.stderr, res.stderr
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert any(w.startswith("eot_samples 3 ignored") for w in report["warnings"])
+
+
 def test_defend_eval_refuses_bad_options(tmp_path: Path) -> None:
     base = ("defend", "eval", "demo:mnist", "--data", "demo:mnist", "--out", str(tmp_path / "x"), "-q")
     for extra, msg in [(("--defences", "ss,blur"), "unknown defence"), (("--defences", "none"), "names no defence"),

@@ -149,9 +149,17 @@ def test_zscore_calibrated_on_skewed_capped_costs(left):
 
 
 def test_zscore_all_benign_at_cap_flags_any_cheaper_input():
+    from robaudit.detect.detectors import EnsembleDetector, fit_warnings
+
     det = ZScoreDetector.fit("c", np.full(100, 500.0), 0.05)
     assert det.fit_info["fit_fpr"] == 0.0
     assert det.flag({"c": np.array([499.0, 500.0, 3.0])}).tolist() == [True, False, True]
+    # no spread: not a "normal" fit with Shapiro p = 1, but a degenerate one, said so
+    assert det.fit_info["rule"] == "constant" and det.fit_info["shapiro_p"] is None
+    assert fit_warnings(det) == [det.fit_info["warning"]] and "every one of the 100 benign c costs is 500" in \
+        det.fit_info["warning"]
+    spread = ZScoreDetector.fit("d", np.arange(100.0), 0.05)
+    assert fit_warnings(spread) == [] and fit_warnings(EnsembleDetector([spread, det], 1)) == fit_warnings(det)
 
 
 @pytest.mark.parametrize(("benign", "fpr"), [([30, 90] + [100] * 8, 0.05), (list(range(10, 50)) + [200] * 10, 0.01),
@@ -287,6 +295,52 @@ def test_score_reads_unlabelled_images_and_fit_refuses_what_it_would_ignore(tmp_
                                          "--device", "cpu", "--out", str(tmp_path / "x.json"), "-q", *extra])
         assert isinstance(res.exception, ConfigError), res.output
     assert not (tmp_path / "x.json").exists()
+
+
+def test_eval_with_a_detector_file_is_judged_on_inputs_it_was_not_fitted_on(tmp_path):
+    """`detect eval --detector` scored the detector's own fit inputs (in-sample FPR, and k-NN TPR on
+    its training examples) and printed the eval's default target FPR instead of the detector's."""
+    from typer.testing import CliRunner
+
+    from robaudit.cli_detect import detect_app
+
+    runner = CliRunner()
+    det = tmp_path / "d.json"
+    base = ["demo:mnist", "--data", "demo:mnist", "--max-iter", "60", "--device", "cpu"]
+    res = runner.invoke(detect_app, ["fit", *base, "-n", "12", "--fpr", "0.2", "--out", str(det), "-q"])
+    assert res.exit_code == 0, res.output
+    fit = json.loads(det.read_text())["fit"]
+    assert len(fit["indices"]) == fit["n"] and fit["data_sha256"]
+    same = runner.invoke(detect_app, ["eval", *base, "-n", "12", "-a", "fgsm", "--detector", str(det),
+                                      "--out", str(tmp_path / "e.json")])
+    assert isinstance(same.exception, ConfigError) and "are ones the detector was fitted on" in str(same.exception)
+    fpr = runner.invoke(detect_app, ["eval", *base, "-n", "30", "-a", "fgsm", "--detector", str(det), "--fpr", "0.1",
+                                     "--out", str(tmp_path / "e.json")])
+    assert isinstance(fpr.exception, ConfigError) and "--fpr" in str(fpr.exception)
+    res = runner.invoke(detect_app, ["eval", *base, "-n", "30", "-a", "fgsm", "--detector", str(det),
+                                     "--out", str(tmp_path / "e.json"), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["config"]["target_fpr"] == 0.2  # the detector's, not eval's default 0.05
+    overlap = len(set(fit["indices"]) & set(report_indices(tmp_path, base)))
+    assert overlap > 0, "the test needs inputs shared with the fit"
+    assert report["benign"]["n_test"] == report["benign"]["n"] - overlap
+    assert any(w.startswith(f"{overlap} of the {report['benign']['n']} benign inputs are ones the detector")
+               for w in report["warnings"])
+    assert report["attacks"]["fgsm"]["n_adversarial_test"] < report["attacks"]["fgsm"]["n_adversarial"]
+    for kind in ("zscore", "knn"):  # squeeze only feeds an ensemble or the squeeze detector
+        res = runner.invoke(detect_app, ["fit", *base, "-n", "12", "--detector", kind, "--squeeze", "-a", "fgsm",
+                                         "--out", str(tmp_path / "x.json"), "-q"])
+        assert isinstance(res.exception, ConfigError) and "--squeeze" in str(res.exception)
+
+
+def report_indices(tmp_path, base):
+    """Dataset indices of the evaluation set `detect eval -n 30` builds (as the eval job does)."""
+    from robaudit.engine.evaluation import build_evaluation_set
+    from robaudit.engine.session import load_inputs
+
+    inputs = load_inputs(DEMO)
+    return [int(i) for i in build_evaluation_set(inputs.model, inputs.data, 30, 0, 128).indices]
 
 
 def test_eval_report(tmp_path):

@@ -135,6 +135,11 @@ def test_exponent_numbers_are_numbers():
     assert load_yaml("a: 3e-2\nb: 1E+3\nc: .5e-1\nd: 3e\ne: 8\n") == {"a": 0.03, "b": 1000.0, "c": 0.05, "d": "3e", "e": 8}
     prof = parse_profile(load_yaml("attacks:\n  pgd: {eps: 3e-2}\n"))
     assert prof.attacks[0].eps == 0.03
+    # an integral exponent is an integer wherever one is asked for; a fractional one is still refused
+    prof = parse_profile(load_yaml("samples: 1e2\nseed: 7e0\nattacks:\n  pgd: {steps: 1e1}\n"))
+    assert (prof.samples, prof.seed) == (100, 7) and isinstance(prof.samples, int)
+    with pytest.raises(ConfigError, match="samples: must be an integer, got 2.5"):
+        parse_profile(load_yaml("samples: 2.5e0\nattacks: [fgsm]\n"))
 
 
 def test_shipped_profiles_are_the_package_data():
@@ -203,3 +208,28 @@ def test_cli_refuses_bad_profile_with_exit_2(tmp_path):
     assert "attacks.pgd.steps: must be >= 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
+
+
+def test_settings_that_change_nothing_are_noted_not_refused():
+    """defence_params for a defence in no stack, eot_samples without a randomised stack and
+    threat_models without a defended stack ran silently as no-ops; each is now a warning."""
+    base = {"attacks": ["fgsm"]}
+    assert parse_profile({**base, "defences": [[], ["tvm"]], "defence_params": {"tvm": {"lamb": 0.3}},
+                          "eot_samples": 4, "threat_models": "both"}).notes == ()
+    assert parse_profile({**base, "defences": [[], ["ss"]], "eot_samples": 1}).notes == ()  # 1 is no EOT
+    prof = parse_profile({**base, "defences": [[], ["ss"]], "defence_params": {"tvm": {"lamb": 0.3}, "ss": {}},
+                          "eot_samples": 3})
+    assert prof.notes == ("defence_params for tvm ignored: no stack in defences uses it",
+                          "eot_samples 3 ignored: no stack is randomised (of the defences only tvm draws at random)")
+    notes = parse_profile({**base, "threat_models": ["transfer"], "eot_samples": 2}).notes
+    assert notes[0].startswith("threat_models ignored: no stack in defences has a defence") and len(notes) == 2
+    notes = parse_profile({**base, "defences": [["tvm"]], "threat_models": ["transfer"], "eot_samples": 2}).notes
+    assert notes == ("eot_samples 2 ignored: EOT averages gradients of adaptive attacks, and threat_models is "
+                     "transfer only",)
+    # CLEVER attacks the defended model itself, so EOT applies there whatever the threat models
+    assert parse_profile({**base, "defences": [["tvm"]], "threat_models": ["transfer"], "eot_samples": 2,
+                          "clever": {"inputs": 5}, "samples": 5}).notes == ()
+    # notes are not the profile's content: the resume fingerprint does not change with them
+    assert "notes" not in prof.to_dict()
+    assert prof.digest == parse_profile({**base, "defences": [[], ["ss"]], "eot_samples": 3,
+                                         "defence_params": {"tvm": {"lamb": 0.3}, "ss": {}}}).digest

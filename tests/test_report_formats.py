@@ -11,7 +11,7 @@ import pytest
 from robaudit.cli_audit import ReportFormat, render
 from robaudit.engine.cells import example_record
 from robaudit.errors import ConfigError
-from robaudit.report.diff import diff_reports, regressions
+from robaudit.report.diff import diff_markdown, diff_reports, regressions
 from robaudit.report.gates import evaluate_gate, parse_gate
 from robaudit.report.schema import validation_errors
 
@@ -226,6 +226,46 @@ def test_detection_report_is_schema_valid_renders_and_diffs():
     new["detection"][0]["rows"][0]["auroc"] = 0.9
     worse = {(c.cell, c.metric) for c in regressions(diff_reports(report, new), 0.0)}
     assert worse == {("m0/detect/detect/-/none fgsm/bim-linf", "auroc")}
+
+
+def test_detection_rows_say_what_they_are_measured_on_and_diff_skips_changed_setups():
+    """The benign count hid the held-out half that FPR and accuracy use; a high-confidence C&W row
+    read as plain C&W; and `report diff` called a lower AUROC under another craft mode a regression."""
+    report = _report(copy.deepcopy(ROWS))
+    report["schema_version"] = "1.2"
+    det = _detection({("fgsm", "bim-linf"): 0.97, ("cw", "bim-linf"): 0.81})
+    det["n_benign_test"] = 10
+    det["attacks"] = {"fgsm": {"attack": "fgsm", "eps": None, "params": {}},
+                      "cw": {"attack": "cw-l2", "eps": None, "params": {"confidence": 8}}}
+    for row in det["rows"]:
+        row["n_benign_test"] = 10
+    det["rows"][1].update(attack_name="cw-l2", setup="confidence 8")
+    report["detection"] = [det]
+    assert validation_errors(report) == []
+    md = render(report, ReportFormat.markdown)
+    assert "| benign (held out) |" in md and "| fgsm | bim-linf | 20 (10) | 18 | 0.970 |" in md
+    assert "| cw (cw-l2) [confidence 8] | bim-linf |" in md
+    assert "thresholds fitted for 5% FPR on 10 even-indexed benign inputs, FPR measured on the other 10" in md
+    assert "craft early (FGSM and BIM; other attacks run as configured)" in render(report, ReportFormat.html)
+    # the craft mode moves FGSM's row only; a changed C&W confidence moves C&W's
+    new = copy.deepcopy(report)
+    new["detection"][0]["craft"] = "full"
+    new["detection"][0]["attacks"]["cw"]["params"] = {"confidence": 0}
+    for row in new["detection"][0]["rows"]:
+        row["auroc"] = 0.6
+    changes = diff_reports(report, new)
+    assert not regressions(changes, 0.0)
+    notes = {c.cell: c.note for c in changes if c.metric == "setup"}
+    assert notes == {"m0/detect/detect/-/none fgsm/bim-linf": "craft early -> full",
+                     "m0/detect/detect/-/none cw/bim-linf": "params {'confidence': 8} -> {'confidence': 0}"}
+    new = copy.deepcopy(report)
+    new["detection"][0]["rows"][1]["auroc"] = 0.6  # same setup: a real regression
+    assert [c.cell for c in regressions(diff_reports(report, new), 0.0)] == ["m0/detect/detect/-/none cw/bim-linf"]
+    # a cell only the old report has is a regression, and the headline counts it apart from "worse"
+    gone = copy.deepcopy(report)
+    gone["results"] = gone["results"][1:]
+    text = diff_markdown(diff_reports(report, gone), 0.0, "a", "b")
+    assert "0 worse," in text and "gone (in the old report only; they count as regressions)" in text
 
 
 def test_partial_report_fails_every_gate(tmp_path):

@@ -145,9 +145,13 @@ class Profile:
     clever: CleverSpec | None = None
     detect: DetectSpec | None = None
     gates: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+    """Settings the profile gives that change nothing in this run (warned about, not refused: a
+    shared profile may set them for stacks another run adds). Not part of the profile's content."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["notes"]
         d["attacks"] = [dataclasses.asdict(a) for a in self.attacks]
         d["defences"] = [list(s) for s in self.defences]
         if self.detect is not None:
@@ -268,6 +272,8 @@ class _Ctx:
 def _int(ctx: _Ctx, key: str, value: Any, lo: int, hi: int | None = None, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)  # 1e2 (YAML reads exponents as floats) is the integer 100; 2.5 is refused
     if isinstance(value, bool) or not isinstance(value, int):
         raise ctx.fail(key, f"must be an integer, got {value!r}")
     if value < lo or (hi is not None and value > hi):
@@ -324,10 +330,36 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
         raise ctx.fail("attacks", "the profile runs nothing: give attacks, clever or detect")
     gates = _gates(ctx, raw.get("gates", []), attacks, targets, detect)
     assert seed is not None and batch_size is not None and examples is not None
+    notes = _ignored_settings(raw, defences, threat_models, defence_params, eot_samples, clever is not None)
     return Profile(name=name, source=source, description=description, seed=seed, samples=samples,
                    batch_size=batch_size, examples=examples, attacks=attacks, targets=targets, defences=defences,
                    threat_models=threat_models, defence_params=defence_params, eot_samples=eot_samples,
-                   clever=clever, detect=detect, gates=gates)
+                   clever=clever, detect=detect, gates=gates, notes=notes)
+
+
+def _ignored_settings(raw: dict[str, Any], defences: tuple[tuple[str, ...], ...], threat_models: tuple[str, ...],
+                      defence_params: dict[str, dict[str, Any]], eot_samples: int, clever: bool) -> tuple[str, ...]:
+    """One line per setting the profile gives explicitly that no cell of this run uses."""
+    from robaudit.defences import get_defence_class
+
+    used = {n for stack in defences for n in stack}
+    notes = []
+    unused = [n for n in defence_params if n not in used]
+    if unused:
+        notes.append(f"defence_params for {', '.join(unused)} ignored: no stack in defences uses "
+                     f"{'it' if len(unused) == 1 else 'them'}")
+    if "threat_models" in raw and not used:
+        notes.append("threat_models ignored: no stack in defences has a defence, so every attack runs on the "
+                     "undefended model")
+    if "eot_samples" in raw and eot_samples > 1:
+        if not any(get_defence_class(n).randomized for n in used):
+            randomised = [n for n in KNOWN_DEFENCES if get_defence_class(n).randomized]
+            notes.append(f"eot_samples {eot_samples} ignored: no stack is randomised (of the defences only "
+                         f"{', '.join(randomised)} draws at random)")
+        elif "adaptive" not in threat_models and not clever:
+            notes.append(f"eot_samples {eot_samples} ignored: EOT averages gradients of adaptive attacks, and "
+                         "threat_models is transfer only")
+    return tuple(notes)
 
 
 def _targets(ctx: _Ctx, value: Any) -> tuple[str, ...]:

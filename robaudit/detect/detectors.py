@@ -111,6 +111,7 @@ class ZScoreDetector(Detector):
             raise ConfigError(f"the z-score detector needs at least 2 benign inputs, got {b.size}")
         if not np.isfinite(b).all():
             raise ConfigError("the z-score detector needs finite benign costs")
+        constant = bool(np.ptp(b) == 0)
         capped = _point_mass_at_max(b)
         body = b[b < b.max()] if capped else b
         p = {"none": normality_pvalue(b), "log": normality_pvalue(cls._t(b, "log"))}
@@ -132,7 +133,9 @@ class ZScoreDetector(Detector):
         normal_fpr = float((t < mean - z_normal * std).mean())
         # binomial tolerance on the fitted rate (and at least 1.5 points)
         tol = max(0.015, 2.0 * np.sqrt(fpr * (1.0 - fpr) / b.size))
-        if p[transform] >= NORMALITY_ALPHA and abs(normal_fpr - fpr) <= tol:
+        if constant:  # no spread to fit: anything that flips sooner than every benign input is flagged
+            rule, z = "constant", z_normal
+        elif p[transform] >= NORMALITY_ALPHA and abs(normal_fpr - fpr) <= tol:
             rule, z = "normal", z_normal
         else:
             rule = "empirical"
@@ -143,9 +146,15 @@ class ZScoreDetector(Detector):
                         "lambda": lmbda if transform == "yeo-johnson" else None, "skew": skew,
                         "point_mass_at_max": {"value": float(b.max()), "fraction": float((b == b.max()).mean())}
                         if capped else None,
-                        "shapiro_p": {k: float(v) for k, v in p.items()}, "normality_alpha": NORMALITY_ALPHA,
+                        "shapiro_p": None if constant else {k: float(v) for k, v in p.items()},
+                        "normality_alpha": NORMALITY_ALPHA,
                         "normal_rule_fit_fpr": normal_fpr, "fit_fpr": float(det.flag({cost: b}).mean()),
                         "threshold_cost": det.threshold_cost()}
+        if constant:
+            det.fit_info["warning"] = (
+                f"every one of the {b.size} benign {cost} costs is {b[0]:g} (the cost attack's cap, if no benign "
+                "input flipped): the threshold has no spread to fit and flags any input that flips sooner, so its "
+                "false-positive rate on other inputs is unknown; raise the cap (--max-iter) or fit on more inputs")
         return det
 
     def threshold_cost(self) -> float:
@@ -169,6 +178,15 @@ class ZScoreDetector(Detector):
     def from_dict(cls, d: Mapping[str, Any]) -> "ZScoreDetector":
         return cls(str(d["cost"]), float(d["mean"]), float(d["std"]), float(d["z"]), str(d.get("transform", "none")),
                    d.get("fit_info"), float(d.get("lambda", 0.0)))
+
+
+def fit_warnings(det: Detector) -> list[str]:
+    """The fit warnings of ``det`` and of its members (an ensemble)."""
+    members = getattr(det, "members", None)
+    if members is not None:
+        return [w for m in members for w in fit_warnings(m)]
+    w = getattr(det, "fit_info", {}).get("warning")
+    return [w] if w else []
 
 
 class ThresholdDetector(Detector):

@@ -200,6 +200,7 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
     for w in model_warnings(model, evalset):
         warnings.append(w)
     warnings += _default_eps_warnings(profile, model.clip)
+    warnings += profile.notes
     for w in warnings:
         obs.warn(w if len(job.models) == 1 else f"{inputs.model_spec}: {w}")
     base_ctx = CellContext(model=model, evalset=evalset, profile=profile, device=str(model.device))

@@ -95,7 +95,7 @@ def _stats(v: np.ndarray) -> dict[str, float]:
 def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
                       chunks: list[ChunkRecord]) -> dict[str, Any]:
     """Combine the chunk records of a detection cell into its report entry."""
-    from robaudit.detect.detectors import EnsembleDetector, ThresholdDetector, ZScoreDetector
+    from robaudit.detect.detectors import EnsembleDetector, ThresholdDetector, ZScoreDetector, fit_warnings
     from robaudit.detect.interface import SQUEEZE_FEATURE, Detector
     from robaudit.detect.metrics import auroc, rates, roc_curve
 
@@ -138,8 +138,8 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
             "costs": {c: _stats(adv[c]) for c in spec.costs} if n_adv else None,
         }
         for f in spec.feature_names():
-            row: dict[str, Any] = {"attack": a.label, "attack_name": a.name, "cost": f, "n_benign": n,
-                                   "n_adversarial": n_adv}
+            row: dict[str, Any] = {"attack": a.label, "attack_name": a.name, "setup": _setup_text(a),
+                                   "cost": f, "n_benign": n, "n_benign_test": int(test.sum()), "n_adversarial": n_adv}
             if n_adv == 0:
                 row.update({"status": "no-adversarial", "reason": f"{a.label} produced no adversarial example",
                             "auroc": None, "detection_rate": None, "fpr": None, "accuracy": None})
@@ -159,9 +159,11 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
             roc.append({"attack": a.label, "cost": f, "fpr": fpr_pts, "tpr": tpr_pts})
     fwd = sum(c["forward"] for c in chunks)
     bwd = sum(c["backward"] for c in chunks)
+    notes = [f"{cell.id}: {w}" for w in dict.fromkeys(w for c in spec.costs for w in fit_warnings(detectors[c]))]
+    notes += [f"{cell.id}: {w}" for w in small_test_warning(int(test.sum()))]
     return {
         "cell_id": cell.id, "kind": "detect", "status": "ok", "reason": None, "seed": cell.seed(profile.seed),
-        "n_benign": n, "craft": spec.craft, "target_fpr": spec.fpr,
+        "n_benign": n, "n_benign_test": int(test.sum()), "craft": spec.craft, "target_fpr": spec.fpr,
         "costs": [p.to_dict() for p in costs], "squeeze": sq.to_dict() if sq is not None else None,
         "thresholds_from": "fitted on the even-indexed half of the benign inputs; FPR on the other half",
         "thresholds": {k: d.to_dict() for k, d in detectors.items()},
@@ -169,8 +171,28 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
         "attacks": attacks_out, "rows": rows, "roc": roc,
         "benign_forward_passes_per_input": fwd / n if n else None,
         "benign_backward_passes_per_input": bwd / n if n else None,
-        "seconds": seconds,
+        "seconds": seconds, "notes": notes,
     }
+
+
+SMALL_TEST = 20
+"""Held-out benign inputs below which detection rates come with a warning."""
+
+
+def small_test_warning(n_test: int) -> list[str]:
+    """A caution when FPR and accuracy rest on few held-out benign inputs."""
+    if n_test >= SMALL_TEST:
+        return []
+    return [f"FPR and accuracy rest on {n_test} held-out benign input{'s' if n_test != 1 else ''}: one input moves "
+            f"the FPR by {100 / max(n_test, 1):.0f} points; use more inputs"]
+
+
+def _setup_text(a: Any) -> str:
+    """The crafting attack's eps and parameter overrides as the tables show them (``""``: defaults), so
+    that e.g. a high-confidence C&W row does not read as plain C&W."""
+    parts = ([f"eps {a.eps:g}"] if a.eps is not None else []) + [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                                                 for k, v in sorted(a.params.items())]
+    return ", ".join(parts)
 
 
 def run_detect_cell(ctx: CellContext, cell: Cell, finished: dict[int, ChunkRecord],

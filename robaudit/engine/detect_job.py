@@ -17,7 +17,7 @@ from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.data import load_dataset
 from robaudit.demo_assets import resolve_data
 from robaudit.detect.costs import CostResult, default_cost_params, measure_costs
-from robaudit.detect.detectors import EnsembleDetector, KNNDetector, ThresholdDetector, ZScoreDetector
+from robaudit.detect.detectors import EnsembleDetector, KNNDetector, ThresholdDetector, ZScoreDetector, fit_warnings
 from robaudit.detect.interface import SQUEEZE_FEATURE, CostName, CostParams, Detector, DetectorKind, DetectorMismatch
 from robaudit.detect.metrics import auroc, rates
 from robaudit.detect.squeeze import SqueezeParams, squeeze_scores
@@ -181,6 +181,9 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
                           "to combine them")
     if job.craft_mode not in CRAFT_MODES:
         raise ConfigError(f"--craft must be one of {', '.join(CRAFT_MODES)}, got {job.craft_mode!r}")
+    if job.squeeze and job.detector in (DetectorKind.ZSCORE, DetectorKind.KNN):
+        raise ConfigError(f"--squeeze adds feature squeezing to --detector ensemble (or use --detector squeeze); "
+                          f"the {job.detector.value} detector does not use it")
     seed_everything(c.seed)
     inputs = load_inputs(c.inputs)
     model = inputs.model
@@ -190,8 +193,9 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
     sq = SqueezeParams.default_for(model.info.input_shape) if use_squeeze else None
     obs.cell_started(f"costs of {evalset.n} benign inputs")
     benign, res, _ = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
-    fit: dict[str, Any] = {"data": inputs.data_spec, "n": evalset.n, "seed": c.seed, "target_fpr": job.fpr,
-                           "command": command}
+    fit: dict[str, Any] = {"data": inputs.data_spec, "data_sha256": inputs.data.sha256, "n": evalset.n,
+                           "seed": c.seed, "target_fpr": job.fpr, "command": command,
+                           "indices": [int(i) for i in evalset.indices]}
     det: Detector
     if job.detector is DetectorKind.ZSCORE:
         det = ZScoreDetector.fit(c.costs[0].value, benign[c.costs[0].value], job.fpr)
@@ -230,6 +234,7 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
         raise ConfigError(f"unknown detector {job.detector}")
     fit["fit_fpr"] = float(det.flag(benign).mean())
     fit["benign_costs"] = {k: _stats(v) for k, v in res.costs.items()}
+    fit["warnings"] = list(dict.fromkeys(fit_warnings(det)))
     dfile = DetectorFile(model_sha256=model.info.sha256, costs=costs, detector=det, clip=model.clip,
                          input_shape=tuple(model.info.input_shape), squeeze=sq, model_path=inputs.model_spec, fit=fit)
     summary = {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": "fit",
@@ -292,13 +297,41 @@ def run_score_job(job: ScoreJob, command: list[str], observer: Observer | None =
 # -------------------------------------------------------------------------------------- eval
 
 
+def _fit_overlap(fit: dict[str, Any], data_spec: str, data_sha256: str, evalset: EvaluationSet,
+                 seed: int) -> tuple[np.ndarray, list[str]]:
+    """Which evaluation inputs a detector file was fitted on (a mask), and a warning about them.
+    Scored again, they would give its fit-time false-positive rate (and, for k-NN, its training
+    detection rate) as if measured on new inputs."""
+    same_data = fit.get("data_sha256") == data_sha256 if fit.get("data_sha256") else fit.get("data") == data_spec
+    if not same_data:
+        return np.zeros(evalset.n, bool), []
+    if "indices" not in fit:  # a file from before fit inputs were recorded: same data and seed overlap
+        if fit.get("seed") == seed:
+            return np.zeros(evalset.n, bool), [
+                "the detector was fitted on this data with the same --seed, so these inputs are probably the ones "
+                "it was fitted on and its rates are in-sample; refit it with this version (which records them) or "
+                "evaluate with another --seed"]
+        return np.zeros(evalset.n, bool), []
+    mask = np.isin(np.asarray(evalset.indices), np.asarray(fit["indices"], dtype=np.int64))
+    if not mask.any():
+        return mask, []
+    if mask.all():
+        raise ConfigError(f"all {evalset.n} inputs of this evaluation are ones the detector was fitted on (same data, "
+                          "--seed and -n), so its rates would be in-sample: evaluate on other inputs (another --seed, "
+                          "a larger -n, or other data)")
+    return mask, [f"{int(mask.sum())} of the {evalset.n} benign inputs are ones the detector was fitted on: they, and "
+                  "the adversarial examples crafted from them, are left out of its AUROC and rates"]
+
+
 @dataclass(frozen=True)
 class EvalJob:
     common: DetectCommon
     attacks: tuple[AttackName, ...] = (AttackName.FGSM, AttackName.BIM, AttackName.JSMA, AttackName.CW_L2,
                                        AttackName.DEEPFOOL)
     craft_mode: str = "early"
-    fpr: float = 0.05
+    fpr: float | None = None
+    """Target false-positive rate of the thresholds fitted here (``None``: 0.05); not with ``detector_path``,
+    whose thresholds were fitted for the rate in its file."""
     detector_path: str | None = None
     """Use this detector's thresholds; otherwise z-score thresholds are fitted on half the benign inputs."""
     squeeze: bool = False
@@ -314,12 +347,25 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
     model = inputs.model
     evalset: EvaluationSet = build_evaluation_set(model, inputs.data, c.n, c.seed, c.batch_size)
     dfile = None
+    warnings: list[str] = []
+    in_fit = np.zeros(evalset.n, bool)  # inputs the given detector was fitted on: left out of its rates
     if job.detector_path:
+        if job.fpr is not None:
+            raise ConfigError("--fpr sets the thresholds that eval fits itself; a --detector file keeps the ones it "
+                              "was fitted with (refit it with `detect fit --fpr`)")
         dfile = load_detector_file(job.detector_path)
         dfile.check_model(model.info.sha256, inputs.model_spec)
         costs = dfile.costs
+        in_fit, note = _fit_overlap(dfile.fit, inputs.data_spec, inputs.data.sha256, evalset, c.seed)
+        warnings += note
+        target_fpr = dfile.fit.get("target_fpr") if dfile.detector.kind is not DetectorKind.KNN else None
     else:
         costs = cost_params_for(model, c.costs, c.max_iter)
+        target_fpr = 0.05 if job.fpr is None else job.fpr
+        if int((np.arange(evalset.n) % 2 == 0).sum()) < 2:
+            raise ConfigError(f"detect eval fits its thresholds on the even-indexed half of the correctly classified "
+                              f"inputs and needs at least 2 there, but only {evalset.n} are correctly classified: "
+                              "give a larger -n")
     sq = (dfile.squeeze if dfile else None) or (SqueezeParams.default_for(model.info.input_shape) if job.squeeze else None)
     obs.plan_started(1 + 2 * len(job.attacks))
     obs.cell_started(f"costs of {evalset.n} benign inputs")
@@ -327,19 +373,24 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
     obs.cell_finished("benign", {})
     # thresholds: the given detector, or z-score per cost fitted on the first half of the benign inputs
     half = np.arange(evalset.n) % 2 == 0
-    test = ~half if dfile is None else np.ones(evalset.n, bool)
+    test = ~half if dfile is None else ~in_fit
     detectors: dict[str, Detector] = {}
     if dfile is not None:
         detectors["detector"] = dfile.detector
     else:
+        assert target_fpr is not None
         for p in costs:
-            detectors[p.name.value] = ZScoreDetector.fit(p.name.value, benign[p.name.value][half], job.fpr)
+            detectors[p.name.value] = ZScoreDetector.fit(p.name.value, benign[p.name.value][half], target_fpr)
         if sq is not None:
-            detectors[SQUEEZE_FEATURE] = ThresholdDetector.fit(benign[SQUEEZE_FEATURE][half], job.fpr)
+            detectors[SQUEEZE_FEATURE] = ThresholdDetector.fit(benign[SQUEEZE_FEATURE][half], target_fpr)
             for p in costs:
-                members = [ZScoreDetector.fit(p.name.value, benign[p.name.value][half], job.fpr / 2),
-                           ThresholdDetector.fit(benign[SQUEEZE_FEATURE][half], job.fpr / 2)]
+                members = [ZScoreDetector.fit(p.name.value, benign[p.name.value][half], target_fpr / 2),
+                           ThresholdDetector.fit(benign[SQUEEZE_FEATURE][half], target_fpr / 2)]
                 detectors[f"{p.name.value}+squeeze"] = EnsembleDetector(members, 1)
+    warnings += list(dict.fromkeys(w for d in detectors.values() for w in fit_warnings(d)))
+    from robaudit.engine.detect_cell import small_test_warning
+
+    warnings += small_test_warning(int(test.sum()))
     bsub = {k: v[test] for k, v in benign.items()}
     feature_names = [p.name.value for p in costs] + ([SQUEEZE_FEATURE] if sq else [])
     auroc_table: dict[str, dict[str, float]] = {}
@@ -350,7 +401,6 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
     for name, sec in bres.seconds.items():
         latency[name] = {"benign_seconds_per_input": sec / n_all, "benign_forward_per_input": bres.forward_passes[name] / n_all,
                          "benign_backward_per_input": bres.backward_passes[name] / n_all}
-    warnings: list[str] = []
     for a in job.attacks:
         obs.cell_started(f"crafting {a.value}")
         cr = craft(model, evalset.x, evalset.y, a, mode=job.craft_mode, seed=c.seed, batch_size=c.batch_size,
@@ -369,6 +419,7 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
         obs.cell_started(f"costs of {cr.x.shape[0]} {a.value} inputs")
         adv, ares, _ = features_for(model, cr.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
         obs.cell_finished(a.value, {})
+        a_test = ~in_fit[cr.source_index]  # examples crafted from the detector's own fit inputs are left out
         entry["costs"] = {k: _stats(v) for k, v in ares.costs.items()}
         n_adv = int(cr.x.shape[0])
         for name, sec in ares.seconds.items():
@@ -377,20 +428,27 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
         for f in feature_names:
             sign = 1.0 if f == SQUEEZE_FEATURE else -1.0  # cheap cost = suspicious
             auroc_table[a.value][f] = auroc(sign * benign[f], sign * adv[f])
+        adv_test = {k: v[a_test] for k, v in adv.items()}
         for dname, det in detectors.items():
             if dname not in auroc_table[a.value]:  # per-cost z-scores are monotone in the cost: same AUROC
-                auroc_table[a.value][dname] = auroc(det.score(benign), det.score(adv))
-        detection[a.value] = {dname: rates(det.flag(bsub), det.flag(adv)) for dname, det in detectors.items()}
+                # a given detector is judged on inputs it was not fitted on; z-scores fitted here on
+                # all benign inputs (a monotone score, so fitting does not move its AUROC)
+                auc_benign = bsub if dfile is not None else benign
+                auroc_table[a.value][dname] = (auroc(det.score(auc_benign), det.score(adv_test))
+                                               if a_test.any() else None)
+        detection[a.value] = {dname: rates(det.flag(bsub), det.flag(adv_test)) for dname, det in detectors.items()}
+        entry["n_adversarial_test"] = int(a_test.sum())
         attacks_out[a.value] = entry
     data_dict = {"path": inputs.data_spec, "sha256": inputs.data.sha256, "n_selected": evalset.n_selected,
                  "n_evaluated": evalset.n, "clean_accuracy": evalset.clean_accuracy}
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "mode": "eval", "command": command,
             "model": inputs.model_section(), "data": data_dict,
             "config": {"costs": [p.to_dict() for p in costs], "attacks": [a.value for a in job.attacks],
-                       "craft_mode": job.craft_mode, "target_fpr": job.fpr, "seed": c.seed, "n": c.n,
+                       "craft_mode": job.craft_mode, "target_fpr": target_fpr, "seed": c.seed, "n": c.n,
                        "batch_size": c.batch_size, "squeeze": sq.to_dict() if sq else None,
                        "thresholds_from": job.detector_path or "z-score fitted on the even-indexed half of the benign inputs"},
-            "benign": {"costs": {k: _stats(v) for k, v in bres.costs.items()},
+            "benign": {"n": evalset.n, "n_test": int(test.sum()),
+                       "costs": {k: _stats(v) for k, v in bres.costs.items()},
                        "squeeze": _stats(benign[SQUEEZE_FEATURE]) if sq else None},
             "thresholds": {k: d.to_dict() for k, d in detectors.items()},
             "auroc": auroc_table, "detection": detection, "attacks": attacks_out, "latency": latency,

@@ -8,7 +8,9 @@ id, attack and score) compare their AUROC (higher is better).
 
 A matched cell whose attack setup changed (backend, norm, eps or parameters) is not compared at all:
 its numbers measure a different attack. It is listed with the verdict ``changed`` and never counts
-as a regression; :func:`diff_warnings` also says when the two reports ran on different data.
+as a regression; :func:`diff_warnings` also says when the two reports ran on different data. The
+same holds for a detection row whose crafting attack (eps, parameters, craft mode) or cost attacks
+(their caps and step sizes, feature squeezing) changed.
 """
 
 from __future__ import annotations
@@ -90,12 +92,39 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
             changes.append(Change(key, metric, ov, nv))
     old_det = {f"{r['cell_id']} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(old)}
     new_det = {f"{r['cell_id']} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(new)}
+    old_setup, new_setup = _detection_setups(old), _detection_setups(new)
     for key in list(dict.fromkeys([*old_det, *new_det])):
-        ov = (old_det.get(key) or {}).get("auroc")
-        nv = (new_det.get(key) or {}).get("auroc")
+        o, n = old_det.get(key), new_det.get(key)
+        if o is not None and n is not None:
+            os_, ns_ = (setups.get((r["cell_id"], r.get("attack")), {}) for setups, r in
+                        ((old_setup, o), (new_setup, n)))
+            changed = [f"{k} {_setup_value(os_.get(k))} -> {_setup_value(ns_.get(k))}"
+                       for k in dict.fromkeys([*os_, *ns_]) if os_.get(k) != ns_.get(k)]
+            if changed:
+                changes.append(Change(key, "setup", None, None, "; ".join(changed)))
+                continue
+        ov = (o or {}).get("auroc")
+        nv = (n or {}).get("auroc")
         if ov is not None or nv is not None:
             changes.append(Change(key, "auroc", ov, nv))
     return changes
+
+
+_CRAFT_MODE_ATTACKS = ("fgsm", "bim")
+"""The crafting attacks that ``craft`` (early / full) applies to; the others run as configured."""
+
+
+def _detection_setups(report: dict[str, Any]) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """(cell id, attack label) -> what defines a detection row's numbers besides the inputs: the
+    crafting attack, its eps and parameters (and craft mode, for FGSM/BIM), the cost attacks and squeeze."""
+    out = {}
+    for entry in report.get("detection") or []:
+        for label, a in (entry.get("attacks") or {}).items():
+            out[(entry.get("cell_id"), label)] = {
+                "attack": a.get("attack"), "eps": a.get("eps"), "params": a.get("params") or {},
+                "craft": entry.get("craft") if a.get("attack") in _CRAFT_MODE_ATTACKS else None,
+                "costs": entry.get("costs"), "squeeze": entry.get("squeeze")}
+    return out
 
 
 def _setup_value(v: Any) -> str:
@@ -130,12 +159,14 @@ def regressions(changes: list[Change], tolerance: float) -> list[Change]:
 
 def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_name: str,
                   warnings: list[str] | None = None) -> str:
-    worse = regressions(changes, tolerance)
-    better = [c for c in changes if _verdict(c, tolerance) == "better"]
+    verdicts = [_verdict(c, tolerance) for c in changes]
+    better, worse, gone = (verdicts.count(v) for v in ("better", "worse", "gone"))
     setup = [c for c in changes if c.metric == "setup"]
     lines = [f"### robaudit diff: `{old_name}` -> `{new_name}`", "",
-             f"{len(better)} better, {len(worse)} worse (tolerance {tolerance:g})"
-             + (f"; {len(setup)} cells not compared because their attack setup changed." if setup else "."), ""]
+             f"{better} better, {worse} worse"
+             + (f", {gone} gone (in the old report only; they count as regressions)" if gone else "")
+             + f" (tolerance {tolerance:g})"
+             + (f"; {len(setup)} cells not compared because their setup changed." if setup else "."), ""]
     lines += [f"> warning: {w}" for w in warnings or []] + ([""] if warnings else [])
     lines += ["| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
     head = len(lines)

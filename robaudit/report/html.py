@@ -122,7 +122,7 @@ def gates_html(report: dict[str, Any]) -> str:
 
 def detection_html(report: dict[str, Any]) -> str:
     """Detection cells: ROC curves (one chart per crafting attack, one curve per score) and the rows."""
-    from robaudit.report.render import DETECT_COLUMNS, _detect_cells
+    from robaudit.report.render import DETECT_COLUMNS, _detect_cells, detection_caption
 
     parts = []
     for entry in report.get("detection") or []:
@@ -130,10 +130,7 @@ def detection_html(report: dict[str, Any]) -> str:
         if entry.get("status") != "ok":
             parts.append(f'<p class="dim">{escape(str(entry.get("status")))}: {escape(str(entry.get("reason")))}</p>')
             continue
-        parts.append(f"<p>{entry.get('n_benign')} benign inputs; examples crafted with <code>craft: "
-                     f"{escape(str(entry.get('craft')))}</code>; rates at thresholds for "
-                     f"{100 * float(entry.get('target_fpr') or 0):.0f}% target FPR "
-                     f"({escape(str(entry.get('thresholds_from', '')))}).</p>")
+        parts.append(f"<p>{escape(detection_caption(entry))}.</p>")
         by_attack: dict[str, list[tuple[str, list[float], list[float]]]] = {}
         auc = {(r.get("attack"), r.get("cost")): r.get("auroc") for r in entry.get("rows", [])}
         for c in entry.get("roc", []):

@@ -170,7 +170,7 @@ def results_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-DETECT_COLUMNS = (("attack", "attack"), ("cost", "score"), ("n_benign", "benign"), ("n_adversarial", "adversarial"),
+DETECT_COLUMNS = (("attack", "attack"), ("cost", "score"), ("n_benign", "benign (held out)"), ("n_adversarial", "adversarial"),
                   ("auroc", "AUROC"), ("detection_rate", "detection rate"), ("fpr", "FPR"), ("accuracy", "accuracy"))
 """(key, header) of the detection rows' columns."""
 
@@ -179,8 +179,11 @@ def _detect_cells(row: dict[str, Any]) -> list[str]:
     out = []
     for key, _ in DETECT_COLUMNS:
         v = row.get(key)
-        if key == "attack" and row.get("attack_name") not in (None, v):
-            out.append(f"{v} ({row.get('attack_name')})")
+        if key == "attack":
+            text = f"{v} ({row.get('attack_name')})" if row.get("attack_name") not in (None, v) else str(v)
+            out.append(f"{text} [{row['setup']}]" if row.get("setup") else text)
+        elif key == "n_benign" and row.get("n_benign_test") is not None:
+            out.append(f"{v} ({row['n_benign_test']})")
         elif key in ("detection_rate", "fpr", "accuracy") and v is not None:
             out.append(f"{100 * v:.1f}%")
         elif key == "auroc" and v is not None:
@@ -190,14 +193,25 @@ def _detect_cells(row: dict[str, Any]) -> list[str]:
     return out
 
 
+def detection_caption(entry: dict[str, Any]) -> str:
+    """What a detection cell's numbers are computed on (one sentence)."""
+    if entry.get("status") != "ok":
+        return f"{entry.get('status')}: {entry.get('reason')}"
+    n = entry.get("n_benign")
+    held = entry.get("n_benign_test")
+    split = (f"thresholds fitted for {100 * float(entry.get('target_fpr') or 0):.0f}% FPR on {int(n) - int(held)} "
+             f"even-indexed benign inputs, FPR measured on the other {held}, accuracy over those {held} and the "
+             "adversarial examples" if n is not None and held is not None else
+             f"thresholds at {100 * float(entry.get('target_fpr') or 0):.0f}% target FPR")
+    return (f"{n} benign inputs (AUROC over all of them); {split}; craft {entry.get('craft')} "
+            "(FGSM and BIM; other attacks run as configured)")
+
+
 def detection_markdown(report: dict[str, Any]) -> str:
     """Markdown tables of the report's detection cells (empty when it has none)."""
     lines: list[str] = []
     for entry in report.get("detection") or []:
-        lines += ["", f"**Detection** `{entry.get('cell_id')}`: "
-                  + (f"{entry.get('n_benign')} benign inputs, craft {entry.get('craft')}, thresholds at "
-                     f"{100 * float(entry.get('target_fpr') or 0):.0f}% target FPR"
-                     if entry.get("status") == "ok" else f"{entry.get('status')}: {entry.get('reason')}"), ""]
+        lines += ["", f"**Detection** `{entry.get('cell_id')}`: {md_text(detection_caption(entry), cell=False)}", ""]
         if not entry.get("rows"):
             continue
         lines.append("| " + " | ".join(h for _, h in DETECT_COLUMNS) + " |")
@@ -211,7 +225,9 @@ def detection_table(report: dict[str, Any]) -> Table | None:
     rows = [(e, r) for e in report.get("detection") or [] for r in e.get("rows", [])]
     if not rows:
         return None
-    table = Table(title="Detection (A2D attack costs): AUROC, and rates at the fitted thresholds", title_justify="left")
+    captions = [detection_caption(e) for e in report.get("detection") or [] if e.get("rows")]
+    table = Table(title="Detection (A2D attack costs): AUROC, and rates at the fitted thresholds", title_justify="left",
+                  caption="\n".join(captions), caption_justify="left")
     for key, header in DETECT_COLUMNS:
         table.add_column(header, justify="left" if key in ("attack", "cost") else "right")
     for _, row in rows:
