@@ -225,6 +225,16 @@ def _on_sigint(signum: int, frame: object) -> None:
 
 _STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --resume, defend train when "
                  "run again")
+_STOPPED_HINTS = {
+    "attack": "the cells it finished are in the --out report, marked partial (attack starts over when run "
+              "again; `robaudit audit` runs resume with --resume)",
+}
+"""What a stopped command kept, for the commands where :data:`_STOPPED_HINT` does not hold."""
+
+
+def _stopped_hint(argv: list[str]) -> str:
+    command = next((a for a in argv[1:] if not a.startswith("-")), "")
+    return _STOPPED_HINTS.get(command, _STOPPED_HINT)
 
 
 def _click_error(name: str) -> type[Exception]:
@@ -266,10 +276,10 @@ def main() -> None:
         err_console.print(f"robaudit: error: {exc}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, _Interrupted):
-        err_console.print(f"robaudit: interrupted; {_STOPPED_HINT}", highlight=False)
+        err_console.print(f"robaudit: interrupted; {_stopped_hint(sys.argv)}", highlight=False)
         sys.exit(130)
     except _Terminated:
-        err_console.print(f"robaudit: terminated (SIGTERM); {_STOPPED_HINT}", highlight=False)
+        err_console.print(f"robaudit: terminated (SIGTERM); {_stopped_hint(sys.argv)}", highlight=False)
         sys.exit(143)
     except SystemExit:
         raise

@@ -331,8 +331,15 @@ def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: floa
     if fmt is ReportFormat.json:
         text = json.dumps({"old": paths[0], "new": paths[1], "tolerance": tolerance, "warnings": warnings,
                            "changes": diff_dict(changes, tolerance)}, indent=2) + "\n"
-    elif fmt in (ReportFormat.markdown, ReportFormat.table):
+    elif fmt is ReportFormat.markdown:
         text = diff_markdown(changes, tolerance, paths[0], paths[1], warnings)
+    elif fmt is ReportFormat.table:
+        from robaudit.report.diff import diff_table
+
+        width = max(_out.width, 100) if out is None else 160
+        console = Console(record=True, width=width, file=io.StringIO())
+        console.print(diff_table(changes, tolerance, paths[0], paths[1]))
+        text = console.export_text()
     else:
         raise ConfigError(f"report diff writes table, markdown or json, not {fmt.value}")
     if out is None:

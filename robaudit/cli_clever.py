@@ -118,8 +118,13 @@ def clever_cmd(
         raise ConfigError(f"--attack-batch-size must be >= 1, got {attack_batch_size}")
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key, model)
     params = CleverParams(nb_batches=nb_batches, batch_size=batch_size, poor_fit_p=poor_fit_p, point_batch=point_batch)
-    job = CleverJob(inputs=inputs, norms=tuple(CleverNorm.parse_list(norm)), targets=tuple(parse_targets(target)),
-                    stacks=tuple(parse_stacks(defences)), radius=parse_radius(radius), params=params, n=num, seed=seed,
+    norms, radii = tuple(CleverNorm.parse_list(norm)), parse_radius(radius)
+    unused = [n.value for n in radii if n not in norms]
+    if radius is not None and "=" in radius and unused:  # a bare R applies to every norm run
+        raise ConfigError(f"--radius gives a radius for {', '.join(unused)}, which --norm "
+                          f"({', '.join(n.value for n in norms)}) does not run")
+    job = CleverJob(inputs=inputs, norms=norms, targets=tuple(parse_targets(target)),
+                    stacks=tuple(parse_stacks(defences)), radius=radii, params=params, n=num, seed=seed,
                     compare=compare, attack_batch_size=attack_batch_size)
     progress = progress_bars(_err, quiet)
     with progress:

@@ -72,7 +72,7 @@ def fit_cmd(
     attack: Annotated[Optional[str], typer.Option("--attack", "-a", help="Attacks to craft k-NN training inputs with.")] = None,
     craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
     fpr: Annotated[float, typer.Option(help="Target false-positive rate of the thresholds.")] = 0.05,
-    k: Annotated[int, typer.Option("-k", help="Neighbours (knn) or votes needed (ensemble).")] = 0,
+    k: Annotated[int, typer.Option("-k", show_default=False, help="Neighbours (knn; default 5) or votes needed (ensemble; default 1).")] = 0,
     squeeze: Annotated[bool, typer.Option("--squeeze", help="Add the feature-squeezing detector to an ensemble.")] = False,
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,

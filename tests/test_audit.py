@@ -97,6 +97,7 @@ def test_resume_refuses_changed_seed_and_data(baseline, tmp_path):
     changed.write_text(PROFILE.replace("steps: 10", "steps: 11"))
     proc = _audit(str(changed), out, "--resume")
     assert proc.returncode == 2 and "the profile changed (name 'p' -> 'seed', attacks)" in proc.stderr, proc.stderr
+    assert "defaults changed" not in proc.stderr  # the profile's change explains the parameters' change
     proc = _audit(str(out.parent / "p.yaml"), out, "--resume", "-n", "5")  # the baseline's own profile file
     assert proc.returncode == 2 and "the profile changed (samples 24 -> 5)" in proc.stderr, proc.stderr
     proc = robaudit_cli("audit", "demo:mnist-onnx", "--data", "demo:mnist", "--profile", str(changed),

@@ -357,6 +357,9 @@ def test_cli_end_to_end_and_exit_codes(tmp_path):
     bad = robaudit_cli("clever", "demo:mnist", "--data", "demo:mnist", "--nb-batches", "1",
                        "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "nb-batches" in bad.stderr and "Traceback" not in bad.stderr
+    bad = robaudit_cli("clever", "demo:mnist", "--data", "demo:mnist", "--norm", "l2", "--radius", "linf=0.3",
+                       "--out", str(tmp_path / "x"))  # a radius for a norm that does not run was ignored
+    assert bad.returncode == 2 and "a radius for linf, which --norm (l2) does not run" in bad.stderr
 
 
 def test_audit_profile_with_a_clever_section(tmp_path):

@@ -67,6 +67,9 @@ def test_same_seed_same_report(tmp_path):
         (["--bogus"], "No such option: --bogus"),
         (["-n", "abc"], "Invalid value for '-n' / '--num'"),
         (["--data"], "Option '--data' requires an argument."),
+        # every cell unsupported: exit 0 with no result read as a pass to a gate
+        (["--attack", "cw-l2", "--norm", "linf"], "nothing to run: cw-l2 does not support norm linf (supported: l2)"),
+        (["--attack", "deepfool", "--target", "next-class"], "nothing to run: deepfool does not support next-class"),
     ],
 )
 def test_config_errors_exit_2_with_one_line(args, needle, tmp_path):
@@ -201,3 +204,12 @@ def test_black_box_onnx_runs_only_query_attacks(tmp_path):
     assert rows["fgsm"]["status"] == "skipped" and "black-box" in rows["fgsm"]["reason"]
     assert rows["hopskipjump"]["status"] == "ok" and rows["hopskipjump"]["backward_passes_per_image"] == 0
     assert rows["hopskipjump"]["success_rate"] > 0.5
+
+
+def test_the_stop_message_says_what_each_command_kept():
+    """An interrupted `attack` was told to continue with --resume, which only audits have."""
+    from robaudit.cli import _stopped_hint
+
+    assert "marked partial" in _stopped_hint(["robaudit", "--debug", "attack", "m.pt"])
+    assert "--resume" in _stopped_hint(["robaudit", "audit", "m.pt"]) and "partial" not in \
+        _stopped_hint(["robaudit", "defend", "eval"])

@@ -290,6 +290,8 @@ def test_score_reads_unlabelled_images_and_fit_refuses_what_it_would_ignore(tmp_
     assert len(json.loads(score.read_text())["inputs"]) == 5
     with pytest.raises(Exception, match="detect score"):  # `report` says what the file is
         read_report(score)
+    with pytest.raises(Exception, match="is a detector file written by `robaudit detect fit`, not a report"):
+        read_report(det)
     for extra in (["--cost", "bim-linf,bim-l2"], ["--craft", "foo"]):
         res = runner.invoke(detect_app, ["fit", "demo:mnist", "--data", "demo:mnist", "-n", "12", "--max-iter", "30",
                                          "--device", "cpu", "--out", str(tmp_path / "x.json"), "-q", *extra])

@@ -233,3 +233,33 @@ def test_settings_that_change_nothing_are_noted_not_refused():
     assert "notes" not in prof.to_dict()
     assert prof.digest == parse_profile({**base, "defences": [[], ["ss"]], "eot_samples": 3,
                                          "defence_params": {"tvm": {"lamb": 0.3}, "ss": {}}}).digest
+
+
+def test_a_shipped_profile_name_is_not_shadowed_by_a_folder(tmp_path, monkeypatch):
+    """A folder named ``quick`` in the working folder made ``--profile quick`` fail with "profile
+    file quick does not exist"."""
+    from robaudit.config.profile import PROFILES_DIR, resolve_profile_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").mkdir()
+    assert resolve_profile_path("quick") == PROFILES_DIR / "quick.yaml"
+    (tmp_path / "mine.yaml").mkdir()
+    with pytest.raises(ConfigError, match="mine.yaml is a folder, not a YAML file"):
+        resolve_profile_path("mine.yaml")
+    with pytest.raises(ConfigError, match="profile file gone.yaml does not exist"):
+        resolve_profile_path("gone.yaml")
+    (tmp_path / "own").write_text("attacks: [fgsm]\n")  # a file without a suffix is still read as given
+    assert resolve_profile_path("own").resolve() == tmp_path / "own"
+    with pytest.raises(ConfigError, match="unknown profile 'nope'"):
+        resolve_profile_path("nope")
+
+
+def test_the_readme_profile_example_is_a_valid_profile():
+    """The README's profile with every key parses, gates included (a doc that drifts fails here)."""
+    from robaudit.config.yaml_load import load_yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("A profile, with every key", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    prof = parse_profile(load_yaml(block), source="README")
+    assert [a.label for a in prof.attacks] == ["fgsm", "pgd", "pgd-l2", "cw-l2"]
+    assert "label=pgd untargeted success_rate <= 0.3" in prof.gates

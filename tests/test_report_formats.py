@@ -145,9 +145,13 @@ def test_report_cli_gate_and_diff(tmp_path):
     assert 'failures="0"' in (tmp_path / "j.xml").read_text()
     proc = robaudit_cli("report", str(a), "--gate", "nonsense <= 0.5")
     assert proc.returncode == 2 and "unknown metric 'nonsense'" in proc.stderr
-    proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression")
+    proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression", "--format", "markdown")
     assert proc.returncode == 1 and "regression: m0/attack/fgsm/untargeted/none success_rate" in proc.stderr
     assert "| m0/attack/fgsm/untargeted/none | success_rate | 0.2 | 0.9 | +0.7 | worse |" in proc.stdout
+    table = robaudit_cli("report", "diff", str(a), str(b)).stdout  # the default, table, was Markdown too
+    assert "| m0/attack" not in table and "robaudit diff:" in table
+    assert any(line.split()[1:] == ["m0/attack/fgsm/untargeted/none", "│", "success_rate", "│", "0.2", "│", "0.9",
+                                    "│", "+0.7", "│", "worse", "│"] for line in table.splitlines()), table
     assert robaudit_cli("report", "diff", str(a), str(a), "--fail-on-regression").returncode == 0
 
 
@@ -390,7 +394,7 @@ def test_diff_compares_like_with_like(tmp_path):
     a.write_text(json.dumps(old))
     new["data"]["sha256"] = "y"
     b.write_text(json.dumps(new))
-    proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression")
+    proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression", "--format", "markdown")
     assert proc.returncode == 0, proc.stderr
     assert "different data" in proc.stderr and "changed their attack setup" in proc.stderr
     assert "| m0/attack/fgsm/untargeted/none | setup | | | eps 0.1 -> 0.01 | changed |" in proc.stdout
@@ -429,3 +433,17 @@ def test_tables_name_cells_by_their_profile_label():
     report = _report(rows)
     for fmt in (ReportFormat.markdown, ReportFormat.table, ReportFormat.html):
         assert "fgsm-b (fgsm)" in render(report, fmt)
+
+
+def test_label_selector_gates_one_label_of_an_attack_run_twice():
+    """`pgd` selects every cell that runs PGD (the README's example gate judged its `pgd-l2` cell);
+    `label=pgd` selects the cells labelled pgd only."""
+    report = _report([_row("pgd", "untargeted", 0.2, 1.0), _row("pgd-l2", "untargeted", 1.0, 2.0, attack="pgd")])
+    by_name = evaluate_gate(parse_gate("pgd untargeted success_rate <= 0.3"), report)
+    assert not by_name.passed and by_name.cell == "m0/attack/pgd-l2/untargeted/none"
+    by_label = evaluate_gate(parse_gate("label=pgd untargeted success_rate <= 0.3"), report)
+    assert by_label.passed and by_label.value == pytest.approx(0.2) and by_label.cell == "m0/attack/pgd/untargeted/none"
+    from robaudit.report.gates import check_selectors
+
+    with pytest.raises(ConfigError, match="'label=fgsm' names no attack label here"):
+        check_selectors(parse_gate("label=fgsm success_rate <= 0.3"), {"pgd", "pgd-l2"}, {"pgd"}, {"untargeted"})

@@ -193,10 +193,11 @@ def profile_names() -> list[str]:
 def resolve_profile_path(spec: str) -> Path:
     """A path to a YAML file, or the name of a shipped profile (``quick``)."""
     p = Path(spec)
-    if p.suffix.lower() in (".yaml", ".yml") or p.exists() or "/" in spec:
-        if not p.is_file():
-            raise ConfigError(f"profile file {spec} does not exist")
+    if p.is_file():
         return p
+    # a bare name is a shipped profile, even when the working folder has a folder of that name
+    if p.suffix.lower() in (".yaml", ".yml") or "/" in spec or "\\" in spec:
+        raise ConfigError(f"profile file {spec} " + ("is a folder, not a YAML file" if p.is_dir() else "does not exist"))
     shipped = PROFILES_DIR / f"{spec}.yaml"
     if shipped.is_file():
         return shipped

@@ -70,6 +70,9 @@ def plan_warnings(plan: AttackPlan, clip: tuple[float, float],
 def model_warnings(model: Classifier, evalset: EvaluationSet) -> list[str]:
     """Validity flags about the model itself (results are still reported, but flagged)."""
     out = []
+    if evalset.n_requested is not None and evalset.n_requested > evalset.n_selected:
+        out.append(f"{evalset.n_requested} inputs were asked for (-n or samples) but the data holds "
+                   f"{evalset.n_selected}: all of them were used")
     if evalset.n_nonfinite:
         out.append(f"the model returns NaN/inf logits for {evalset.n_nonfinite} of the {evalset.n_selected} sampled "
                    "clean inputs: they count as misclassified and are not attacked; the model is numerically "

@@ -179,3 +179,17 @@ def check_plan(plan: AttackPlan) -> None:
         raise ConfigError(f"--batch-size must be >= 1, got {plan.batch_size}")
     if plan.eps is not None and not (math.isfinite(plan.eps) and plan.eps >= 0):
         raise ConfigError(f"--eps must be a finite number >= 0, got {plan.eps}")
+    why = []  # a run whose every cell is unsupported exits 0 with no result: a gate would read it as a pass
+    for name in plan.attacks:
+        cls = get_attack_class(name, plan.backend)
+        if plan.norm is not None and plan.norm not in cls.norms:
+            why.append(f"{name.value} does not support norm {plan.norm.value} "
+                       f"(supported: {', '.join(n.value for n in cls.norms)})")
+            continue
+        modes = [t for t in plan.targets if (cls.supports_untargeted if t is TargetMode.UNTARGETED
+                                             else cls.supports_targeted)]
+        if modes:
+            return
+        why.append(f"{name.value} does not support {', '.join(t.value for t in plan.targets)}")
+    if why:
+        raise ConfigError(f"nothing to run: {'; '.join(why)}")

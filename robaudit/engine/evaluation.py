@@ -30,6 +30,8 @@ class EvaluationSet:
     """Accuracy on the sampled inputs."""
     n_nonfinite: int = 0
     """Sampled inputs whose clean logits hold NaN or inf (counted as misclassified, never attacked)."""
+    n_requested: int | None = None
+    """The ``n`` asked for (``None``: all); more than the data holds samples all of it."""
 
     @property
     def n(self) -> int:
@@ -67,4 +69,5 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
     keep = correct.nonzero().flatten()
     return EvaluationSet(
         x=x[keep], y=y[keep], clean_logits=logits[keep], indices=idx[keep.numpy()],
-        n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]), n_nonfinite=n_nonfinite)
+        n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]), n_nonfinite=n_nonfinite,
+        n_requested=n)

@@ -103,6 +103,8 @@ def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 diffs.append("its content (the journal predates per-field records)")
             out.append(f"the profile changed ({', '.join(diffs) or 'content'})")
         elif key == "attack_params":
+            if old.get("profile") != new.get("profile"):
+                continue  # the profile's own change (named above) explains it
             out.append("the attacks' parameters with robaudit's defaults filled in differ from the run being "
                        "resumed (written by an earlier robaudit, or defaults changed)")
         else:

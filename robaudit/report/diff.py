@@ -157,32 +157,58 @@ def regressions(changes: list[Change], tolerance: float) -> list[Change]:
     return [c for c in changes if _verdict(c, tolerance) in ("worse", "gone")]
 
 
-def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_name: str,
-                  warnings: list[str] | None = None) -> str:
+def diff_headline(changes: list[Change], tolerance: float) -> str:
+    """``N better, M worse[, K gone] (tolerance T)[; S cells not compared ...].``"""
     verdicts = [_verdict(c, tolerance) for c in changes]
     better, worse, gone = (verdicts.count(v) for v in ("better", "worse", "gone"))
-    setup = [c for c in changes if c.metric == "setup"]
-    lines = [f"### robaudit diff: `{old_name}` -> `{new_name}`", "",
-             f"{better} better, {worse} worse"
-             + (f", {gone} gone (in the old report only; they count as regressions)" if gone else "")
-             + f" (tolerance {tolerance:g})"
-             + (f"; {len(setup)} cells not compared because their setup changed." if setup else "."), ""]
-    lines += [f"> warning: {w}" for w in warnings or []] + ([""] if warnings else [])
-    lines += ["| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
-    head = len(lines)
+    setup = sum(c.metric == "setup" for c in changes)
+    return (f"{better} better, {worse} worse"
+            + (f", {gone} gone (in the old report only; they count as regressions)" if gone else "")
+            + f" (tolerance {tolerance:g})"
+            + (f"; {setup} cells not compared because their setup changed." if setup else "."))
+
+
+def diff_rows(changes: list[Change], tolerance: float) -> list[tuple[str, str, str, str, str, str]]:
+    """(cell, metric, old, new, change, verdict) of every change that is not ``same`` or ``n/a``."""
+    rows = []
     for c in changes:
         v = _verdict(c, tolerance)
-        if v == "same" or v == "n/a":
+        if v in ("same", "n/a"):
             continue
         if c.metric == "setup":
-            lines.append(f"| {c.cell} | setup | | | {c.note.replace('|', '/')} | {v} |")
+            rows.append((c.cell, "setup", "", "", c.note, v))
             continue
         fmt = (lambda x: "-" if x is None else f"{x:.4g}")
-        delta = "-" if c.delta is None else f"{c.delta:+.4g}"
-        lines.append(f"| {c.cell} | {c.metric} | {fmt(c.old)} | {fmt(c.new)} | {delta} | {v} |")
-    if len(lines) == head:
+        rows.append((c.cell, c.metric, fmt(c.old), fmt(c.new), "-" if c.delta is None else f"{c.delta:+.4g}", v))
+    return rows
+
+
+def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_name: str,
+                  warnings: list[str] | None = None) -> str:
+    lines = [f"### robaudit diff: `{old_name}` -> `{new_name}`", "", diff_headline(changes, tolerance), ""]
+    lines += [f"> warning: {w}" for w in warnings or []] + ([""] if warnings else [])
+    lines += ["| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
+    rows = diff_rows(changes, tolerance)
+    lines += ["|" + "|".join(f" {x.replace('|', '/')} " if x else " " for x in row) + "|" for row in rows]
+    if not rows:
         lines.append("| (no change) | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def diff_table(changes: list[Change], tolerance: float, old_name: str, new_name: str) -> Any:
+    """The diff as a rich table (``report diff --format table``); warnings go to stderr separately."""
+    from rich.table import Table
+
+    table = Table(title=f"robaudit diff: {old_name} -> {new_name}", title_justify="left",
+                  caption=diff_headline(changes, tolerance), caption_justify="left")
+    for header in ("cell", "metric", "old", "new", "change", "verdict"):
+        table.add_column(header, justify="right" if header in ("old", "new", "change") else "left")
+    styles = {"worse": "red", "gone": "red", "better": "green", "changed": "yellow"}
+    for row in diff_rows(changes, tolerance):
+        table.add_row(*row, style=styles.get(row[-1]))
+    if not table.rows:
+        table.add_row("(no change)", "", "", "", "", "")
+    return table
 
 
 def diff_dict(changes: list[Change], tolerance: float) -> list[dict[str, Any]]:

@@ -8,7 +8,8 @@ A gate is one line, ``[SELECTOR ...] METRIC OP VALUE``, for example::
     clean_accuracy >= 0.95                 # a report-level metric (no selectors)
     cw-l2 l2_median >= 1.0%                # a trailing % divides by 100
 
-Selectors are attack labels or names (``pgd``), target settings (``untargeted``, ``least-likely``,
+Selectors are attack labels or names (``pgd``: every cell that runs PGD, whatever its label;
+``label=pgd``: the cells labelled ``pgd`` only), target settings (``untargeted``, ``least-likely``,
 ``next-class``) and ``defences=none`` / ``defences=ss+jpeg``. A gate on a group holds when it holds
 for every matching cell; the reported value is the worst one. Cells that did not run (status
 ``unsupported`` or ``skipped``) are left out of groups.
@@ -182,6 +183,8 @@ def selector_matches(selector: str, row: dict[str, Any]) -> bool:
         return s.split("=", 1)[1] == _defence_key(row)
     if s in _TARGET_ALIASES:
         return row.get("target") == _TARGET_ALIASES[s]
+    if s.startswith("label="):  # the label alone: `pgd` also selects every other label that runs PGD
+        return s.split("=", 1)[1] == str(row.get("label", "")).lower()
     return s in (str(row.get("label", "")).lower(), str(row.get("attack", "")).lower())
 
 
@@ -197,6 +200,11 @@ def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: se
     for s in gate.selectors:
         low = s.lower()
         if low.startswith(("defences=", "defence=", "defenses=", "defense=")):
+            continue
+        if low.startswith("label="):
+            if low.split("=", 1)[1] not in {w.lower() for w in labels}:
+                raise ConfigError(f"gate {gate.text!r}: {s!r} names no attack label here "
+                                  f"(labels: {', '.join(sorted(labels)) or 'none'})")
             continue
         if low not in known_words:
             raise ConfigError(f"gate {gate.text!r}: selector {s!r} is not an attack or a target setting here "

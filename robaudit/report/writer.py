@@ -104,6 +104,9 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DataLoadError(f"{p} is the output of `robaudit detect {report.get('mode')}`, which `report` does not "
                             "render; detection results that `report` renders come from `robaudit audit` with a "
                             "detect section")
+    if isinstance(report, dict) and "detector" in report and "fit" in report:
+        raise DataLoadError(f"{p} is a detector file written by `robaudit detect fit`, not a report; "
+                            "`robaudit detect score` and `detect eval --detector` read it")
     if not isinstance(report, dict) or "schema_version" not in report or "results" not in report:
         raise DataLoadError(f"{p} is not a robaudit report (no schema_version/results)")
     errors = validation_errors(report)
