@@ -168,6 +168,23 @@ def test_cwl2_untargeted_strong(demo, cwl2_untargeted) -> None:
     assert cwl2_untargeted.forward_passes > 0 and cwl2_untargeted.backward_passes > 0
 
 
+def test_cwl2_reports_inputs_its_search_gave_up_on_while_still_escalating(demo, cwl2_untargeted) -> None:
+    """With too few rounds from a tiny c, every failure is a search still raising c (counted, so the
+    report can say the attack was under-budgeted); with the defaults nothing is left that way."""
+    model, x, y = demo
+    assert cwl2_untargeted.search_exhausted == 0
+    short = CWL2(params_from_overrides(CWL2Params, {"binary_search_steps": 2, "initial_const": 1e-4,
+                                                    "max_iter": 10}))
+    out = short.generate(model, x, y, seed=0)
+    failed = int((_pred(model, out.x_adv) == y).sum())
+    assert failed > 0 and out.search_exhausted == failed
+    from robaudit.report.validity import exhausted_search_warnings
+
+    row = {"label": "cw-l2", "target": "untargeted", "n": len(y), "search_exhausted": failed}
+    assert exhausted_search_warnings([row])[0].startswith(f"under-budgeted attack: cw-l2 / untargeted: {failed} of")
+    assert exhausted_search_warnings([{**row, "search_exhausted": 0}]) == []
+
+
 class _LeftHalf(torch.nn.Module):
     """Looks at the left half of the image only: the right half gets exactly zero gradient."""
 

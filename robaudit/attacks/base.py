@@ -169,6 +169,9 @@ class AttackOutput:
     """Backward passes (images) whose gradient with respect to the input held NaN or inf."""
     nonfinite_examples: int = 0
     """Adversarial examples the attack returned with NaN or inf; replaced by the clean input."""
+    search_exhausted: int = 0
+    """Inputs left without an adversarial example while the attack's own search was still escalating
+    when its rounds ran out (C&W-L2: ``c`` still growing x10): a budget too small, not robustness."""
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,8 @@ class Attack(ABC):
 
     # set by generate() for the duration of a call, read by run() implementations
     clip: tuple[float, float] = (0.0, 1.0)
+    # reset by generate(); run() implementations add the inputs their search gave up on while still escalating
+    search_exhausted: int = 0
 
     def generate(
         self,
@@ -307,6 +312,7 @@ class Attack(ABC):
         counter = PassCounter()
         counted = CountingModel(model, counter)
         self.clip = clip
+        self.search_exhausted = 0
         outs = []
         nonfinite_examples = 0
         start = time.perf_counter()
@@ -335,7 +341,7 @@ class Attack(ABC):
         seconds = time.perf_counter() - start
         x_adv = torch.cat(outs) if outs else x.clone().float()
         return AttackOutput(x_adv, seconds, counter.forward, counter.backward, counter.nonfinite_logits,
-                            counter.nonfinite_grads, nonfinite_examples)
+                            counter.nonfinite_grads, nonfinite_examples, self.search_exhausted)
 
     def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """Clip into the valid range and, for fixed-eps attacks, onto the eps-ball around ``x``.

@@ -246,7 +246,8 @@ class CWL2(Attack):
                     narrow = bracketed & ((upper - lower) <= p.const_tolerance * upper)
                     todo &= ~narrow
                 todo &= const < 1e10
-
+        # no success and no bracket on c: the search was still raising c when its rounds ran out
+        self.search_exhausted += int((~torch.isfinite(best_l2) & ~torch.isfinite(upper)).sum())
         return best_adv
 
 

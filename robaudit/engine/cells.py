@@ -399,7 +399,7 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
             assert judged is not None
             logits = judged
         seconds, fwd, bwd = out.seconds, out.forward_passes, out.backward_passes
-        nonfinite = nonfinite_fields(out, logits)
+        nonfinite = {**nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted}
     if x_adv.shape != x.shape:
         raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     dist = perturbation_norms(x, x_adv)
@@ -516,7 +516,7 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
         "seconds": seconds, "seconds_per_image": seconds / n,
         "forward_passes_per_image": fwd / n, "backward_passes_per_image": bwd / n,
         **{k: sum(int(c.get(k, 0)) for c in chunks) for k in ("nonfinite_logits", "nonfinite_grads",
-                                                              "nonfinite_examples")},
+                                                              "nonfinite_examples", "search_exhausted")},
     })
     notes = [n for c in chunks for n in c.get("notes", [])]
     clean_wrong = sum(int(c.get("clean_wrong_on_judging_draw", 0)) for c in chunks)

@@ -51,7 +51,21 @@ def evaluation_warnings(rows: Sequence[Row], black_box: Callable[[Row], bool] | 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("n") and r.get("success_rate") is not None]
     is_bb = black_box or registry_black_box
     return [*nonfinite_warnings(ok), *black_box_warnings(ok, is_bb), *eps_monotonicity_warnings(ok),
-            *convergence_warnings(ok)]
+            *convergence_warnings(ok), *exhausted_search_warnings(ok)]
+
+
+def exhausted_search_warnings(rows: Sequence[Row]) -> list[str]:
+    """Rows whose attack gave up on inputs while its own search was still escalating (C&W-L2's
+    constant ``c`` still growing when ``binary_search_steps`` ran out): their failures measure the
+    budget, not the model."""
+    out = []
+    for r in rows:
+        k = int(r.get("search_exhausted") or 0)
+        if k:
+            out.append(f"under-budgeted attack: {row_name(r)}: {k} of {r.get('n')} inputs got no adversarial "
+                       "example while the search was still raising its constant c when the rounds ran out; "
+                       "raise binary_search_steps or initial_const (the failures measure the budget, not the model)")
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
