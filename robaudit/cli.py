@@ -174,8 +174,9 @@ def _print_report(report: dict[str, Any], fmt: OutputFormat) -> None:
         typer.echo(results_markdown(report))
     else:
         out_console.print(results_table(report, width=out_console.width))
-        for w in report.get("warnings", []):
-            err_console.print(f"warning: {w}", highlight=False)
+        if out_console.is_terminal:  # repeated under the table on screen; a log already has them once
+            for w in report.get("warnings", []):
+                err_console.print(f"warning: {w}", highlight=False)
 
 
 @app.command("attacks")

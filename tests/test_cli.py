@@ -213,3 +213,14 @@ def test_the_stop_message_says_what_each_command_kept():
     assert "marked partial" in _stopped_hint(["robaudit", "--debug", "attack", "m.pt"])
     assert "--resume" in _stopped_hint(["robaudit", "audit", "m.pt"]) and "partial" not in \
         _stopped_hint(["robaudit", "defend", "eval"])
+
+
+def test_a_warning_is_logged_once_and_too_large_n_is_one(tmp_path):
+    """`-n` above the data's size used all of it without a word; and off a terminal (a CI log) every
+    warning of `attack` was printed twice (live, then again under the table)."""
+    proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "-n", "5000", "--attack", "fgsm", "-q",
+                        "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    text = "5000 inputs were asked for (-n or samples) but the data holds 1000: all of them were used"
+    assert proc.stderr.count(text) == 1, proc.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["warnings"] == [text]
