@@ -227,7 +227,7 @@ def _on_sigint(signum: int, frame: object) -> None:
 _STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --resume, defend train when "
                  "run again")
 _STOPPED_HINTS = {
-    "attack": "the cells it finished are in the --out report, marked partial (attack starts over when run "
+    "attack": "any cells it finished are in the --out report, marked partial (attack starts over when run "
               "again; `robaudit audit` runs resume with --resume)",
 }
 """What a stopped command kept, for the commands where :data:`_STOPPED_HINT` does not hold."""
