@@ -5,6 +5,7 @@ Registered in :mod:`robaudit.cli` with ``app.add_typer(detect_app, name="detect"
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -209,7 +210,7 @@ def print_eval(report: dict[str, Any], console: Console) -> None:
         det.add_column(c, justify="right")
     for a, by in report["detection"].items():
         for name, r in by.items():
-            det.add_row(a, name, *("-" if r[k] != r[k] else f"{r[k]:.3f}" for k in ("tpr", "fpr", "accuracy")))
+            det.add_row(a, name, *("-" if math.isnan(r[k]) else f"{r[k]:.3f}" for k in ("tpr", "fpr", "accuracy")))
     console.print(det)
     for name, lat in report["latency"].items():
         console.print(f"latency {name}: {1000 * lat['benign_seconds_per_input']:.1f} ms per benign input, "

@@ -265,8 +265,9 @@ class Attack(ABC):
                 raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
         self.eps = eps
 
-    def supports(self, mode: TargetMode) -> bool:
-        return self.supports_targeted if mode.targeted else self.supports_untargeted
+    @classmethod
+    def supports(cls, mode: TargetMode) -> bool:
+        return cls.supports_targeted if mode.targeted else cls.supports_untargeted
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "norm": self.norm.value, "eps": self.eps,

@@ -456,9 +456,7 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
         except ConfigError as exc:
             bad = next((k for k in params if f"'{k}'" in str(exc) or f"{k}=" in str(exc)), None)
             raise ctx.fail(f"{key}.{bad}" if bad else key, str(exc)) from None
-        supported = [t for t in targets if cls.supports_targeted or TargetMode(t) is TargetMode.UNTARGETED]
-        supported = [t for t in supported if cls.supports_untargeted or TargetMode(t) is not TargetMode.UNTARGETED]
-        if not supported:
+        if not any(cls.supports(TargetMode(t)) for t in targets):
             can = "untargeted" if cls.supports_untargeted else "targeted settings (least-likely, next-class)"
             raise ctx.fail(key, f"{attack.value} supports only {can}, and targets are [{', '.join(targets)}]: "
                                 "this attack would never run")

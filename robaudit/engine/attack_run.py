@@ -186,9 +186,7 @@ def check_plan(plan: AttackPlan) -> None:
             why.append(f"{name.value} does not support norm {plan.norm.value} "
                        f"(supported: {', '.join(n.value for n in cls.norms)})")
             continue
-        modes = [t for t in plan.targets if (cls.supports_untargeted if t is TargetMode.UNTARGETED
-                                             else cls.supports_targeted)]
-        if modes:
+        if any(cls.supports(t) for t in plan.targets):
             return
         why.append(f"{name.value} does not support {', '.join(t.value for t in plan.targets)}")
     if why:

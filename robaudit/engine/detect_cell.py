@@ -109,6 +109,7 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
         raise AssertionError(f"cell {cell.id}: benign features do not cover its {n} inputs")
     fit_half = np.arange(n) % 2 == 0
     test = ~fit_half
+    n_test = int(test.sum())
     detectors: dict[str, Detector] = {}
     for c in spec.costs:
         detectors[c] = ZScoreDetector.fit(c, benign[c][fit_half], spec.fpr)
@@ -139,7 +140,7 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
         }
         for f in spec.feature_names():
             row: dict[str, Any] = {"attack": a.label, "attack_name": a.name, "setup": _setup_text(a),
-                                   "cost": f, "n_benign": n, "n_benign_test": int(test.sum()), "n_adversarial": n_adv}
+                                   "cost": f, "n_benign": n, "n_benign_test": n_test, "n_adversarial": n_adv}
             if n_adv == 0:
                 row.update({"status": "no-adversarial", "reason": f"{a.label} produced no adversarial example",
                             "auroc": None, "detection_rate": None, "fpr": None, "accuracy": None})
@@ -160,10 +161,10 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
     fwd = sum(c["forward"] for c in chunks)
     bwd = sum(c["backward"] for c in chunks)
     notes = [f"{cell.id}: {w}" for w in dict.fromkeys(w for c in spec.costs for w in fit_warnings(detectors[c]))]
-    notes += [f"{cell.id}: {w}" for w in small_test_warning(int(test.sum()))]
+    notes += [f"{cell.id}: {w}" for w in small_test_warning(n_test)]
     return {
         "cell_id": cell.id, "kind": "detect", "status": "ok", "reason": None, "seed": cell.seed(profile.seed),
-        "n_benign": n, "n_benign_test": int(test.sum()), "craft": spec.craft, "target_fpr": spec.fpr,
+        "n_benign": n, "n_benign_test": n_test, "craft": spec.craft, "target_fpr": spec.fpr,
         "costs": [p.to_dict() for p in costs], "squeeze": sq.to_dict() if sq is not None else None,
         "thresholds_from": "fitted on the even-indexed half of the benign inputs; FPR on the other half",
         "thresholds": {k: d.to_dict() for k, d in detectors.items()},

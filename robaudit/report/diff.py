@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from robaudit.report.markdown import md_text
+
 DIFF_METRICS: tuple[tuple[str, int], ...] = (
     ("robust_accuracy", +1), ("success_rate", -1), ("l2_median", +1), ("l2_mean", +1), ("linf_median", +1),
     ("auroc", +1),
@@ -76,10 +78,9 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     for key in list(dict.fromkeys([*old_rows, *new_rows])):
         o, n = old_rows.get(key), new_rows.get(key)
         if o is not None and n is not None:
-            changed = [f"{k} {_setup_value(o.get(k))} -> {_setup_value(n.get(k))}" for k in SETUP_KEYS
-                       if o.get(k) != n.get(k)]
+            changed = _setup_changes({k: o.get(k) for k in SETUP_KEYS}, {k: n.get(k) for k in SETUP_KEYS})
             if changed:
-                changes.append(Change(key, "setup", None, None, "; ".join(changed)))
+                changes.append(Change(key, "setup", None, None, changed))
                 continue
         fixed_eps = any(r is not None and r.get("eps") is not None for r in (o, n))
         for metric, _ in DIFF_METRICS:
@@ -96,12 +97,10 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
     for key in list(dict.fromkeys([*old_det, *new_det])):
         o, n = old_det.get(key), new_det.get(key)
         if o is not None and n is not None:
-            os_, ns_ = (setups.get((r["cell_id"], r.get("attack")), {}) for setups, r in
-                        ((old_setup, o), (new_setup, n)))
-            changed = [f"{k} {_setup_value(os_.get(k))} -> {_setup_value(ns_.get(k))}"
-                       for k in dict.fromkeys([*os_, *ns_]) if os_.get(k) != ns_.get(k)]
+            changed = _setup_changes(old_setup.get((o["cell_id"], o.get("attack")), {}),
+                                     new_setup.get((n["cell_id"], n.get("attack")), {}))
             if changed:
-                changes.append(Change(key, "setup", None, None, "; ".join(changed)))
+                changes.append(Change(key, "setup", None, None, changed))
                 continue
         ov = (o or {}).get("auroc")
         nv = (n or {}).get("auroc")
@@ -125,6 +124,12 @@ def _detection_setups(report: dict[str, Any]) -> dict[tuple[Any, Any], dict[str,
                 "craft": entry.get("craft") if a.get("attack") in _CRAFT_MODE_ATTACKS else None,
                 "costs": entry.get("costs"), "squeeze": entry.get("squeeze")}
     return out
+
+
+def _setup_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``eps 0.3 -> 0.01; params ...`` for every key whose value differs (``""``: the same setup)."""
+    return "; ".join(f"{k} {_setup_value(old.get(k))} -> {_setup_value(new.get(k))}"
+                     for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k))
 
 
 def _setup_value(v: Any) -> str:
@@ -189,7 +194,7 @@ def diff_markdown(changes: list[Change], tolerance: float, old_name: str, new_na
     lines += [f"> warning: {w}" for w in warnings or []] + ([""] if warnings else [])
     lines += ["| cell | metric | old | new | change | |", "|---|---|---|---|---|---|"]
     rows = diff_rows(changes, tolerance)
-    lines += ["|" + "|".join(f" {x.replace('|', '/')} " if x else " " for x in row) + "|" for row in rows]
+    lines += ["|" + "|".join(f" {md_text(x)} " if x else " " for x in row) + "|" for row in rows]
     if not rows:
         lines.append("| (no change) | | | | | |")
     return "\n".join(lines) + "\n"
