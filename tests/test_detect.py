@@ -118,6 +118,13 @@ def test_zscore_threshold_and_transform():
     det = ZScoreDetector.fit("c", normal, 0.05)
     assert det.transform == "none"
     assert det.threshold_cost() == pytest.approx(200 - 1.645 * 20, abs=3)
+    # the file names a Yeo-Johnson lambda only when that transform is used (in both places)
+    assert det.to_dict()["lambda"] is None and det.fit_info["lambda"] is None
+    yj = next(ZScoreDetector.fit("c", c, 0.05) for c in (skewed, rng.gamma(0.7, 50.0, 2000), rng.weibull(0.6, 2000))
+              if ZScoreDetector.fit("c", c, 0.05).transform == "yeo-johnson")
+    assert yj.to_dict()["lambda"] == yj.fit_info["lambda"] != 0.0
+    back = detector_from_dict(json.loads(json.dumps(yj.to_dict())))
+    np.testing.assert_allclose(back.score({"c": skewed}), yj.score({"c": skewed}))
     with pytest.raises(ConfigError):
         ZScoreDetector.fit("c", normal, 0.7)
 
@@ -355,6 +362,18 @@ def test_eval_report(tmp_path):
     assert report["auroc"]["bim"]["bim-linf"] > 0.9
     assert report["latency"]["bim-linf"]["benign_forward_per_input"] > 1
     json.dumps(report, allow_nan=False)
+    # the per-input costs are in the report, and the AUROCs recompute from them
+    benign = report["benign"]["inputs"]
+    assert len(benign) == report["benign"]["n"] and sum(r["held_out"] for r in benign) == report["benign"]["n_test"]
+    for a in ("fgsm", "bim"):
+        adv = report["attacks"][a]["inputs"]
+        assert len(adv) == report["attacks"][a]["n_adversarial"]
+        assert {r["index"] for r in adv} <= {r["index"] for r in benign}
+        for f in ("bim-linf", "jsma"):
+            got = auroc(-np.array([r[f] for r in benign]), -np.array([r[f] for r in adv]))
+            assert got == pytest.approx(report["auroc"][a][f])
+        got = auroc(np.array([r["squeeze"] for r in benign]), np.array([r["squeeze"] for r in adv]))
+        assert got == pytest.approx(report["auroc"][a]["squeeze"])
 
 
 def test_unknown_names_are_config_errors():

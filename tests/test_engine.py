@@ -172,3 +172,41 @@ def test_partial_reports_after_every_cell_are_valid():
     assert all(p["partial"] is True and validation_errors(p) == [] for p in partials)
     assert "partial" not in final and len(final["results"]) == 4
     assert partials[-1]["results"] == final["results"][:3]
+
+
+def test_class_folders_named_by_word_get_a_labelling_hint(tmp_path):
+    """Folders named zero/ .. nine/ are numbered in sorted name order (eight=0, five=1, ...), which is
+    not the digit model's order: the low-accuracy error and warning say how the labels were made."""
+    import numpy as np
+    from PIL import Image
+
+    from robaudit.engine.attack_job import model_warnings
+    from robaudit.engine.evaluation import build_evaluation_set
+    from robaudit.engine.session import load_inputs
+    from robaudit.errors import DataLoadError
+
+    demo = load_inputs(InputOptions(model="demo:mnist", data="demo:mnist", device="cpu")).data
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    root = tmp_path / "digits"
+    for label, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        for k, i in enumerate(np.flatnonzero(demo.y == label)[:6]):
+            Image.fromarray((demo.x[i, 0] * 255).round().astype(np.uint8), mode="L").save(root / word / f"{k}.png")
+    inputs = load_inputs(InputOptions(model="demo:mnist", data=str(root), device="cpu"))
+    evalset = build_evaluation_set(inputs.model, inputs.data, None, 0, 64)  # only six/ sorts to its own label
+    assert 0 < evalset.clean_accuracy <= 0.1
+    hint = [w for w in model_warnings(inputs.model, evalset) if "no better than chance" in w]
+    assert len(hint) == 1 and "labels by sorted folder name: eight=0, five=1" in hint[0]
+    assert "name the class folders by their label" in hint[0]
+    for k in range(6):
+        (root / "six" / f"{k}.png").unlink()
+    (root / "six").rmdir()
+    inputs = load_inputs(InputOptions(model="demo:mnist", data=str(root), device="cpu"))
+    with pytest.raises(DataLoadError, match="classifies none of .* name the class folders by their label"):
+        build_evaluation_set(inputs.model, inputs.data, None, 0, 64)
+    for label, word in enumerate(words):  # folders named by their label: no hint, accuracy as usual
+        if (root / word).exists():
+            (root / word).rename(root / str(label))
+    inputs = load_inputs(InputOptions(model="demo:mnist", data=str(root), device="cpu"))
+    evalset = build_evaluation_set(inputs.model, inputs.data, None, 0, 64)
+    assert evalset.clean_accuracy > 0.9 and evalset.label_hint == ""

@@ -140,7 +140,7 @@ class ZScoreDetector(Detector):
         else:
             rule = "empirical"
             z = (mean - _empirical_threshold(t, fpr)) / std
-        det = cls(cost, mean, std, z, transform, lmbda=lmbda)
+        det = cls(cost, mean, std, z, transform, lmbda=lmbda if transform == "yeo-johnson" else 0.0)
         skew = float(stats.skew(b)) if np.ptp(b) > 0 else 0.0
         det.fit_info = {"n_benign": int(b.size), "target_fpr": fpr, "rule": rule, "transform": transform,
                         "lambda": lmbda if transform == "yeo-johnson" else None, "skew": skew,
@@ -153,8 +153,10 @@ class ZScoreDetector(Detector):
         if constant:
             det.fit_info["warning"] = (
                 f"every one of the {b.size} benign {cost} costs is {b[0]:g} (the cost attack's cap, if no benign "
-                "input flipped): the threshold has no spread to fit and flags any input that flips sooner, so its "
-                "false-positive rate on other inputs is unknown; raise the cap (--max-iter) or fit on more inputs")
+                "input flipped): the threshold has no spread to fit and flags any input that flips sooner, and "
+                f"none of {b.size} flagged bounds its false-positive rate only below about {min(1.0, 3.0 / b.size):.0%} "
+                "(95%); fit on more inputs (a larger --max-iter helps only if the cost attack's eps lets benign "
+                "inputs flip at all)")
         return det
 
     def threshold_cost(self) -> float:
@@ -172,12 +174,13 @@ class ZScoreDetector(Detector):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "cost": self.cost, "mean": self.mean, "std": self.std, "z": self.z,
-                "transform": self.transform, "lambda": self.lmbda, "fit_info": self.fit_info}
+                "transform": self.transform, "lambda": self.lmbda if self.transform == "yeo-johnson" else None,
+                "fit_info": self.fit_info}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ZScoreDetector":
         return cls(str(d["cost"]), float(d["mean"]), float(d["std"]), float(d["z"]), str(d.get("transform", "none")),
-                   d.get("fit_info"), float(d.get("lambda", 0.0)))
+                   d.get("fit_info"), float(d.get("lambda") or 0.0))
 
 
 def fit_warnings(det: Detector) -> list[str]:

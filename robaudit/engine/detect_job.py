@@ -243,6 +243,16 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
     return dfile, summary
 
 
+def _per_input(index: np.ndarray, held_out: np.ndarray, features: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One row per input: its dataset ``index``, whether it counts in the rates (``held_out``), and
+    its features (attack costs in iterations, the squeeze score): enough to recompute every AUROC
+    and rate, or to plot the cost distributions."""
+    cols = {k: np.asarray(v, dtype=np.float64) for k, v in features.items()}
+    return [{"index": int(index[i]), "held_out": bool(held_out[i]),
+             **{k: (float(v[i]) if np.isfinite(v[i]) else None) for k, v in cols.items()}}
+            for i in range(len(index))]
+
+
 def _stats(v: np.ndarray) -> dict[str, float]:
     v = np.asarray(v, dtype=np.float64)
     if v.size == 0:
@@ -438,6 +448,7 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
                                                if a_test.any() else None)
         detection[a.value] = {dname: rates(det.flag(bsub), det.flag(adv_test)) for dname, det in detectors.items()}
         entry["n_adversarial_test"] = int(a_test.sum())
+        entry["inputs"] = _per_input(np.asarray(evalset.indices)[cr.source_index], a_test, adv)
         attacks_out[a.value] = entry
     data_dict = {"path": inputs.data_spec, "sha256": inputs.data.sha256, "n_selected": evalset.n_selected,
                  "n_evaluated": evalset.n, "clean_accuracy": evalset.clean_accuracy}
@@ -449,7 +460,8 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
                        "thresholds_from": job.detector_path or "z-score fitted on the even-indexed half of the benign inputs"},
             "benign": {"n": evalset.n, "n_test": int(test.sum()),
                        "costs": {k: _stats(v) for k, v in bres.costs.items()},
-                       "squeeze": _stats(benign[SQUEEZE_FEATURE]) if sq else None},
+                       "squeeze": _stats(benign[SQUEEZE_FEATURE]) if sq else None,
+                       "inputs": _per_input(np.asarray(evalset.indices), test, benign)},
             "thresholds": {k: d.to_dict() for k, d in detectors.items()},
             "auroc": auroc_table, "detection": detection, "attacks": attacks_out, "latency": latency,
             "warnings": warnings}

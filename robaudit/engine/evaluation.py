@@ -32,6 +32,9 @@ class EvaluationSet:
     """Sampled inputs whose clean logits hold NaN or inf (counted as misclassified, never attacked)."""
     n_requested: int | None = None
     """The ``n`` asked for (``None``: all); more than the data holds samples all of it."""
+    label_hint: str = ""
+    """How the labels were derived when that is a likely cause of low accuracy (class folders
+    numbered in sorted name order), for the low-accuracy error and warning; else empty."""
 
     @property
     def n(self) -> int:
@@ -40,6 +43,17 @@ class EvaluationSet:
     @property
     def n_dropped(self) -> int:
         return self.n_selected - self.n
+
+
+def label_hint(data: Dataset) -> str:
+    """A hint when the labels were numbered from class-folder names in sorted order (``zero/``,
+    ``one/``, ... sort as eight=0, five=1, ...): if the model numbers its classes otherwise, most
+    labels are wrong and accuracy drops to chance or below."""
+    for note in data.notes:
+        if note.startswith("labels by sorted folder name"):
+            return (f"; {note}: if the model numbers its classes in another order, name the class folders by "
+                    "their label (0, 1, ...)")
+    return ""
 
 
 def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: int, batch_size: int) -> EvaluationSet:
@@ -65,9 +79,9 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
                 "classifies none of them correctly: nothing to attack (check the model and --mean/--std)")
         raise DataLoadError(
             f"the model classifies none of the {x.shape[0]} sampled inputs correctly: nothing to attack "
-            "(check --mean/--std, --layout and that the labels match the model)")
+            f"(check --mean/--std, --layout and that the labels match the model){label_hint(data)}")
     keep = correct.nonzero().flatten()
     return EvaluationSet(
         x=x[keep], y=y[keep], clean_logits=logits[keep], indices=idx[keep.numpy()],
         n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]), n_nonfinite=n_nonfinite,
-        n_requested=n)
+        n_requested=n, label_hint=label_hint(data))
