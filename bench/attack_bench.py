@@ -13,6 +13,10 @@ Needs the shared models exported by ``scripts/export_shared.py`` (``artifacts/``
     python bench/attack_bench.py --models lenet5-clean,lenet5-adv,resnet20 -n 200
     python bench/attack_bench.py --attacks deepfool,hopskipjump --out bench/results/attack_bench_rerun.json
     python bench/attack_bench.py --attacks cw-l2,cw-linf --out bench/results/attack_bench_rerun_cw.json
+
+C&W-L2 runs three ways: both at their defaults (``cw-l2``; ours searches 9 rounds x 50 steps, ART
+10 x 10), ours at ART's budget (``cw-l2-art-budget``) and ART at ours (``cw-l2-ours-budget``: the
+same rounds, steps and starting constant; the same parameters, as far as the two share them).
     python bench/attack_bench.py markdown bench/results/attack_bench.json \
         bench/results/attack_bench_rerun.json bench/results/attack_bench_rerun_cw.json > bench/results/attack_bench.md
 """
@@ -54,6 +58,14 @@ def art_params(name: AttackName, ours: object, cls: type) -> object:
     if name is AttackName.DEEPFOOL:
         return cls.Params(max_iter=ours.max_iter, epsilon=ours.overshoot, nb_grads=ours.nb_candidate)
     return cls.Params()  # CW: ART's own defaults (its algorithm and parameters differ from ours)
+
+
+def art_at_our_budget(name: AttackName, ours: object, cls: type) -> object:
+    """ART's C&W-L2 with our search budget (rounds, steps per round, starting constant); ART's own
+    learning rate, which its line search rescales every step anyway."""
+    assert name is AttackName.CW_L2
+    return cls.Params(binary_search_steps=ours.binary_search_steps, max_iter=ours.max_iter,
+                      initial_const=ours.initial_const, confidence=ours.confidence)
 
 
 def measure(attack, model, judge, x, y, batch_size, seed):
@@ -129,8 +141,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--art-subset", default="cw-l2=10,cw-linf=30,shadow=20",
-                    help="attack=N: run ART (and the comparison) on the first N images only")
+    ap.add_argument("--art-subset", default="cw-l2=10,cw-l2-ours-budget=5,cw-linf=30,shadow=20",
+                    help="attack=N (or row label=N): run ART (and the comparison) on the first N images only")
     ap.add_argument("--subset", default="hopskipjump=20",
                     help="attack=N: run both (ours and ART) on the first N images only")
     ap.add_argument("--param", action="append", default=["hopskipjump.max_iter=10"],
@@ -172,8 +184,8 @@ def main() -> int:
             rows.append((name, ""))
             if name in (AttackName.PGD, AttackName.APGD):  # the study's fixed budget and the early exit
                 rows.append((name, "es"))
-            if name is AttackName.CW_L2:  # ours at ART's budget (10 rounds x 10 steps) besides our defaults
-                rows.append((name, "art-budget"))
+            if name is AttackName.CW_L2:  # ours at ART's budget (10 rounds x 10 steps) and ART at ours
+                rows += [(name, "art-budget"), (name, "ours-budget")]
         for name, variant in rows:
             early = variant == "es"
             ours_cls, art_cls = get_attack_class(name, "torch"), get_attack_class(name, "art")
@@ -185,8 +197,10 @@ def main() -> int:
             ours_eps = eps if ours_cls.kind is AttackKind.FIXED_EPS else None
             norm = Norm.LINF if Norm.LINF in ours_cls.norms and ours_cls.kind is AttackKind.FIXED_EPS else ours_cls.norms[0]
             ours = ours_cls(ours_p, norm=norm, eps=ours_eps)
-            art = art_cls(art_params(name, ours_p, art_cls), norm=norm, eps=ours_eps)
-            m = subsets.get(name.value)
+            label = f"{name.value}-{variant}" if variant else name.value
+            art_p = (art_at_our_budget if variant == "ours-budget" else art_params)(name, ours_p, art_cls)
+            art = art_cls(art_p, norm=norm, eps=ours_eps)
+            m = subsets.get(label, subsets.get(name.value))
             xa, ya = (x[: both[name.value]], y[: both[name.value]]) if name.value in both else (x, y)
             raw_before = raw_throughput(model, x, args.batch_size) if name is AttackName.PGD and not early else None
             r_ours = measure(ours, model, plain, xa, ya, args.batch_size, args.seed)
@@ -199,7 +213,6 @@ def main() -> int:
             ratio_all = (r_art["seconds"] / r_art["n"]) / max(r_ours["seconds"] / r_ours["n"], 1e-12)
             note = (f"ART on first {m} (ours on all {xa.shape[0]}: succ {r_ours['success']:.3f}, "
                     f"L2 {fmt(r_ours['l2_median'])}, {ratio_all:.1f}x per image) " if m else "")
-            label = f"{name.value}-{variant}" if variant else name.value
             if early:
                 note += "early stop (ART has none)"
             elif name is AttackName.PGD:
