@@ -351,6 +351,7 @@ def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: floa
     worse = regressions(changes, tolerance)
     if fail and worse:
         for c in worse:
-            _err.print(f"robaudit: regression: {c.cell} {c.metric}: {c.old} -> {c.new}", markup=False,
+            what = "gone (in the old report only)" if c.new is None else f"{c.old:.4g} -> {c.new:.4g}"
+            _err.print(f"robaudit: regression: {c.cell} {c.metric}: {what}", markup=False,
                        highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_GATE)

@@ -129,6 +129,21 @@ def test_diff_finds_regressions():
     assert regressions(changes, 0.5) == []
 
 
+def test_diff_matches_cells_across_model_slots():
+    """A multi-model audit writes one report per model with ids m0/..., m1/...; the same model
+    audited alone is m0/. Its cells were all "gone" and "new", and --fail-on-regression failed."""
+    alone = _report(copy.deepcopy(ROWS))
+    second = copy.deepcopy(alone)
+    for row in second["results"]:
+        row["cell_id"] = row["cell_id"].replace("m0/", "m1/", 1)
+    changes = diff_reports(second, alone)
+    assert {c.verdict(0.0) for c in changes} == {"same"} and regressions(changes, 0.0) == []
+    assert {c.cell for c in changes} >= {r["cell_id"] for r in alone["results"] if r["status"] == "ok"}
+    second["results"][1]["success_rate"] = 0.3  # the baseline from the multi-model audit was more robust
+    worse = {(c.cell, c.metric) for c in regressions(diff_reports(second, alone), 0.0)}
+    assert worse == {("m0/attack/pgd/untargeted/none", "success_rate"), ("m0/attack/pgd/untargeted/none", "robust_accuracy")}
+
+
 def test_report_cli_gate_and_diff(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_report(copy.deepcopy(ROWS))))
@@ -300,6 +315,29 @@ def test_robust_accuracy_gate_groups_the_untargeted_cells():
     assert not result.passed and result.value == pytest.approx(0.98 * 0.6)
     result = evaluate_gate(parse_gate("next-class robust_accuracy >= 0.1"), report)
     assert not result.passed and result.value is None and "untargeted cells only" in result.detail
+
+
+def test_robust_accuracy_behind_a_defence_uses_the_stack_clean_accuracy():
+    """QA: ss+jpeg kept 12 of 24 inputs (undefended 20), adaptive PGD broke 7 of the 12: robust
+    accuracy is 5/24 = 0.208, not the undefended 20/24 x 5/12 = 0.347 the gate used to pass."""
+    from robaudit.report.diff import diff_reports
+
+    row = _row("pgd", "untargeted", 7 / 12, 1.0)
+    row.update(cell_id="m0/attack/pgd/untargeted/ss+jpeg", defences=["ss", "jpeg"], threat_model="adaptive",
+               n=12, n_success=7)
+    report = _report([_row("pgd", "untargeted", 0.5, 1.0), row], clean=20 / 24)
+    report["data"]["n_selected"] = 24
+    report["defences"] = [{"defences": [], "clean_accuracy": 20 / 24}, {"defences": ["ss", "jpeg"], "clean_accuracy": 0.5}]
+    result = evaluate_gate(parse_gate("defences=ss+jpeg pgd robust_accuracy >= 0.3"), report)
+    assert not result.passed and result.value == pytest.approx(5 / 24)
+    assert evaluate_gate(parse_gate("defences=none pgd robust_accuracy >= 0.4"), report).value == pytest.approx(10 / 24)
+    del report["defences"]  # a report without the section: the row's own count of correct inputs
+    assert evaluate_gate(parse_gate("defences=ss+jpeg robust_accuracy >= 0.3"), report).value == pytest.approx(5 / 24)
+    # a stack that loses clean accuracy between two runs is a robust-accuracy regression
+    old, new = copy.deepcopy(report), copy.deepcopy(report)
+    new["results"][1].update(n=10, n_success=7, success_rate=0.7)
+    worse = {(c.cell, c.metric) for c in diff_reports(old, new) if c.verdict(1e-9) == "worse"}
+    assert ("m0/attack/pgd/untargeted/ss+jpeg", "robust_accuracy") in worse
 
 
 def test_distance_gates_hold_where_the_attack_found_nothing():

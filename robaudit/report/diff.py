@@ -1,7 +1,8 @@
 """Compare two reports cell by cell: what got better or worse.
 
-Cells are matched by ``cell_id`` when both reports have one, else by (attack label, target,
-defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
+Cells are matched by ``cell_id`` without its model slot (``m1/`` in a multi-model audit's
+per-model report: the same model audited alone is ``m0/``) when both reports have one, else by
+(attack label, target, defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
 distances of successful examples of minimisation attacks (a fixed-eps attack's distances sit at its
 budget, so they say nothing about robustness and are not compared); detection rows (matched by cell
 id, attack and score) compare their AUROC (higher is better).
@@ -15,6 +16,7 @@ same holds for a detection row whose crafting attack (eps, parameters, craft mod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,21 +52,32 @@ class Change:
         """``better``, ``worse``, ``same``, ``new``, ``gone``, ``changed`` (setup) or ``n/a``."""
         if self.metric == "setup":
             return "changed"
-        if self.old is None and self.new is None:
+        if self.old is None and self.new is None or (self.metric == "clean_accuracy" and None in (self.old, self.new)):
             return "n/a"
         if self.old is None:
             return "new"
         if self.new is None:
             return "gone"
         d = self.new - self.old
-        direction = dict(DIFF_METRICS)[self.metric]
+        direction = +1 if self.metric == "clean_accuracy" else dict(DIFF_METRICS)[self.metric]
         if abs(d) <= tolerance:
             return "same"
         return "better" if d * direction > 0 else "worse"
 
 
+_MODEL_SLOT = re.compile(r"^m\d+/")
+
+
+def _cell(cell_id: str) -> str:
+    """A cell id without its model slot: every report holds one model, and its slot only says where
+    the model stood on the audit's command line."""
+    return _MODEL_SLOT.sub("", cell_id)
+
+
 def _key(row: dict[str, Any]) -> str:
-    return str(row.get("cell_id") or f"{row.get('label', row.get('attack'))}/{row.get('target')}/"
+    if row.get("cell_id"):
+        return _cell(str(row["cell_id"]))
+    return str(f"{row.get('label', row.get('attack'))}/{row.get('target')}/"
                f"{'+'.join(row.get('defences') or []) or 'none'}")
 
 
@@ -77,10 +90,11 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
                       new.get("data", {}).get("clean_accuracy"))]
     for key in list(dict.fromkeys([*old_rows, *new_rows])):
         o, n = old_rows.get(key), new_rows.get(key)
+        shown = str((n or o or {}).get("cell_id") or key)  # the id as the new report has it
         if o is not None and n is not None:
             changed = _setup_changes({k: o.get(k) for k in SETUP_KEYS}, {k: n.get(k) for k in SETUP_KEYS})
             if changed:
-                changes.append(Change(key, "setup", None, None, changed))
+                changes.append(Change(shown, "setup", None, None, changed))
                 continue
         fixed_eps = any(r is not None and r.get("eps") is not None for r in (o, n))
         for metric, _ in DIFF_METRICS:
@@ -90,22 +104,24 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
             nv = row_metric(new, n, metric) if n is not None and n.get("status") == "ok" else None
             if ov is None and nv is None:
                 continue
-            changes.append(Change(key, metric, ov, nv))
-    old_det = {f"{r['cell_id']} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(old)}
-    new_det = {f"{r['cell_id']} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(new)}
+            changes.append(Change(shown, metric, ov, nv))
+    old_det = {f"{_cell(r['cell_id'])} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(old)}
+    new_det = {f"{_cell(r['cell_id'])} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(new)}
     old_setup, new_setup = _detection_setups(old), _detection_setups(new)
     for key in list(dict.fromkeys([*old_det, *new_det])):
         o, n = old_det.get(key), new_det.get(key)
+        r = n or o or {}
+        shown = f"{r.get('cell_id')} {r.get('attack')}/{r.get('cost')}"
         if o is not None and n is not None:
             changed = _setup_changes(old_setup.get((o["cell_id"], o.get("attack")), {}),
                                      new_setup.get((n["cell_id"], n.get("attack")), {}))
             if changed:
-                changes.append(Change(key, "setup", None, None, changed))
+                changes.append(Change(shown, "setup", None, None, changed))
                 continue
         ov = (o or {}).get("auroc")
         nv = (n or {}).get("auroc")
         if ov is not None or nv is not None:
-            changes.append(Change(key, "auroc", ov, nv))
+            changes.append(Change(shown, "auroc", ov, nv))
     return changes
 
 
@@ -149,22 +165,13 @@ def diff_warnings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
-def _verdict(c: Change, tolerance: float) -> str:
-    if c.metric == "clean_accuracy":
-        if c.old is None or c.new is None:
-            return "n/a"
-        d = c.new - c.old
-        return "same" if abs(d) <= tolerance else ("better" if d > 0 else "worse")
-    return c.verdict(tolerance)
-
-
 def regressions(changes: list[Change], tolerance: float) -> list[Change]:
-    return [c for c in changes if _verdict(c, tolerance) in ("worse", "gone")]
+    return [c for c in changes if c.verdict(tolerance) in ("worse", "gone")]
 
 
 def diff_headline(changes: list[Change], tolerance: float) -> str:
     """``N better, M worse[, K gone] (tolerance T)[; S cells not compared ...].``"""
-    verdicts = [_verdict(c, tolerance) for c in changes]
+    verdicts = [c.verdict(tolerance) for c in changes]
     better, worse, gone = (verdicts.count(v) for v in ("better", "worse", "gone"))
     setup = sum(c.metric == "setup" for c in changes)
     return (f"{better} better, {worse} worse"
@@ -177,7 +184,7 @@ def diff_rows(changes: list[Change], tolerance: float) -> list[tuple[str, str, s
     """(cell, metric, old, new, change, verdict) of every change that is not ``same`` or ``n/a``."""
     rows = []
     for c in changes:
-        v = _verdict(c, tolerance)
+        v = c.verdict(tolerance)
         if v in ("same", "n/a"):
             continue
         if c.metric == "setup":
@@ -218,4 +225,4 @@ def diff_table(changes: list[Change], tolerance: float, old_name: str, new_name:
 
 def diff_dict(changes: list[Change], tolerance: float) -> list[dict[str, Any]]:
     return [{"cell": c.cell, "metric": c.metric, "old": c.old, "new": c.new, "delta": c.delta,
-             "verdict": _verdict(c, tolerance), **({"note": c.note} if c.note else {})} for c in changes]
+             "verdict": c.verdict(tolerance), **({"note": c.note} if c.note else {})} for c in changes]

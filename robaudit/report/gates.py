@@ -49,7 +49,8 @@ ROW_METRICS = (
     "l2_mean_all", "l2_median_all", "linf_mean_all", "linf_median_all", "l0_mean",
 )
 """Metrics of one result row. ``robust_accuracy`` (untargeted rows only) is
-``clean_accuracy * (1 - success_rate)``: the share of the sampled inputs still classified correctly."""
+``clean_accuracy * (1 - success_rate)``: the share of the sampled inputs still classified correctly,
+with the clean accuracy of the model the row attacked (behind a defence stack, the stack's own)."""
 DETECT_METRICS = ("auroc", "detection_rate", "fpr", "accuracy")
 """Metrics of detection rows (``report["detection"][*]["rows"]``): AUROC of the score against the
 attack's examples, and detection rate (TPR) / false-positive rate / accuracy at the fitted threshold."""
@@ -215,12 +216,28 @@ def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: se
                               f"(targets: {', '.join(sorted(targets))})")
 
 
+def clean_accuracy_of(report: dict[str, Any], row: dict[str, Any]) -> float | None:
+    """Clean accuracy of the model a row attacked: the report's for an undefended row, the
+    stack's own (from the report's ``defences`` section) for a defended one, whose success rate is
+    over the inputs the stack still classifies correctly."""
+    stack = list(row.get("defences") or [])
+    if not stack:
+        acc = report.get("data", {}).get("clean_accuracy")
+        return None if acc is None else float(acc)
+    for entry in report.get("defences") or []:
+        if list(entry.get("defences") or []) == stack and entry.get("clean_accuracy") is not None:
+            return float(entry["clean_accuracy"])
+    n_selected = report.get("data", {}).get("n_selected")  # a report without the section: the row's own count
+    return row["n"] / n_selected if row.get("n") is not None and n_selected else None
+
+
 def row_metric(report: dict[str, Any], row: dict[str, Any], metric: str) -> float | None:
     if metric == "robust_accuracy":
         rate = row.get("success_rate")
         if row.get("target") != "untargeted" or rate is None:
             return None
-        return float(report.get("data", {}).get("clean_accuracy", 0.0)) * (1.0 - float(rate))
+        clean = clean_accuracy_of(report, row)
+        return None if clean is None else clean * (1.0 - float(rate))
     value = row.get(metric)
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
