@@ -126,6 +126,7 @@ def attack(
     x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
     y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-report.json"),
+    examples: Annotated[int, typer.Option(min=0, max=64, help="Adversarial examples kept per cell for the HTML report (robaudit report --format html).")] = 4,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="What to print: table, markdown or json.")] = OutputFormat.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -148,7 +149,7 @@ def attack(
     plan = AttackPlan(
         attacks=attacks, targets=tuple(parse_targets(target)),
         norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=params,
-        batch_size=batch_size, seed=seed)
+        batch_size=batch_size, seed=seed, examples=examples)
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key, model)
     job = AttackJob(inputs=inputs, plan=plan, n=num)
     check_writable(out)  # before the attacks run, not after

@@ -255,12 +255,12 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
 
     failed = 0
     summaries = []
+    judged = []
     for path, report in result.reports:
         gate_results = apply_gates(report, gates)
         write_json_atomic(path, report)
         summaries.append(render(report, ReportFormat.markdown))
-        prefix = f"{report['model']['path']}: " if len(result.reports) > 1 else ""
-        failed += _print_failures(gate_results, prefix)
+        judged.append((f"{report['model']['path']}: " if len(result.reports) > 1 else "", gate_results))
     write_text_atomic(out / "summary.md", "\n".join(summaries))
     if fmt is SummaryFormat.json and len(result.reports) > 1:  # one JSON document: an array of the reports
         from robaudit.report.writer import _clean
@@ -276,6 +276,8 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
             typer.echo(render(report, ReportFormat.table, width=max(_out.width, 100)), nl=False)
         if fmt is not SummaryFormat.json:
             _err.print(f"report written to {path}", highlight=False)
+    for prefix, gate_results in judged:  # after the reports are written, as the README says
+        failed += _print_failures(gate_results, prefix)
     if failed:
         _err.print(f"robaudit: {failed} gate(s) failed", highlight=False)
         raise typer.Exit(EXIT_GATE)
@@ -285,7 +287,7 @@ def report_cmd(
     paths: Annotated[list[str], typer.Argument(help="REPORT.json, or: diff OLD.json NEW.json", metavar="REPORT.json | diff OLD NEW")],
     fmt: Annotated[ReportFormat, typer.Option("--format", help="table, markdown, html, junit or json.")] = ReportFormat.table,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rendering to this file (atomically) instead of stdout.")] = None,
-    gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="Gate EXPR or profile (repeatable): exit 1 if one fails.")] = None,
+    gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="Gate EXPR or profile (repeatable): judge the report by these gates instead of the ones stored in it; exit 1 if one fails.")] = None,
     tolerance: Annotated[float, typer.Option(help="diff: changes up to this size count as unchanged.")] = 0.0,
     fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression", help="diff: exit 1 if any metric got worse.")] = False,
 ) -> None:
@@ -301,7 +303,12 @@ def report_cmd(
     if tolerance != 0.0 or fail_on_regression:
         raise ConfigError("--tolerance and --fail-on-regression apply to `report diff` only")
     report = read_report(paths[0])
+    stored_failures = sum(not g.get("passed", True) for g in report.get("gates") or [])
     results = apply_gates(report, parse_gate_options(gate)) if gate else []
+    if not gate and stored_failures:  # rendering is not judging: say so, since the rendering shows FAIL
+        _err.print(f"robaudit: note: {stored_failures} of the {len(report['gates'])} gates stored in this report "
+                   "failed when it was made; `report` exits 0 unless given --gate (e.g. --gate PROFILE)",
+                   markup=False, highlight=False, soft_wrap=True)
     text = render(report, fmt, width=max(_out.width, 100) if out is None else 160)
     if out is None:
         typer.echo(text, nl=False)

@@ -170,8 +170,38 @@ def test_partial_reports_after_every_cell_are_valid():
     final = run_attack_job(job, ["test"], checkpoint=partials.append)
     assert [len(p["results"]) for p in partials] == [1, 2, 3]  # the last cell completes the final report
     assert all(p["partial"] is True and validation_errors(p) == [] for p in partials)
+    assert partials[0]["unfinished"] == ["fgsm/next-class", "deepfool/untargeted", "deepfool/next-class"]
+    from robaudit.report.render import report_warnings
+
+    assert "(not finished: deepfool/next-class)" in report_warnings(partials[-1])[0]
     assert "partial" not in final and len(final["results"]) == 4
     assert partials[-1]["results"] == final["results"][:3]
+
+
+def test_attack_reports_keep_example_grids_for_the_html_report():
+    """`attack` reports had no examples, so their HTML had no grids (only audits kept them)."""
+    from robaudit.report.html import report_html
+
+    plan = AttackPlan(attacks=(AttackName.FGSM, AttackName.DEEPFOOL), targets=(TargetMode.UNTARGETED,
+                      TargetMode.NEXT_CLASS), eps=0.2, batch_size=64, examples=3)
+    report = run_attack_job(AttackJob(inputs=InputOptions(model="demo:mnist", data="demo:mnist", device="cpu"),
+                                      plan=plan, n=16), ["test"])
+    assert validation_errors(report) == []
+    # one entry per cell that ran (DeepFool has no next-class setting), the first inputs, as judged
+    assert [(e["attack"], e["target"]) for e in report["examples"]] == [
+        ("fgsm", "untargeted"), ("fgsm", "next-class"), ("deepfool", "untargeted")]
+    rows = {(r["attack"], r["target"]): r for r in report["results"]}
+    for entry in report["examples"]:
+        assert [s["position"] for s in entry["samples"]] == [0, 1, 2]
+        assert all(s["adv_png"] and s["label"] != s["pred_adv"] or not s["success"] for s in entry["samples"])
+        assert rows[(entry["attack"], entry["target"])]["n_success"] >= sum(s["success"] for s in entry["samples"])
+    assert all(s["target"] is not None for s in report["examples"][1]["samples"])
+    html = report_html(report)
+    assert "<h2>Examples</h2>" in html and html.count("data:image/png;base64,") == 3 * 3 * 3
+    none = run_attack_job(AttackJob(inputs=InputOptions(model="demo:mnist", data="demo:mnist", device="cpu"),
+                                    plan=AttackPlan(attacks=(AttackName.FGSM,), targets=(TargetMode.UNTARGETED,),
+                                                    eps=0.2, examples=0), n=8), ["test"])
+    assert "examples" not in none
 
 
 def test_class_folders_named_by_word_get_a_labelling_hint(tmp_path):

@@ -12,7 +12,7 @@ from robaudit.cli_audit import ReportFormat, render
 from robaudit.engine.cells import example_record
 from robaudit.errors import ConfigError
 from robaudit.report.diff import diff_markdown, diff_reports, regressions
-from robaudit.report.gates import evaluate_gate, parse_gate
+from robaudit.report.gates import check_selectors, evaluate_gate, parse_gate
 from robaudit.report.schema import validation_errors
 
 from .conftest import robaudit_cli
@@ -158,6 +158,11 @@ def test_report_cli_gate_and_diff(tmp_path):
                         "--out", str(tmp_path / "j.xml"))
     assert proc.returncode == 0, proc.stderr
     assert 'failures="0"' in (tmp_path / "j.xml").read_text()
+    proc = robaudit_cli("report", str(a), "--gate", "pgd untargeted success_rate <= 0.3", "--format", "json",
+                        "--out", str(tmp_path / "gated.json"))
+    assert proc.returncode == 1
+    proc = robaudit_cli("report", str(tmp_path / "gated.json"), "--format", "markdown")  # renders: exit 0, says so
+    assert proc.returncode == 0 and "note: 1 of the 1 gates stored in this report failed" in proc.stderr
     proc = robaudit_cli("report", str(a), "--gate", "nonsense <= 0.5")
     assert proc.returncode == 2 and "unknown metric 'nonsense'" in proc.stderr
     proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression", "--format", "markdown")
@@ -313,8 +318,14 @@ def test_robust_accuracy_gate_groups_the_untargeted_cells():
     assert result.passed and result.value == pytest.approx(0.98 * 0.6) and result.cell.endswith("pgd/untargeted/none")
     result = evaluate_gate(parse_gate("robust_accuracy >= 0.7"), report)  # worst untargeted cell: pgd
     assert not result.passed and result.value == pytest.approx(0.98 * 0.6)
-    result = evaluate_gate(parse_gate("next-class robust_accuracy >= 0.1"), report)
-    assert not result.passed and result.value is None and "untargeted cells only" in result.detail
+    # a selection without untargeted cells is a mis-written gate (exit 2), like a selector matching nothing
+    with pytest.raises(ConfigError, match="robust_accuracy is defined on untargeted cells only"):
+        evaluate_gate(parse_gate("next-class robust_accuracy >= 0.1"), report)
+    with pytest.raises(ConfigError, match="untargeted cells only"):
+        check_selectors(parse_gate("ll robust_accuracy >= 0.1"), {"pgd"}, {"pgd"}, {"untargeted", "least-likely"})
+    with pytest.raises(ConfigError, match="untargeted cells only"):
+        check_selectors(parse_gate("pgd robust_accuracy >= 0.1"), {"pgd"}, {"pgd"}, {"next-class"})
+    check_selectors(parse_gate("pgd robust_accuracy >= 0.1"), {"pgd"}, {"pgd"}, {"untargeted", "next-class"})
 
 
 def test_robust_accuracy_behind_a_defence_uses_the_stack_clean_accuracy():

@@ -149,22 +149,30 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
         "attacks": [a.value for a in plan.attacks], "targets": [t.value for t in plan.targets],
         "norm": plan.norm.value if plan.norm else None, "eps": plan.eps, "backend": plan.backend,
         "params": {k.value: v for k, v in plan.params.items()}, "n": job.n, "batch_size": plan.batch_size,
+        "examples": plan.examples,
         "attack_defaults": _defaults(plan),
     }
 
+    examples: list[dict[str, Any]] = []
+
     def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return build_report(command=command, seed=plan.seed, device=model.device, model=model_dict,
-                            data=data_dict, config=config, results=rows,
-                            warnings=warnings + evaluation_warnings(rows))
+        out = build_report(command=command, seed=plan.seed, device=model.device, model=model_dict,
+                           data=data_dict, config=config, results=rows,
+                           warnings=warnings + evaluation_warnings(rows))
+        if examples:
+            out["examples"] = list(examples)
+        return out
 
     done: list[dict[str, Any]] = []
 
     def on_row(row: dict[str, Any]) -> None:
         done.append(row)
-        if checkpoint is not None and len(done) < len(plan.cells()):
-            checkpoint({**report(list(done)), "partial": True})
+        cells = plan.cells()
+        if checkpoint is not None and len(done) < len(cells):
+            unfinished = [f"{a.value}/{t.value}" for a, t in cells[len(done):]]
+            checkpoint({**report(list(done)), "partial": True, "unfinished": unfinished})
 
-    run_attack_plan(model, evalset, plan, obs, on_row=on_row)
+    run_attack_plan(model, evalset, plan, obs, on_row=on_row, examples=examples)
     return report(done)
 
 

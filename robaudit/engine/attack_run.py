@@ -45,6 +45,8 @@ class AttackPlan:
     batch_size: int = 128
     seed: int = 0
     device: str | None = None
+    examples: int = 0
+    """Examples (clean / adversarial / perturbation images) kept per cell for the HTML report."""
 
     def cells(self) -> list[tuple[AttackName, TargetMode]]:
         return [(a, t) for a in self.attacks for t in self.targets]
@@ -71,8 +73,10 @@ class _Unsupported:
 
 def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
                     observer: Observer | None = None,
-                    on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run all cells of ``plan``; returns one result row per (attack, target), each also passed to ``on_row``."""
+                    on_row: Callable[[dict[str, Any]], None] | None = None,
+                    examples: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run all cells of ``plan``; returns one result row per (attack, target), each also passed to
+    ``on_row``. With ``plan.examples``, each cell that ran appends its first examples to ``examples``."""
     obs = observer or NullObserver()
     # Validate every attack's configuration before spending time on any of them.
     attacks = {name: make_attack(name, plan) for name in plan.attacks}
@@ -82,7 +86,7 @@ def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
     for name, mode in cells:
         label = f"{name.value} / {mode.value}"
         obs.cell_started(label)
-        row = run_cell(model, evalset, attacks[name], name, mode, plan)
+        row = run_cell(model, evalset, attacks[name], name, mode, plan, examples)
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -108,8 +112,9 @@ def _skipped(row: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
 
 
 def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupported, name: AttackName,
-             mode: TargetMode, plan: AttackPlan) -> dict[str, Any]:
-    """One (attack, target) cell: craft, verify bounds, measure success and distances."""
+             mode: TargetMode, plan: AttackPlan, examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One (attack, target) cell: craft, verify bounds, measure success and distances (and append
+    its first ``plan.examples`` examples to ``examples``)."""
     row = _base_row(name, mode, attack, plan)
     if isinstance(attack, _Unsupported):
         supported = ", ".join(n.value for n in attack.cls.norms)
@@ -146,6 +151,15 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
         "forward_passes_per_image": out.forward_passes / n, "backward_passes_per_image": out.backward_passes / n,
         **nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted,
     })
+    if examples is not None and plan.examples > 0:
+        from robaudit.engine.cells import example_record
+
+        preds = logits.argmax(dim=1)
+        samples = [example_record(evalset.x[i], x_adv[i].cpu(), model.clip, i, int(evalset.indices[i]),
+                                  int(evalset.y[i]), int(preds[i]), None if targets is None else int(targets[i]),
+                                  bool(success[i])) for i in range(min(plan.examples, n))]
+        examples.append({"cell_id": f"{name.value}/{mode.value}", "label": name.value, "attack": name.value, "target": mode.value,
+                         "defences": [], "samples": samples})
     return row
 
 

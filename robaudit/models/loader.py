@@ -364,7 +364,7 @@ def _load_torchscript(
         norm = _normalizer(mean, std, shape[0], path)
         if norm is not None:
             norm = norm.to(dev)
-        copies = fast.prepare(net, shape, clip, dev) if fast_copies else fast.NO_COPIES
+        copies = fast.prepare(net, shape, clip, dev) if fast_copies else fast.no_copies("no prepared copies asked for")
         info = ModelInfo(
             path=str(path),
             format="torchscript",
@@ -489,7 +489,9 @@ def _load_onnx(
         if repairs:
             notes.append(f"converted with onnx2torch after {', '.join(repairs)}; matches onnxruntime")
         module = module.to(dev).eval()
-        copies = fast.prepare(module, shape, clip, dev) if fast_copies and batch_limit is None else fast.NO_COPIES
+        copies = (fast.prepare(module, shape, clip, dev) if fast_copies and batch_limit is None else
+                  fast.no_copies("no prepared copies asked for" if not fast_copies else
+                                 "the graph's fixed batch size leaves no room for prepared copies"))
         info = ModelInfo(white_box=True, notes=tuple(notes), runtime=copies.note, **base)  # type: ignore[arg-type]
         if norm is not None:
             norm = norm.to(dev)
@@ -505,5 +507,6 @@ def _load_onnx(
     notes.insert(0, f"{reason}: only query-based attacks run")
     if dev.type != "cpu":
         notes.append("black-box model runs on the CPU through onnxruntime")
-    info = ModelInfo(white_box=False, notes=tuple(notes), **base)  # type: ignore[arg-type]
+    info = ModelInfo(white_box=False, notes=tuple(notes), runtime="onnxruntime (black-box)",
+                     **base)  # type: ignore[arg-type]
     return OnnxRuntimeClassifier(info, session, g.input_name, g.output_name, norm, batch_limit)

@@ -26,7 +26,9 @@ names (cost attacks, ``squeeze``, ``COST+squeeze``). Rows without adversarial ex
 never succeeded) are left out of groups.
 
 Groups and missing values: ``robust_accuracy`` is defined on untargeted cells, so a group is decided
-by its untargeted cells (``pgd robust_accuracy >= 0.4`` on an audit with targeted cells too); a
+by its untargeted cells (``pgd robust_accuracy >= 0.4`` on an audit with targeted cells too), and a
+gate whose selection holds no untargeted cell is refused as mis-written (exit 2, as for a selector
+that matches nothing); a
 distance over successful examples has no value in a cell whose attack found none, and that cell
 holds (there is no example to break the bound). Distance thresholds allow float32 rounding at the
 model's clip range, as the engine's own eps-ball check does (:func:`robaudit.tolerance.bound_slack`).
@@ -214,6 +216,15 @@ def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: se
         if low in _TARGET_ALIASES and _TARGET_ALIASES[low] not in targets:
             raise ConfigError(f"gate {gate.text!r}: target setting {s!r} is not part of this audit "
                               f"(targets: {', '.join(sorted(targets))})")
+    if gate.metric == "robust_accuracy":
+        picked = {_TARGET_ALIASES[s.lower()] for s in gate.selectors if s.lower() in _TARGET_ALIASES}
+        if "untargeted" not in (picked or targets) or len(picked) > 1:
+            raise _no_untargeted(gate)
+
+
+def _no_untargeted(gate: Gate) -> ConfigError:
+    return ConfigError(f"gate {gate.text!r}: robust_accuracy is defined on untargeted cells only, and it selects "
+                       "none: select untargeted cells, or gate success_rate")
 
 
 def clean_accuracy_of(report: dict[str, Any], row: dict[str, Any]) -> float | None:
@@ -291,6 +302,8 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
         targets = {str(r.get("target")) for r in rows}
         check_selectors(gate, labels, set(), targets)
         raise ConfigError(f"gate {gate.text!r} matches no cell of the report")
+    if gate.metric == "robust_accuracy" and not any(r.get("target") == "untargeted" for r in matched):
+        raise _no_untargeted(gate)  # a mis-written gate, like a selector that matches nothing
     ran = [r for r in matched if r.get("status") == "ok"]
     if not ran:
         reasons = "; ".join(f"{_cell_name(r)}: {r.get('status')} ({r.get('reason')})" for r in matched[:3])
@@ -299,8 +312,7 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
         untargeted = [r for r in ran if r.get("target") == "untargeted"]
         if not untargeted:
             return GateResult(gate, False, None, _cell_name(ran[0]),
-                              f"robust_accuracy is defined on untargeted cells only, and none ran among the "
-                              f"{len(ran)} selected (needs {thr})")
+                              f"robust_accuracy: no untargeted cell ran among the {len(ran)} selected (needs {thr})")
         ran = untargeted
     values = [(row_metric(report, r, gate.metric), r) for r in ran]
     missing = [r for v, r in values if v is None]
@@ -334,6 +346,8 @@ def _evaluate_detect_gate(gate: Gate, report: dict[str, Any], thr: str) -> GateR
         words = {str(r.get(k)) for r in rows for k in ("attack", "attack_name", "cost")}
         _check_detect_selectors(gate, words)
         raise ConfigError(f"gate {gate.text!r} matches no detection row of the report")
+    if gate.metric == "robust_accuracy" and not any(r.get("target") == "untargeted" for r in matched):
+        raise _no_untargeted(gate)  # a mis-written gate, like a selector that matches nothing
     ran = [r for r in matched if r.get("status") == "ok"]
     if not ran:
         reasons = "; ".join(f"{_cell_name(r)}: {r.get('status')} ({r.get('reason')})" for r in matched[:3])

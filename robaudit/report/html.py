@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from robaudit.report.clever_render import clever_html
-from robaudit.report.render import COLUMNS, _cells, _defence_cells, report_warnings, stack_label
+from robaudit.report.render import COLUMNS, _behind_stacks, _cells, _defence_cells, report_warnings, stack_label
 from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
@@ -156,7 +156,8 @@ def report_html(report: dict[str, Any]) -> str:
     title = f"robaudit report: {model.get('path', '?')}"
     summary = (f"Data <code>{escape(str(data.get('path', '?')))}</code>: clean accuracy "
                f"<b>{100 * float(data.get('clean_accuracy', 0.0)):.1f}%</b> on {data.get('n_selected', '?')} sampled "
-               f"inputs; attacks ran on the {data.get('n_evaluated', '?')} classified correctly. "
+               f"inputs; attacks ran on the {data.get('n_evaluated', '?')} classified correctly"
+               f"{escape(_behind_stacks(report))}. "
                f"Seed {report.get('seed')}, device {escape(str(report.get('device')))}, robaudit "
                f"{escape(str(report.get('robaudit_version')))}, created {escape(str(report.get('created')))}"
                + (f", profile <code>{escape(str(profile.get('name')))}</code>" if profile else "") + "."

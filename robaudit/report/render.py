@@ -60,7 +60,11 @@ PARTIAL_WARNING = ("PARTIAL REPORT: its run was interrupted before every cell fi
 
 def report_warnings(report: dict[str, Any]) -> list[str]:
     """The report's warnings for display, led by :data:`PARTIAL_WARNING` when it is partial."""
-    return ([PARTIAL_WARNING] if report.get("partial") else []) + [str(w) for w in report.get("warnings", [])]
+    partial = []
+    if report.get("partial"):
+        missing = report.get("unfinished") or []
+        partial = [PARTIAL_WARNING + (f" (not finished: {', '.join(map(str, missing))})" if missing else "")]
+    return partial + [str(w) for w in report.get("warnings", [])]
 
 
 def has_defences(report: dict[str, Any]) -> bool:
@@ -146,6 +150,12 @@ def defences_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _behind_stacks(report: dict[str, Any]) -> str:
+    """The header's caveat when defended rows ran on fewer inputs than the undefended ones."""
+    return (" (behind a defence stack, on those the stack still classifies correctly; see its clean accuracy)"
+            if has_defences(report) else "")
+
+
 def results_markdown(report: dict[str, Any]) -> str:
     data = report.get("data", {})
     model = report.get("model", {})
@@ -153,7 +163,8 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"### robaudit: `{model.get('path', '?')}`",
         "",
         f"Clean accuracy {100 * float(data.get('clean_accuracy', 0.0)):.1f}% on {data.get('n_selected', '?')} inputs; "
-        f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly. Seed {report.get('seed')}, "
+        f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly{_behind_stacks(report)}. "
+        f"Seed {report.get('seed')}, "
         f"device {report.get('device')}." + (f" Model runtime: {model['runtime']}." if model.get("runtime") else ""),
         "",
     ]
