@@ -152,14 +152,12 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
         **nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted,
     })
     if examples is not None and plan.examples > 0:
-        from robaudit.engine.cells import example_record
+        from robaudit.engine.cells import example_records
 
-        preds = logits.argmax(dim=1)
-        samples = [example_record(evalset.x[i], x_adv[i].cpu(), model.clip, i, int(evalset.indices[i]),
-                                  int(evalset.y[i]), int(preds[i]), None if targets is None else int(targets[i]),
-                                  bool(success[i])) for i in range(min(plan.examples, n))]
-        examples.append({"cell_id": f"{name.value}/{mode.value}", "label": name.value, "attack": name.value, "target": mode.value,
-                         "defences": [], "samples": samples})
+        samples = example_records(evalset.x, x_adv, model.clip, 0, plan.examples, evalset.indices, evalset.y,
+                                  logits.argmax(dim=1), targets, success)
+        examples.append({"cell_id": f"{name.value}/{mode.value}", "label": name.value, "attack": name.value,
+                         "target": mode.value, "defences": [], "samples": samples})
     return row
 
 

@@ -206,6 +206,18 @@ def example_record(x: torch.Tensor, x_adv: torch.Tensor, clip: tuple[float, floa
             "adv_png": to_png_b64(adv), "delta_png": to_png_b64(shown)}
 
 
+def example_records(x: torch.Tensor, x_adv: torch.Tensor, clip: tuple[float, float], start: int, keep: int,
+                    indices: Any, y: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor | None,
+                    success: torch.Tensor) -> list[dict[str, Any]]:
+    """:func:`example_record` of every input of a chunk (``x`` holds evaluation-set positions
+    ``start``, ``start + 1``, ...) whose position is below ``keep``: the first ``keep`` examples of a
+    cell, wherever its chunks split. ``indices``: dataset index per evaluation-set position."""
+    return [example_record(x[pos - start], x_adv[pos - start].cpu(), clip, pos, int(indices[pos]),
+                           int(y[pos - start]), int(preds[pos - start]),
+                           None if targets is None else int(targets[pos - start]), bool(success[pos - start]))
+            for pos in range(start, min(start + x.shape[0], keep))]
+
+
 def _plan_for(cell: Cell, profile: Profile, seed: int = 0, device: str | None = None) -> Any:
     """The single-attack :class:`AttackPlan` of an attack cell."""
     from robaudit.attacks.base import Norm, TargetMode
@@ -409,13 +421,8 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     if clean_ok is not None:
         clean_wrong = int((~clean_ok).sum())
         success &= clean_ok
-    preds = logits.argmax(dim=1)
-    examples = []
-    for pos in range(lo, min(hi, profile.examples)):
-        i = pos - lo
-        examples.append(example_record(
-            x[i], x_adv[i], model.clip, pos, int(evalset.indices[pos]), int(y[i]), int(preds[i]),
-            None if targets is None else int(targets[i]), bool(success[i])))
+    examples = example_records(x, x_adv, model.clip, lo, profile.examples, evalset.indices, y, logits.argmax(dim=1),
+                               targets, success)
     return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
             "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
             "seconds": seconds, "forward": fwd, "backward": bwd, **nonfinite,
