@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from robaudit.attacks.base import AttackKind, Criterion, Norm, params_from_overrides  # noqa: E402
+from robaudit.attacks.base import AttackKind, Criterion, Norm, module_device, params_from_overrides  # noqa: E402
 from robaudit.attacks.registry import AttackName, get_attack_class  # noqa: E402
 from robaudit.data import load_dataset  # noqa: E402
 from robaudit.engine.evaluation import build_evaluation_set  # noqa: E402
@@ -82,17 +82,26 @@ def measure(attack, model, judge, x, y, batch_size, seed):
 
 def raw_throughput(model, x, batch_size, steps=20):
     """Images x steps per second of plain forward+backward (input gradient) at ``batch_size``."""
-    xb = x[:batch_size].clone()
-    yb = model.predict(xb).argmax(1)
+    dev = module_device(model)
+    xb = x[:batch_size].to(dev)
+    yb = model.predict(xb).argmax(1).to(dev)
     loss_fn = torch.nn.CrossEntropyLoss()
     for _ in range(2):  # warm-up
         xi = xb.clone().requires_grad_(True)
         torch.autograd.grad(loss_fn(model(xi), yb), xi)
+    sync(dev)
     t = time.perf_counter()
     for _ in range(steps):
         xi = xb.clone().requires_grad_(True)
         torch.autograd.grad(loss_fn(model(xi), yb), xi)
+    sync(dev)
     return xb.shape[0] * steps / (time.perf_counter() - t)
+
+
+def sync(dev: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer measures it."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def fmt(v, spec=".3f"):
@@ -120,7 +129,8 @@ def markdown(paths: list[str]) -> str:
         sel = [r for r in rows if r["model"] == model]
         plain = sel[0].get("raw_fwd_bwd_throughput_plain")
         plain_txt = f"; the plain network: {plain:.0f}" if plain else ""
-        out += [f"## {model} (raw forward+backward: {sel[0]['raw_fwd_bwd_throughput']:.0f} images x steps / s{plain_txt})",
+        on = f" on {sel[0]['device']}" if sel[0].get("device", "cpu") != "cpu" else ""
+        out += [f"## {model}{on} (raw forward+backward: {sel[0]['raw_fwd_bwd_throughput']:.0f} images x steps / s{plain_txt})",
                 "",
                 "| attack | images (ART) | ours s | ART s | ratio | ratio, ours on all | ours succ | ART succ | ours L2 med | ART L2 med "
                 "| ours Linf med | ART Linf med | ours fwd/bwd per img | ART fwd/bwd per img |",
@@ -146,14 +156,19 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides run there; ART as device_type gpu)")
     ap.add_argument("--art-subset", default="cw-l2=10,cw-l2-ours-budget=5,cw-linf=30,shadow=20",
                     help="attack=N (or row label=N): run ART (and the comparison) on the first N images only")
     ap.add_argument("--subset", default="hopskipjump=20",
                     help="attack=N: run both (ours and ART) on the first N images only")
     ap.add_argument("--param", action="append", default=["hopskipjump.max_iter=10"],
                     help="ATTACK.NAME=VALUE for both backends (repeatable; default: hopskipjump.max_iter=10)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "attack_bench.json"))
+    ap.add_argument("--out", default=None,
+                    help="JSON results (default bench/results/attack_bench.json, attack_bench_cuda.json on cuda)")
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
+        args.out = str(ROOT / "bench" / "results" / f"attack_bench{suffix}.json")
     torch.set_num_threads(args.threads)
     subsets = {k: int(v) for k, v in (kv.split("=") for kv in args.art_subset.split(",") if kv)}
     both = {k: int(v) for k, v in (kv.split("=") for kv in args.subset.split(",") if kv)}
@@ -169,9 +184,9 @@ def main() -> int:
             print(f"missing {ART / mfile}: run python scripts/export_shared.py first", file=sys.stderr)
             return 2
         data = load_dataset(str(ART / dfile))
-        model = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]))
+        model = load_model(str(ART / mfile), device=args.device, data_shape=tuple(data.x.shape[1:]))
         # plain ART gets the network as the user gives it; it also judges both sides
-        plain = load_model(str(ART / mfile), device="cpu", data_shape=tuple(data.x.shape[1:]), fast_copies=False)
+        plain = load_model(str(ART / mfile), device=args.device, data_shape=tuple(data.x.shape[1:]), fast_copies=False)
         ev = build_evaluation_set(model, data, min(len(data.x), int(args.n * 1.3) + 20), args.seed, 256)
         x, y = ev.x[: args.n], ev.y[: args.n]
         print(f"\n== {model_key}: {x.shape[0]} correctly classified images, eps {eps:.4g} (Linf), "
@@ -233,7 +248,8 @@ def main() -> int:
                             "ours_params": dataclasses.asdict(ours_p), "art_params": dataclasses.asdict(art.params),
                             "art_subset": m, "ours": r_ours, "ours_on_subset": r_ours_sub, "art": r_art,
                             "ratio_per_image": ratio, "ratio_per_image_ours_on_all": ratio_all, "raw_fwd_bwd_throughput": raw,
-                            "raw_fwd_bwd_throughput_plain": raw_plain, "runtime": model.info.runtime})
+                            "raw_fwd_bwd_throughput_plain": raw_plain, "runtime": model.info.runtime,
+                            "device": args.device})
             write(args.out, results)  # after every attack: a stopped run keeps what it measured
     print(f"\nwritten {args.out}")
     return 0

@@ -78,7 +78,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for ours (ART's per-image scipy loop uses one core whatever this is)")
+    ap.add_argument("--device", default="cpu",
+                    help="where ours runs (cpu or cuda; ART's scipy and numpy always run on the CPU); "
+                         "ours' timings include the copy of the result back to the CPU")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     from art.defences.preprocessor import JpegCompression as ArtJpeg
@@ -90,14 +94,15 @@ def main() -> int:
         x_nhwc = d["x"][: args.n].astype(np.float32) / 255
         y = torch.from_numpy(d["y"][: args.n]).long()
     x = nchw(x_nhwc)
-    model = load_model(MODEL, device="cpu", data_shape=(3, 32, 32)) if MODEL.exists() else None
+    model = load_model(MODEL, device=args.device, data_shape=(3, 32, 32)) if MODEL.exists() else None
 
     def acc(z: torch.Tensor) -> str:
         if model is None:
             return "-"
         return f"{(model.predict(z).argmax(1) == y).float().mean().item():.3f}"
 
-    print("# Batched defences vs ART on the CPU\n")
+    where = "the CPU" if dev.type == "cpu" else f"{args.device} (ours) and the CPU (ART)"
+    print(f"# Batched defences vs ART on {where}\n")
     print("```")
     print(f"data: {data.relative_to(ROOT)} first {x.shape[0]} images {tuple(x.shape[1:])} (NCHW for ours, "
           f"NHWC for ART); model: {MODEL.relative_to(ROOT) if model else 'none'}")
@@ -109,7 +114,8 @@ def main() -> int:
 
     # ------------------------------------------------------------------ TVM
     art_tvm = ArtTVM(prob=0.3, norm=2, lamb=0.5, solver="L-BFGS-B", max_iter=10, clip_values=(0.0, 1.0))
-    ours_tvm = TotalVarMin()  # keep_prob 0.3, norm 2, lamb 0.5, max_iter 10 (defaults)
+    ours_tvm = TotalVarMin().to(dev)  # keep_prob 0.3, norm 2, lamb 0.5, max_iter 10 (defaults)
+    x_dev = x.to(dev)
 
     def run_art():
         np.random.seed(args.seed)
@@ -117,9 +123,9 @@ def main() -> int:
 
     def run_ours():
         ours_tvm.reseed(args.seed)
-        return ours_tvm(x)
+        return ours_tvm(x_dev).cpu()
 
-    ours_tvm(x[:4])  # warm-up
+    ours_tvm(x_dev[:4])  # warm-up
     a_wall, a_cpu, art_out_nhwc = best_time(run_art, args.repeats)
     o_wall, o_cpu, ours_out = best_time(run_ours, args.repeats)
     art_out = nchw(art_out_nhwc)
@@ -127,7 +133,7 @@ def main() -> int:
     np.random.seed(args.seed)
     art_masks = np.stack([(np.random.rand(*img.shape) < 0.3) for img in x_nhwc]).astype(np.float32)
     mask = nchw(art_masks)
-    same_wall, _, ours_same = best_time(lambda: ours_tvm.solve(x, mask).clamp(0, 1), 1)
+    same_wall, _, ours_same = best_time(lambda: ours_tvm.solve(x_dev, mask.to(dev)).clamp(0, 1).cpu(), 1)
 
     print("## Total variance minimisation (prob 0.3, norm 2, lamb 0.5, L-BFGS, max_iter 10)\n")
     print("```")
@@ -161,9 +167,9 @@ def main() -> int:
           f"{'acc ART':>8} {'acc ours':>8}")
     pairs = [
         ("ss", lambda: ArtSS(window_size=3, channels_first=False, clip_values=(0.0, 1.0))(x_nhwc)[0],
-         lambda: SpatialSmoothing()(x)),
+         lambda: SpatialSmoothing().to(dev)(x_dev).cpu()),
         ("jpeg", lambda: ArtJpeg(clip_values=(0.0, 1.0), quality=50, channels_first=False)(x_nhwc)[0],
-         lambda: JpegCompression()(x)),
+         lambda: JpegCompression().to(dev)(x_dev).cpu()),
     ]
     for name, art_fn, ours_fn in pairs:
         ours_fn()
