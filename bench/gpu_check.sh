@@ -9,7 +9,8 @@
 #   3. bench/attack_bench.py --device cuda on the MNIST LeNet-5 and the CIFAR-10 ResNet-20
 #      (robaudit vs ART, both on the GPU; PGD's share of raw forward+backward throughput);
 #   4. bench/tvm_bench.py --device cuda (batched TVM, SS, JPEG on the GPU vs ART's on the CPU);
-#   5. bench/clever_bench.py speed --device cuda (small budget).
+#   5. bench/clever_bench.py speed --device cuda (small budget);
+#   6. bench/compile_bench.py --device cuda (torch.compile of the ONNX LeNet-5 vs robaudit's model).
 #
 # Prepare once, on the CPU machine, in the repository root (the machine has torch, typer, rich,
 # pyyaml, scipy, scikit-learn, pytest and hypothesis, but not ART or onnx2torch, and cannot
@@ -19,9 +20,9 @@
 #       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       adversarial-robustness-toolbox==1.20.1 onnx2torch==1.5.15
 #   python scripts/export_shared.py            # artifacts/ from ../shared
-# Then, through the device tool: command `bash bench/gpu_check.sh`, timeout_s 590, carry
-#   [".whl", "artifacts/mnist_lenet5_clean.pt", "artifacts/mnist_test.npz",
-#    "artifacts/cifar10_resnet20.pt", "artifacts/cifar10_exact761.npz"]
+# Then, through the device tool: command `bash bench/gpu_check.sh`, timeout_s 600, carry
+#   [".whl", "artifacts/mnist_lenet5_clean.pt", "artifacts/mnist_test.npz", "artifacts/cifar10_resnet20.pt",
+#    "artifacts/cifar10_exact761.npz", "artifacts/mnist_lenet5_clean.onnx"]
 # Results come back from $OUT (at most 8 files). Off the device tool, OUT defaults to ./gpu-out.
 # On a machine without CUDA, ROBAUDIT_GPU_DEVICE=cpu runs the same steps on the CPU (a dry run).
 set -u -o pipefail
@@ -53,12 +54,13 @@ torch.version.cuda, torch.cuda.is_available(), torch.cuda.get_device_name(0) if 
 step 120 $PY -m pytest -q -p no:randomly -p no:cacheprovider --junitxml="$OUT/cuda_tests.xml" \
     tests/test_cuda.py tests/test_models.py tests/test_defences.py -k cuda
 for model in lenet5-clean resnet20; do
-    step 120 $PY bench/attack_bench.py --device "$DEV" --models "$model" \
+    step 110 $PY bench/attack_bench.py --device "$DEV" --models "$model" \
         --attacks fgsm,bim,pgd,apgd,cw-l2,deepfool,hopskipjump --out "$OUT/attack_bench_${DEV}_${model}.json"
 done
 step 45 $PY bench/tvm_bench.py --device "$DEV" -n 200 --repeats 3
-step 80 $PY bench/clever_bench.py speed --device "$DEV" --models lenet5-clean,resnet20 --images 8 \
+step 70 $PY bench/clever_bench.py speed --device "$DEV" --models lenet5-clean,resnet20 --images 8 \
     --art-images 4 --resnet-art-images 3 --tag "gpu_check_${DEV}"
 cp bench/results/clever_bench_gpu_check_"$DEV".md "$OUT/" 2>/dev/null
+step 60 $PY bench/compile_bench.py --device "$DEV" --models lenet5-clean
 $PY bench/attack_bench.py markdown "$OUT"/attack_bench_"$DEV"_*.json > "$OUT/attack_bench_${DEV}.md" 2>>"$LOG"
 echo "== done in $SECONDS s" | tee -a "$LOG"
