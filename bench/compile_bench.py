@@ -9,6 +9,8 @@ the same images and batch:
   ``robaudit.models.fast`` on a CPU);
 - ``compiled``: ``torch.compile`` of the eager module (inductor, default mode), after its
   compilation, whose time is printed separately;
+- ``bf16``: robaudit's model under ``torch.autocast`` in bfloat16 (mixed precision), with the
+  share of gradient entries whose sign matches float32's (what a Linf step uses);
 
 each as images x (forward + input backward) per second, best of interleaved rounds, and the
 largest gradient difference against ``eager`` (the results must not change).
@@ -43,6 +45,18 @@ def grad_pass(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch
     xi = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(xi), y), xi)
     return g
+
+
+class Autocast(torch.nn.Module):
+    """``model`` run under bfloat16 autocast, logits back in float32."""
+
+    def __init__(self, model: torch.nn.Module, device: str) -> None:
+        super().__init__()
+        self.model, self.device_type = model, torch.device(device).type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.model(x).float()
 
 
 def rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
@@ -94,19 +108,23 @@ def main() -> int:
             print(f"\n{key} ({mfile}): torch.compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             continue
         compile_s = time.perf_counter() - t
-        g_e, g_o = grad_pass(eager, x, y), grad_pass(ours, x, y)
-        best = {"eager": 0.0, "robaudit": 0.0, "compiled": 0.0}
+        bf16 = Autocast(ours, args.device)
+        g_e, g_o, g_b = grad_pass(eager, x, y), grad_pass(ours, x, y), grad_pass(bf16, x, y)
+        best = {"eager": 0.0, "robaudit": 0.0, "compiled": 0.0, "bf16": 0.0}
+        grads = {"eager": g_e, "robaudit": g_o, "compiled": g_c, "bf16": g_b}
         for _ in range(args.rounds):
-            for name, model in (("eager", eager), ("robaudit", ours), ("compiled", compiled)):
+            for name, model in (("eager", eager), ("robaudit", ours), ("compiled", compiled), ("bf16", bf16)):
                 grad_pass(model, x, y)
                 best[name] = max(best[name], rate(model, x, y, args.steps))
         scale = float(g_e.abs().max())
         print(f"\n{key} ({mfile}; robaudit runs: {ours.info.runtime or 'the converted module'})")
         print(f"  compile + first two passes: {compile_s:.1f} s")
         for name, r in best.items():
-            g = {"eager": g_e, "robaudit": g_o, "compiled": g_c}[name]
+            g = grads[name]
             diff = float((g - g_e).abs().max()) / max(scale, 1e-30)
-            print(f"  {name:9s} {r:8.0f} / s  {r / best['robaudit']:5.2f}x robaudit  grad diff {diff:.1e} of scale")
+            sign = float((g.sign() == g_e.sign()).float().mean())
+            print(f"  {name:9s} {r:8.0f} / s  {r / best['robaudit']:5.2f}x robaudit  grad diff {diff:.1e} of scale, "
+                  f"same sign {sign:.4f}")
     return 0
 
 
