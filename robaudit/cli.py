@@ -230,6 +230,9 @@ _STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --
 _STOPPED_HINTS = {
     "attack": "any cells it finished are in the --out report, marked partial (attack starts over when run "
               "again; `robaudit audit` runs resume with --resume)",
+    "clever": "nothing was written: clever starts over when run again (an audit profile's clever section "
+              "resumes with `robaudit audit --resume`)",
+    "detect": "nothing was written: detect starts over when run again",
 }
 """What a stopped command kept, for the commands where :data:`_STOPPED_HINT` does not hold."""
 

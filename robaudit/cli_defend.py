@@ -20,7 +20,7 @@ from rich.progress import Progress
 from robaudit.cli_audit import WORKERS_HELP, SummaryFormat, execute_audit, input_options, progress_bars
 from robaudit.consoles import stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
-from robaudit.errors import ConfigError
+from robaudit.errors import ConfigError, DataLoadError
 
 DEFEND_EOT_SAMPLES = 4
 """EOT draws per gradient of ``defend eval`` against randomised stacks when ``--eot-samples`` is not given."""
@@ -219,6 +219,11 @@ def train_cmd(
     inputs = load_inputs(dataclasses.replace(opts, model=model))
     if inputs.model.info.format != "torchscript":
         raise ConfigError(f"defend train needs a TorchScript (.pt) model, got {inputs.model.info.format}")
+    if inputs.model.info.channel_mismatch():  # training would fit the network to copies of the images
+        info = inputs.model.info
+        raise DataLoadError(f"the data does not fit the model: its first convolution takes {info.first_conv_channels} "
+                            f"channels, the images have {info.input_shape[0]}; to train it on these images, give "
+                            f"them {info.first_conv_channels} channels in the data")
     idx = select(inputs.data, num, seed)
     x = torch.from_numpy(np.ascontiguousarray(inputs.data.x[idx]))
     y = torch.from_numpy(np.ascontiguousarray(inputs.data.y[idx])).long()

@@ -73,7 +73,7 @@ def fit_cmd(
     attack: Annotated[Optional[str], typer.Option("--attack", "-a", help="Attacks to craft k-NN training inputs with.")] = None,
     craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
     fpr: Annotated[float, typer.Option(help="Target false-positive rate of the thresholds.")] = 0.05,
-    k: Annotated[int, typer.Option("-k", show_default=False, help="Neighbours (knn; default 5) or votes needed (ensemble; default 1).")] = 0,
+    k: Annotated[Optional[int], typer.Option("-k", show_default=False, help="Neighbours (knn; default 5) or votes needed (ensemble; default 1).")] = None,
     squeeze: Annotated[bool, typer.Option("--squeeze", help="Add the feature-squeezing detector to an ensemble.")] = False,
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
@@ -90,11 +90,16 @@ def fit_cmd(
     kind = DetectorKind.parse(detector)
     if adversarial and attack:
         raise ConfigError("pass either --adversarial or --attack, not both")
-    if k < 0:
+    if k is not None and k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
+    if k is not None and kind not in (DetectorKind.KNN, DetectorKind.ENSEMBLE):
+        raise ConfigError(f"-k applies to the knn and ensemble detectors, not {kind.value}")
+    if (adversarial or attack) and kind is not DetectorKind.KNN:
+        raise ConfigError(f"--adversarial and --attack give the knn detector its adversarial training inputs; "
+                          f"{kind.value} is fitted on benign inputs only")
     job = FitJob(common=common, detector=kind, adversarial=adversarial,
                  attacks=tuple(parse_attack_names(attack)) if attack else (), craft_mode=craft_mode, fpr=fpr,
-                 knn_k=k or 5, ensemble_k=k or 1, squeeze=squeeze)
+                 knn_k=5 if k is None else k, ensemble_k=1 if k is None else k, squeeze=squeeze)
     with _err.status("fitting detector", spinner="dots") if not quiet else _nullcontext():
         dfile, summary = run_fit_job(job, _command())
     path = dfile.save(out)
@@ -106,7 +111,9 @@ def fit_cmd(
     d = dfile.detector.to_dict()
     _out.print(f"{d['kind']} detector on {summary['n_benign']} benign inputs, costs "
                f"{', '.join(p.name.value for p in dfile.costs) or '-'}; false-positive rate on the fit data "
-               f"{summary['fit']['fit_fpr']:.3f}", highlight=False)
+               f"{summary['fit']['fit_fpr']:.3f}"
+               + (f", detection rate on its adversarial training inputs {summary['fit']['fit_tpr']:.3f}"
+                  if "fit_tpr" in summary["fit"] else ""), highlight=False)
     for name, st in summary["fit"]["benign_costs"].items():
         _out.print(f"  benign {name}: mean {st['mean']:.1f}, median {st['median']:.0f}, min {st['min']:.0f}",
                    highlight=False)
@@ -158,6 +165,7 @@ def eval_cmd(
     attack: Annotated[str, typer.Option("--attack", "-a", help="Attacks whose adversarial examples to detect.")] = "fgsm,bim,jsma,cw-l2,deepfool",
     cost: CostOpt = "bim-linf",
     craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Crafting-attack parameter ATTACK.NAME=VALUE (repeatable; e.g. cw-l2.confidence=8 for an adaptive high-confidence C&W).")] = None,
     detector: Annotated[Optional[Path], typer.Option("--detector", help="Use this detector's thresholds (default: fit z-scores on half the benign inputs).")] = None,
     squeeze: Annotated[bool, typer.Option("--squeeze", help="Also evaluate feature squeezing and A2D+squeeze.")] = False,
     fpr: Annotated[Optional[float], typer.Option(help="Target false-positive rate of the thresholds eval fits (default 0.05; not with --detector, whose file has its own).")] = None,
@@ -172,8 +180,22 @@ def eval_cmd(
     from robaudit.engine.detect_job import EvalJob, run_eval_job
     from robaudit.report.writer import write_json_atomic
 
+    from robaudit.attacks.base import params_from_overrides
+    from robaudit.attacks.registry import get_attack_class
+    from robaudit.cli import _params
+
     common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter, x_key, y_key)
-    job = EvalJob(common=common, attacks=tuple(parse_attack_names(attack)), craft_mode=craft_mode, fpr=fpr,
+    attacks = tuple(parse_attack_names(attack))
+    overrides = _params(param)
+    stray = [a.value for a in overrides if a not in attacks]
+    if stray:
+        raise ConfigError(f"--param names {', '.join(stray)}, which is not in --attack ({attack}); add it to --attack "
+                          "or drop the --param")
+    attack_params = {}
+    for a, ov in overrides.items():  # typed values of the given keys only (crafting keeps its own defaults)
+        typed = params_from_overrides(get_attack_class(a, "torch").Params, ov)
+        attack_params[a] = {k.replace("-", "_"): getattr(typed, k.replace("-", "_")) for k in ov}
+    job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=attack_params,
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
     with _err.status("evaluating", spinner="dots"):
         report = run_eval_job(job, _command())

@@ -190,6 +190,19 @@ def test_knn_needs_both_classes():
         KNNDetector(["bim-linf"], f["bim-linf"][:, None], np.zeros(10, np.int64))
 
 
+def test_knn_refuses_a_k_whose_vote_can_never_flag():
+    rng = np.random.default_rng(3)
+    benign, adv = _features(rng, 20), {k: v / 10 for k, v in _features(rng, 5).items()}  # adversarial: cheap
+    with pytest.raises(ConfigError, match="-k 50 is too large .* use -k 9 or less"):
+        KNNDetector.fit(["bim-linf"], benign, adv, k=50)
+    with pytest.raises(ConfigError, match="-k 10 is too large"):  # 6 adversarial neighbours are needed, 5 exist
+        KNNDetector.fit(["bim-linf"], benign, adv, k=10)
+    with pytest.raises(ConfigError, match="-k must be >= 1"):
+        KNNDetector.fit(["bim-linf"], benign, adv, k=0)
+    knn = KNNDetector.fit(["bim-linf"], benign, adv, k=9)
+    assert knn.k == 9 and knn.flag(adv).any()  # the largest allowed k can still flag
+
+
 def test_auroc_matches_sklearn_on_fixed_example():
     from sklearn.metrics import roc_auc_score
 
@@ -271,6 +284,8 @@ def test_detector_refuses_another_model(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "s.json").read_text())
     assert report["kind"] == "detect" and len(report["inputs"]) == 4
+    assert report["robaudit_version"] and report["device"].startswith("cpu") and report["libraries"]["torch"]
+    assert report["data"]["sha256"] and report["seed"] == 0
     assert {"bim-linf", "score", "adversarial"} <= set(report["inputs"][0])
 
 
@@ -299,7 +314,8 @@ def test_score_reads_unlabelled_images_and_fit_refuses_what_it_would_ignore(tmp_
         read_report(score)
     with pytest.raises(Exception, match="is a detector file written by `robaudit detect fit`, not a report"):
         read_report(det)
-    for extra in (["--cost", "bim-linf,bim-l2"], ["--craft", "foo"]):
+    for extra in (["--cost", "bim-linf,bim-l2"], ["--craft", "foo"], ["-k", "0", "--detector", "knn"],
+                  ["-k", "7"], ["--attack", "fgsm"]):  # -k and --attack do nothing for a z-score detector
         res = runner.invoke(detect_app, ["fit", "demo:mnist", "--data", "demo:mnist", "-n", "12", "--max-iter", "30",
                                          "--device", "cpu", "--out", str(tmp_path / "x.json"), "-q", *extra])
         assert isinstance(res.exception, ConfigError), res.output
@@ -337,8 +353,11 @@ def test_eval_with_a_detector_file_is_judged_on_inputs_it_was_not_fitted_on(tmp_
     assert any(w.startswith(f"{overlap} of the {report['benign']['n']} benign inputs are ones the detector")
                for w in report["warnings"])
     assert report["attacks"]["fgsm"]["n_adversarial_test"] < report["attacks"]["fgsm"]["n_adversarial"]
+    assert report["attacks"]["fgsm"]["settings"]["attack"] == "fgsm" and report["robaudit_version"]
+    assert "eps" in report["attacks"]["fgsm"]["settings"] or "eps_max" in report["attacks"]["fgsm"]["settings"]
     for kind in ("zscore", "knn"):  # squeeze only feeds an ensemble or the squeeze detector
-        res = runner.invoke(detect_app, ["fit", *base, "-n", "12", "--detector", kind, "--squeeze", "-a", "fgsm",
+        craft = ["-a", "fgsm"] if kind == "knn" else []  # (--attack with zscore is refused on its own)
+        res = runner.invoke(detect_app, ["fit", *base, "-n", "12", "--detector", kind, "--squeeze", *craft,
                                          "--out", str(tmp_path / "x.json"), "-q"])
         assert isinstance(res.exception, ConfigError) and "--squeeze" in str(res.exception)
 
@@ -383,3 +402,22 @@ def test_unknown_names_are_config_errors():
         DetectorKind.parse("svm")
     with pytest.raises(ConfigError):
         CostParams(CostName.BIM_LINF, max_iter=0, eps=0.3, step=0.001)
+
+
+def test_eval_param_sets_crafting_attack_parameters_and_records_them(tmp_path):
+    """`detect eval -p ATTACK.NAME=VALUE` reaches the crafting attack (high-confidence C&W needs it)
+    and the report records every crafting attack's settings."""
+    from typer.testing import CliRunner
+
+    from robaudit.cli_detect import detect_app
+    from robaudit.errors import ConfigError
+
+    runner = CliRunner()
+    base = ["eval", "demo:mnist", "--data", "demo:mnist", "-n", "12", "--max-iter", "30", "--device", "cpu"]
+    res = runner.invoke(detect_app, [*base, "-a", "bim", "-p", "bim.steps=7",
+                                     "--out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "e.json").read_text())["attacks"]["bim"]["settings"]
+    assert settings["params"]["steps"] == 7 and settings["params"]["early_stop"] is True  # crafting keeps BIM-A
+    res = runner.invoke(detect_app, [*base, "-a", "fgsm", "-p", "cw-l2.confidence=8", "--out", str(tmp_path / "x.json")])
+    assert isinstance(res.exception, ConfigError) and "not in --attack" in str(res.exception)

@@ -149,6 +149,65 @@ def test_wrong_data_shape_refused(tmp_path: Path) -> None:
         load_model(path, device="cpu", data_shape=(3, 32, 32))
 
 
+class RgbWithNorm(torch.nn.Module):
+    """An RGB network with its normalisation inside: a 1-channel input broadcasts through it."""
+
+    def __init__(self, widen: bool = False, groups: int = 1) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1))
+        self.widen = widen
+        self.conv = torch.nn.Conv2d(3, 6, 3, stride=2, groups=groups)
+        self.fc = torch.nn.Linear(6 * 5 * 5, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.widen:  # a model meant for gray images: it copies them to RGB itself
+            x = x.expand(-1, 3, -1, -1)
+        h = torch.relu(self.conv(x - self.mean))
+        return self.fc(h.reshape(h.shape[0], -1))
+
+
+def test_first_conv_channels_reads_the_graph() -> None:
+    from robaudit.models.loader import first_conv_channels
+
+    assert first_conv_channels(torch.jit.script(_net().eval())) == 1
+    assert first_conv_channels(torch.jit.trace(_net().eval(), torch.zeros(2, *SHAPE))) == 1
+    assert first_conv_channels(torch.jit.script(RgbWithNorm().eval())) == 3
+    assert first_conv_channels(torch.jit.freeze(torch.jit.script(RgbWithNorm().eval()))) == 3
+    assert first_conv_channels(torch.jit.script(RgbWithNorm(groups=3).eval())) == 3  # weight (6, 1, 3, 3) x 3 groups
+    assert first_conv_channels(torch.jit.script(RgbWithNorm(widen=True).eval())) is None  # widens on purpose
+    linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    assert first_conv_channels(torch.jit.script(linear)) is None
+
+
+def test_gray_data_through_an_rgb_network_is_named_and_refused_at_chance(tmp_path: Path) -> None:
+    from robaudit.data.interface import Dataset
+    from robaudit.engine.evaluation import build_evaluation_set
+    from robaudit.errors import DataLoadError
+
+    path = tmp_path / "rgb.pt"
+    torch.jit.save(torch.jit.script(RgbWithNorm().eval()), str(path))
+    rgb = load_model(path, device="cpu", data_shape=(3, 12, 12))
+    assert rgb.info.first_conv_channels is None and not rgb.info.notes
+    gray = load_model(path, device="cpu", data_shape=(1, 12, 12))  # runs: the mean broadcasts
+    assert gray.info.first_conv_channels == 3
+    assert any("first convolution takes 3 channels but the images have 1" in n for n in gray.info.notes)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 1, 12, 12, generator=g)
+    pred = gray.predict(x).argmax(1)
+    wrong = ((pred + 1) % 5).numpy()  # labels the model never gives: accuracy 0
+    chance = np.where(np.arange(40) < 8, pred.numpy(), wrong)  # 8 of 40 right: 20%, chance is 1/5
+    for labels, match in ((wrong, "none of the 40 .* first convolution takes 3 channels"),
+                          (chance, "does not fit the model: .* 8 of the 40 .* chance")):
+        data = Dataset(x=x.numpy(), y=labels.astype(np.int64), source="t", format="npz", sha256="0",
+                       layout_in="NCHW")
+        with pytest.raises(DataLoadError, match=match):
+            build_evaluation_set(gray, data, None, 0, 64)
+    better = np.where(np.arange(40) < 20, pred.numpy(), wrong)  # 50%: the model may be meant for gray images
+    ev = build_evaluation_set(gray, Dataset(x=x.numpy(), y=better.astype(np.int64), source="t", format="npz",
+                                            sha256="0", layout_in="NCHW"), None, 0, 64)
+    assert ev.n == 20
+
+
 # ----------------------------------------------------------------------------- refusals
 
 

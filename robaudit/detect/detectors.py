@@ -273,6 +273,15 @@ class KNNDetector(Detector):
         probe = cls.__new__(cls)
         probe.costs = tuple(costs)
         xb, xa = probe._x(benign), probe._x(adversarial)
+        if k < 1:
+            raise ConfigError(f"-k must be >= 1, got {k}")
+        fewest = min(len(xb), len(xa))
+        if fewest and k > 2 * fewest - 1:  # a vote needs more than k/2 neighbours of one kind
+            kind = "adversarial" if len(xa) <= len(xb) else "benign"
+            raise ConfigError(
+                f"-k {k} is too large for {len(xb)} benign and {len(xa)} adversarial training inputs: the vote of {k} "
+                f"neighbours needs more than {k // 2} {kind} ones, and there are only {fewest}; use -k {2 * fewest - 1} "
+                f"or less (or more {kind} training inputs)")
         det = cls(costs, np.concatenate([xb, xa]), np.r_[np.zeros(len(xb), np.int64), np.ones(len(xa), np.int64)], k)
         det.fit_info = {"n_benign": int(len(xb)), "n_adversarial": int(len(xa))}
         return det

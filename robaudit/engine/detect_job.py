@@ -5,6 +5,7 @@ The engine never touches the terminal: progress and warnings go through an :clas
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -27,6 +28,7 @@ from robaudit.engine.observer import NullObserver, Observer
 from robaudit.engine.session import InputOptions, load_inputs, seed_everything
 from robaudit.errors import ConfigError, DataLoadError
 from robaudit.models import Classifier
+from robaudit.report.build import provenance
 
 SCHEMA_VERSION = "1.0"
 KIND = "detect"
@@ -78,6 +80,8 @@ class Crafted:
     l2: np.ndarray
     linf: np.ndarray
     seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+    """How they were crafted: the attack, its norm and eps, and its parameters (for the report)."""
 
 
 def craft(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: AttackName, *, mode: str = "early",
@@ -93,6 +97,8 @@ def craft(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: AttackNam
     p = dict(params or {})
     if attack is AttackName.FGSM and mode == "early":
         x_adv = _fgsm_min_eps(model, x, y, eps, batch_size)
+        settings: dict[str, Any] = {"attack": attack.value, "norm": "linf", "eps_max": eps,
+                                    "rule": "the smallest of 30 evenly spaced eps up to eps_max that flips the input"}
     else:
         if attack is AttackName.BIM:
             p.setdefault("early_stop", mode == "early")
@@ -103,12 +109,15 @@ def craft(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: AttackNam
         if attack in (AttackName.FGSM, AttackName.BIM, AttackName.PGD, AttackName.APGD):
             kwargs = {"norm": Norm.LINF, "eps": eps}
         x_adv = cls(prm, **kwargs).generate(model, x, y, clip=model.clip, batch_size=batch_size, seed=seed).x_adv
+        settings = {"attack": attack.value, **({"norm": "linf", "eps": eps} if kwargs else {}),
+                    "params": dataclasses.asdict(prm)}
     seconds = time.perf_counter() - start
     pred = model.predict(x_adv, batch_size=batch_size).argmax(1)
     ok = (pred != y).nonzero().flatten()
     delta = (x_adv - x)[ok].flatten(1)
     return Crafted(x_adv[ok], ok.numpy(), int(x.shape[0]), delta.norm(dim=1).numpy().astype(np.float64),
-                   delta.abs().amax(dim=1).numpy().astype(np.float64) if len(ok) else np.zeros(0), seconds)
+                   delta.abs().amax(dim=1).numpy().astype(np.float64) if len(ok) else np.zeros(0), seconds,
+                   settings)
 
 
 def _fgsm_min_eps(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int,
@@ -230,6 +239,7 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
         adv, _, _ = features_for(model, x_adv, costs, sq, batch_size=c.batch_size, seed=c.seed)
         fit["adversarial"]["n"] = int(x_adv.shape[0])
         det = KNNDetector.fit([p.name.value for p in costs], benign, adv, job.knn_k)
+        fit["fit_tpr"] = float(det.flag(adv).mean())  # of its own adversarial training inputs
     else:  # pragma: no cover - the enum is exhaustive
         raise ConfigError(f"unknown detector {job.detector}")
     fit["fit_fpr"] = float(det.flag(benign).mean())
@@ -257,7 +267,9 @@ def _stats(v: np.ndarray) -> dict[str, float]:
     v = np.asarray(v, dtype=np.float64)
     if v.size == 0:
         return {"n": 0}
-    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
+    # the sample std (ddof 1), as the z-score detector uses it
+    return {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "min": float(v.min()),
             "median": float(np.median(v)), "max": float(v.max())}
 
 
@@ -295,7 +307,8 @@ def run_score_job(job: ScoreJob, command: list[str], observer: Observer | None =
     fwd = sum(res.forward_passes.values())
     bwd = sum(res.backward_passes.values())
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": command, "mode": "score",
-            "model": inputs.model_section(), "data": {"path": inputs.data_spec, "n": n},
+            **provenance(model.device), "seed": c.seed,
+            "model": inputs.model_section(), "data": {"path": inputs.data_spec, "sha256": inputs.data.sha256, "n": n},
             "detector": {"path": job.detector_path, "kind": dfile.detector.to_dict()["kind"],
                          "costs": [p.to_dict() for p in dfile.costs]},
             "summary": {"n": n, "flagged": int(flags.sum()), "flagged_rate": float(flags.mean()) if n else None},
@@ -330,7 +343,8 @@ def _fit_overlap(fit: dict[str, Any], data_spec: str, data_sha256: str, evalset:
                           "--seed and -n), so its rates would be in-sample: evaluate on other inputs (another --seed, "
                           "a larger -n, or other data)")
     return mask, [f"{int(mask.sum())} of the {evalset.n} benign inputs are ones the detector was fitted on: they, and "
-                  "the adversarial examples crafted from them, are left out of its AUROC and rates"]
+                  "the adversarial examples crafted from them, are left out of the detector's AUROC and rates (its column "
+                  "and `detection`); the AUROCs of the single costs use every input"]
 
 
 @dataclass(frozen=True)
@@ -420,7 +434,8 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
                                  "success_rate": cr.x.shape[0] / max(cr.n_attempted, 1),
                                  "craft_mode": job.craft_mode if a in (AttackName.FGSM, AttackName.BIM) else "native",
                                  "mean_l2": float(cr.l2.mean()) if cr.l2.size else None,
-                                 "mean_linf": float(cr.linf.mean()) if cr.linf.size else None}
+                                 "mean_linf": float(cr.linf.mean()) if cr.linf.size else None,
+                                 "settings": cr.settings}
         if cr.x.shape[0] == 0:
             warnings.append(f"{a.value} produced no adversarial example: no AUROC for it")
             attacks_out[a.value] = entry
@@ -453,6 +468,7 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
     data_dict = {"path": inputs.data_spec, "sha256": inputs.data.sha256, "n_selected": evalset.n_selected,
                  "n_evaluated": evalset.n, "clean_accuracy": evalset.clean_accuracy}
     return {"schema_version": SCHEMA_VERSION, "kind": KIND, "mode": "eval", "command": command,
+            **provenance(model.device),
             "model": inputs.model_section(), "data": data_dict,
             "config": {"costs": [p.to_dict() for p in costs], "attacks": [a.value for a in job.attacks],
                        "craft_mode": job.craft_mode, "target_fpr": target_fpr, "seed": c.seed, "n": c.n,

@@ -77,9 +77,18 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
             raise DataLoadError(
                 f"the model returns NaN/inf logits for {n_nonfinite} of the {x.shape[0]} sampled inputs and "
                 "classifies none of them correctly: nothing to attack (check the model and --mean/--std)")
+        mismatch = model.info.channel_mismatch()
         raise DataLoadError(
             f"the model classifies none of the {x.shape[0]} sampled inputs correctly: nothing to attack "
-            f"(check --mean/--std, --layout and that the labels match the model){label_hint(data)}")
+            + (f"(its first convolution takes {model.info.first_conv_channels} channels, the images have "
+               f"{model.info.input_shape[0]}: the data does not fit the model)" if mismatch else
+               f"(check --mean/--std, --layout and that the labels match the model){label_hint(data)}"))
+    classes = int(logits.shape[1])
+    if model.info.channel_mismatch() and x.shape[0] >= classes and n_correct <= x.shape[0] / classes:
+        raise DataLoadError(
+            f"the data does not fit the model: its first convolution takes {model.info.first_conv_channels} channels, "
+            f"the images have {model.info.input_shape[0]}, and it classifies {n_correct} of the {x.shape[0]} sampled "
+            f"inputs correctly, no better than chance (1/{classes})")
     keep = correct.nonzero().flatten()
     return EvaluationSet(
         x=x[keep], y=y[keep], clean_logits=logits[keep], indices=idx[keep.numpy()],

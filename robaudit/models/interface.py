@@ -41,6 +41,19 @@ class ModelInfo:
     """Human-readable remarks (e.g. why a model is black-box); reports show them as warnings."""
     runtime: str = ""
     """How the network runs (the faster copies of :mod:`robaudit.models.fast`, or why not); not a warning."""
+    first_conv_channels: int | None = None
+    """Channels the network's first convolution takes, when it is known and differs from
+    ``input_shape[0]``: the inputs then reach it only by broadcasting against per-channel constants
+    inside the model (see :meth:`channel_mismatch`). Not in the report (a note says it)."""
+
+    def channel_mismatch(self) -> str:
+        """A sentence when the first convolution takes other channels than the inputs have, else ''."""
+        fc, c = self.first_conv_channels, self.input_shape[0]
+        if fc is None or fc == c:
+            return ""
+        return (f"the model's first convolution takes {fc} channels but the images have {c}: they reach it only "
+                f"by broadcasting against {fc}-channel constants inside the model, as if each image were copied to "
+                f"{fc} channels; unless the model is meant for {c}-channel images, the data does not belong to it")
 
     def to_dict(self) -> dict[str, object]:
         return {

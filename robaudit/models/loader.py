@@ -38,6 +38,7 @@ pickled ``torch.save`` checkpoints
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import lzma
 import math
@@ -45,6 +46,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -298,6 +300,63 @@ def load_model(
 
 # --------------------------------------------------------------------------- TorchScript
 
+_CONV_GROUPS_ARG = {"aten::_convolution": 8, "aten::convolution": 8, "aten::conv1d": 6, "aten::conv2d": 6,
+                    "aten::conv3d": 6}
+"""Convolution ops in a TorchScript graph and the position of their ``groups`` argument."""
+_CHANNEL_COPIES = frozenset({"aten::expand", "aten::expand_as", "aten::repeat", "aten::tile", "aten::cat",
+                             "aten::repeat_interleave", "aten::stack"})
+"""Ops that can widen an input's channels on purpose: before the first convolution they make its
+channel count say nothing about the input's."""
+
+
+def first_conv_channels(net: torch.nn.Module) -> int | None:
+    """Input channels of the first convolution in ``net``'s inlined TorchScript graph (weight
+    ``shape[1]`` x ``groups``), or ``None`` when there is none, its weight is not a plain attribute
+    or constant, or an op that can copy channels (expand, repeat, cat, ...) comes before it. A
+    TorchScript model declares no input shape; this is the closest thing it has."""
+    try:
+        graph = net.inlined_graph  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        return None
+
+    def resolve(value: Any) -> Any:
+        node = value.node()
+        kind = node.kind()
+        if kind == "prim::Param":
+            return net
+        if kind == "prim::GetAttr":
+            parent = resolve(node.input())
+            return None if parent is None else getattr(parent, node.s("name"), None)
+        if kind == "prim::Constant" and node.hasAttribute("value"):
+            tag = node.kindOf("value")
+            return node.t("value") if tag == "t" else node.i("value") if tag == "i" else None
+        return None
+
+    def walk(nodes: Any) -> Any:  # in program order, into the blocks of if/loop nodes
+        for node in nodes:
+            yield node
+            blocks = list(node.blocks())
+            if node.kind() == "prim::If" and len(blocks) == 2:
+                cond = resolve(node.input())  # a module flag (``if self.widen:``) decides the branch
+                if isinstance(cond, (bool, int)):
+                    blocks = [blocks[0] if cond else blocks[1]]
+            for block in blocks:
+                yield from walk(block.nodes())
+
+    for node in walk(graph.nodes()):
+        if node.kind() in _CHANNEL_COPIES:  # a model that widens its own input (gray to RGB, say)
+            return None
+        pos = _CONV_GROUPS_ARG.get(node.kind())
+        if pos is None:
+            continue
+        args = list(node.inputs())
+        weight = resolve(args[1])
+        groups = resolve(args[pos]) if len(args) > pos else 1
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 3 or not isinstance(groups, int):
+            return None
+        return int(weight.shape[1]) * groups
+    return None
+
 
 def _check_zip_crc(path: Path) -> None:
     """Refuse an archive whose members fail their CRC-32: ``torch.jit.load`` does not check them, so
@@ -365,6 +424,7 @@ def _load_torchscript(
         if norm is not None:
             norm = norm.to(dev)
         copies = fast.prepare(net, shape, clip, dev) if fast_copies else fast.no_copies("no prepared copies asked for")
+        conv_c = first_conv_channels(net)
         info = ModelInfo(
             path=str(path),
             format="torchscript",
@@ -376,7 +436,10 @@ def _load_torchscript(
             mean=_expand(mean, shape[0]),
             std=_expand(std, shape[0]),
             runtime=copies.note,
+            first_conv_channels=conv_c if conv_c != shape[0] else None,
         )
+        if info.channel_mismatch():
+            info = dataclasses.replace(info, notes=(*info.notes, info.channel_mismatch()))
         model = TorchClassifier(info, net, norm)
         model.use_copies(copies.grad, copies.infer)
         return model

@@ -50,7 +50,11 @@ _NO_CONVERTER = re.compile(r"operation_type='(\w+)', version=(\d+)")
 
 
 def _one_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    raw = str(exc)
+    if raw.startswith("The following operation failed in the TorchScript interpreter"):
+        # a TorchScript traceback: the error itself is its last line ("RuntimeError: ...")
+        raw = next((ln for ln in reversed(raw.splitlines()) if ln.strip()), raw)
+    text = " ".join(raw.split()) or type(exc).__name__
     m = _NO_CONVERTER.search(text)
     if m and "not implemented" in text:
         text = f"no converter for {m.group(1)} opset {m.group(2)}"

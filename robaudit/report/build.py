@@ -32,14 +32,19 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def provenance(device: torch.device) -> dict[str, Any]:
+    """What made a result: robaudit's version, when, the libraries and the device."""
+    return {"robaudit_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "libraries": library_versions(), "device": device_description(device)}
+
+
 def build_report(*, command: list[str], seed: int, device: torch.device, model: dict[str, Any],
                  data: dict[str, Any], config: dict[str, Any], results: list[dict[str, Any]],
                  warnings: list[str]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
-        "robaudit_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "libraries": library_versions(),
+        **{k: v for k, v in provenance(device).items() if k != "device"},
         "command": command,
         "seed": seed,
         "device": device_description(device),
