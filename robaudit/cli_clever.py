@@ -148,6 +148,10 @@ def print_clever(report: dict[str, Any], fmt: CleverFormat) -> None:
     if fmt is CleverFormat.markdown:
         typer.echo(clever_markdown(report))
         return
+    data = report.get("data", {})
+    if data.get("n_selected"):
+        _out.print(f"{data['n_evaluated']} of {data['n_selected']} sampled inputs classified correctly "
+                   f"({data['n_dropped_misclassified']} dropped); scores are for those", highlight=False)
     for table in clever_tables(report):
         _out.print(table)
     for w in report.get("warnings", []):

@@ -241,7 +241,9 @@ def train_cmd(
     write_json_atomic(out.with_name(out.name + ".json"), summary)
     best = next((h for h in result.history if h.epoch == result.best_epoch), None)
     if best is not None:
+        resumed = (f"; resumed from {checkpoint_path(out).name} after epoch {result.resumed_from}"
+                   if result.resumed_from else "")
         _err.print(f"wrote {out} (epoch {best.epoch}: {_val_text(best, f'val PGD-{cfg.val_pgd_steps}')} at eps "
-                   f"{eps:g}); training log {out.name}.json", highlight=False)
+                   f"{eps:g}); training log {out.name}.json{resumed}", highlight=False)
     if not quiet:
         typer.echo(json.dumps({k: summary[k] for k in ("out", "best_epoch", "stopped_early")}))

@@ -122,8 +122,11 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
     model, x, y = _demo(300)
     out = tmp_path / "m.pt"
     train_fast_at(model, x, y, FastAtConfig(eps=0.1, epochs=1, batch_size=100, val_size=50, val_pgd_steps=2), out)
-    with pytest.raises(ConfigError, match="other settings or data"):
+    with pytest.raises(ConfigError, match=r"other settings or data \(eps 0.1 there, 0.2 here\)"):
         train_fast_at(model, x, y, FastAtConfig(eps=0.2, epochs=1, batch_size=100, val_size=50, val_pgd_steps=2), out)
+    with pytest.raises(ConfigError, match=r"\(300 training images there, 250 here\)"):
+        train_fast_at(model, x[:250], y[:250], FastAtConfig(eps=0.1, epochs=1, batch_size=100, val_size=50,
+                                                           val_pgd_steps=2), out)
 
 
 def test_checkpoint_of_another_model_or_other_images_is_refused(tmp_path: Path) -> None:
@@ -167,8 +170,13 @@ def test_defend_train_cli(tmp_path: Path) -> None:
     log = json.loads((tmp_path / "fast.pt.json").read_text())
     assert log["best_epoch"] == 1 and len(log["history"]) == 1
     assert 0.0 <= log["history"][0]["val_pgd_accuracy"] <= 1.0
+    again = robaudit_cli("defend", "train", "demo:mnist", "--data", "demo:mnist", "--eps", "0.1", "--epochs", "1",
+                         "-n", "300", "--val-size", "100", "--out", str(out), "-q")  # -q still says it resumed
+    assert again.returncode == 0 and "resumed from fast.pt.ckpt after epoch 1" in again.stderr, again.stderr
     bad = robaudit_cli("defend", "train", "demo:mnist", "--data", "demo:mnist", "--eps", "-1", "--out", str(out))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--eps must be finite and > 0" in bad.stderr
+    huge = robaudit_cli("defend", "train", "demo:mnist", "--data", "demo:mnist", "--eps", "5", "--out", str(out))
+    assert huge.returncode == 2 and "is not below the input range 1" in huge.stderr, huge.stderr
     onnx = robaudit_cli("defend", "train", "demo:mnist-onnx", "--data", "demo:mnist", "--eps", "0.1",
                         "--out", str(out))
     assert onnx.returncode == 2 and "TorchScript" in onnx.stderr

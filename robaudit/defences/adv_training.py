@@ -238,6 +238,10 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
     dev = model.device
     clip = model.clip
     n = int(x.shape[0])
+    if cfg.eps >= clip[1] - clip[0]:
+        raise ConfigError(f"--eps {cfg.eps:g} is not below the input range {clip[1] - clip[0]:g} ({clip[0]:g}..{clip[1]:g}): "
+                          "the attack could turn any image into any other (give eps in the model's pixel space, "
+                          "e.g. 0.3 for MNIST, 8/255 for CIFAR-10 in [0, 1])")
     if n <= cfg.val_size:
         raise ConfigError(f"the training data has {n} images, not more than --val-size {cfg.val_size}")
     gen_cpu = torch.Generator().manual_seed(cfg.seed)
@@ -267,8 +271,8 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
     if resume and ckpt.exists():
         state = _load_checkpoint(ckpt)
         if state.get("digest") != cfg.digest() or state.get("n") != n:
-            raise ConfigError(f"{ckpt} was written by a run with other settings or data: delete it, or pass "
-                              "--restart to start over")
+            raise ConfigError(f"{ckpt} was written by a run with other settings or data{_differences(state, cfg, n)}: "
+                              "delete it, or pass --restart to start over")
         if state.get("source") != source:
             raise ConfigError(f"{ckpt} was written by a run that started from another model or trained on other "
                               "images: delete it, or pass --restart to start over")
@@ -329,7 +333,7 @@ def train_fast_at(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: FastAtConfi
             stop = True
             obs.warn(f"epoch {epoch + 1}: validation PGD accuracy fell from {best_pgd:.3f} to {val_pgd:.3f} "
                      f"(catastrophic overfitting): stopping, keeping epoch {result.best_epoch}")
-        _save_atomic({"digest": cfg.digest(), "n": n, "source": source, "epoch": epoch + 1, "net": net.state_dict(),
+        _save_atomic({"digest": cfg.digest(), "config": dataclasses.asdict(cfg), "n": n, "source": source, "epoch": epoch + 1, "net": net.state_dict(),
                       "opt": opt.state_dict(), "best": best_state, "best_pgd": best_pgd,
                       "best_epoch": result.best_epoch, "history": [dataclasses.asdict(h) for h in result.history],
                       "rng": torch.get_rng_state(), "stopped": stop}, ckpt)
@@ -368,6 +372,16 @@ def _source_digest(weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.T
         h.update(f"{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()[:32]
+
+
+def _differences(state: dict[str, Any], cfg: FastAtConfig, n: int) -> str:
+    """`` (epochs 5 there, 3 here; ...)``: what a checkpoint's run had otherwise, when it says."""
+    theirs = state.get("config")
+    diffs = [f"{key} {theirs[key]} there, {value} here" for key, value in dataclasses.asdict(cfg).items()
+             if isinstance(theirs, dict) and key in theirs and theirs[key] != value]
+    if state.get("n") is not None and state.get("n") != n:
+        diffs.append(f"{state['n']} training images there, {n} here")
+    return f" ({'; '.join(diffs)})" if diffs else ""
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

@@ -183,8 +183,10 @@ def run_clever_job(job: CleverJob, command: list[str], observer: CleverObserver 
                     "(seed, dataset index, norm, batch)",
     }
     section = clever_section(config, rows, comparison, attack_rows)
+    # a warning only where the stack drops inputs: its rows then rest on fewer of them
     stack_notes = [f"defence stack {'+'.join(s)}: {ev.n} of {ev.n_selected} sampled inputs classified correctly "
-                   f"(clean accuracy {ev.clean_accuracy:.3f})" for s, _, ev in evalsets if s]
+                   f"(clean accuracy {ev.clean_accuracy:.3f}); its rows score those {ev.n}"
+                   for s, _, ev in evalsets if s and ev.n < ev.n_selected]
     report = build_report(command=command, seed=job.seed, device=model.device, model=inputs.model_section(),
                           data=inputs.data_section(base_evalset),
                           config={"clever": config, "n": job.n, "batch_size": job.attack_batch_size},
