@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from attack_bench import sync  # noqa: E402  (bench/ is this script's folder)
 from robaudit.data import load_dataset  # noqa: E402
 from robaudit.models.loader import load_model  # noqa: E402
 
@@ -60,13 +61,11 @@ class Autocast(torch.nn.Module):
 
 
 def rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(x.device)
     t = time.perf_counter()
     for _ in range(steps):
         grad_pass(model, x, y)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(x.device)
     return x.shape[0] * steps / (time.perf_counter() - t)
 
 

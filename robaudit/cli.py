@@ -71,7 +71,9 @@ def _floats(value: str | None, name: str, count: int | None = None) -> tuple[flo
     return out
 
 
-def _params(values: list[str] | None) -> dict[Any, dict[str, str]]:
+def _params(values: list[str] | None, attacks: tuple[Any, ...]) -> dict[Any, dict[str, str]]:
+    """``--param ATTACK.NAME=VALUE`` options as ``{attack: {name: value}}``; every attack named must be
+    in ``attacks`` (a typo, ``--attack apgd --param pgd.steps=100``, would otherwise run the defaults)."""
     from robaudit.attacks.registry import parse_attack_names
 
     out: dict[Any, dict[str, str]] = {}
@@ -82,6 +84,10 @@ def _params(values: list[str] | None) -> dict[Any, dict[str, str]]:
             raise ConfigError(f"--param expects ATTACK.NAME=VALUE (e.g. pgd.steps=100), got {raw!r}")
         name = parse_attack_names(attack)[0]
         out.setdefault(name, {})[pname.strip()] = val.strip()
+    stray = [a.value for a in out if a not in attacks]
+    if stray:
+        raise ConfigError(f"--param names {', '.join(stray)}, which is not in --attack "
+                          f"({', '.join(a.value for a in attacks)}); add it to --attack or drop the --param")
     return out
 
 
@@ -141,11 +147,8 @@ def attack(
 
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
-    attacks, params = tuple(parse_attack_names(attack)), _params(param)
-    stray = [a.value for a in params if a not in attacks]
-    if stray:  # a typo (--attack apgd --param pgd.steps=100) would otherwise run the defaults silently
-        raise ConfigError(f"--param names {', '.join(stray)}, which is not in --attack "
-                          f"({', '.join(a.value for a in attacks)}); add it to --attack or drop the --param")
+    attacks = tuple(parse_attack_names(attack))
+    params = _params(param, attacks)
     plan = AttackPlan(
         attacks=attacks, targets=tuple(parse_targets(target)),
         norm=Norm.parse(norm) if norm else None, eps=eps, backend=backend, params=params,

@@ -219,11 +219,10 @@ def train_cmd(
     inputs = load_inputs(dataclasses.replace(opts, model=model))
     if inputs.model.info.format != "torchscript":
         raise ConfigError(f"defend train needs a TorchScript (.pt) model, got {inputs.model.info.format}")
-    if inputs.model.info.channel_mismatch():  # training would fit the network to copies of the images
-        info = inputs.model.info
-        raise DataLoadError(f"the data does not fit the model: its first convolution takes {info.first_conv_channels} "
-                            f"channels, the images have {info.input_shape[0]}; to train it on these images, give "
-                            f"them {info.first_conv_channels} channels in the data")
+    misfit = inputs.model.info.channel_misfit()
+    if misfit:  # training would fit the network to copies of the images
+        raise DataLoadError(f"the data does not fit the model: {misfit}; to train it on these images, give them "
+                            f"{inputs.model.info.first_conv_channels} channels in the data")
     idx = select(inputs.data, num, seed)
     x = torch.from_numpy(np.ascontiguousarray(inputs.data.x[idx]))
     y = torch.from_numpy(np.ascontiguousarray(inputs.data.y[idx])).long()

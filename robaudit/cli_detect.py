@@ -177,25 +177,13 @@ def eval_cmd(
 ) -> None:
     """AUROC table (rows attacks, columns cost attacks), detection rates at the thresholds, latency."""
     from robaudit.attacks.registry import parse_attack_names
+    from robaudit.cli import _params
     from robaudit.engine.detect_job import EvalJob, run_eval_job
     from robaudit.report.writer import write_json_atomic
 
-    from robaudit.attacks.base import params_from_overrides
-    from robaudit.attacks.registry import get_attack_class
-    from robaudit.cli import _params
-
     common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter, x_key, y_key)
     attacks = tuple(parse_attack_names(attack))
-    overrides = _params(param)
-    stray = [a.value for a in overrides if a not in attacks]
-    if stray:
-        raise ConfigError(f"--param names {', '.join(stray)}, which is not in --attack ({attack}); add it to --attack "
-                          "or drop the --param")
-    attack_params = {}
-    for a, ov in overrides.items():  # typed values of the given keys only (crafting keeps its own defaults)
-        typed = params_from_overrides(get_attack_class(a, "torch").Params, ov)
-        attack_params[a] = {k.replace("-", "_"): getattr(typed, k.replace("-", "_")) for k in ov}
-    job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=attack_params,
+    job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=_params(param, attacks),
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
     with _err.status("evaluating", spinner="dots"):
         report = run_eval_job(job, _command())

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from robaudit.attacks.base import Norm
+from robaudit.attacks.base import Norm, params_from_overrides
 from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.data import load_dataset
 from robaudit.demo_assets import resolve_data
@@ -104,7 +104,7 @@ def craft(model: Classifier, x: torch.Tensor, y: torch.Tensor, attack: AttackNam
             p.setdefault("early_stop", mode == "early")
             p.setdefault("steps", 100)
             p.setdefault("rel_stepsize", 0.02 if mode == "early" else 0.025)
-        prm = cls.Params(**p) if p else cls.Params()
+        prm = params_from_overrides(cls.Params, p) if p else cls.Params()  # CLI strings or profile values
         kwargs: dict[str, Any] = {}
         if attack in (AttackName.FGSM, AttackName.BIM, AttackName.PGD, AttackName.APGD):
             kwargs = {"norm": Norm.LINF, "eps": eps}

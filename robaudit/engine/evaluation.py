@@ -72,22 +72,20 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
     n_nonfinite = int((~finite).sum())
     correct = (logits.argmax(dim=1) == y) & finite
     n_correct = int(correct.sum())
+    misfit = model.info.channel_misfit()
     if n_correct == 0:
         if n_nonfinite:
             raise DataLoadError(
                 f"the model returns NaN/inf logits for {n_nonfinite} of the {x.shape[0]} sampled inputs and "
                 "classifies none of them correctly: nothing to attack (check the model and --mean/--std)")
-        mismatch = model.info.channel_mismatch()
         raise DataLoadError(
             f"the model classifies none of the {x.shape[0]} sampled inputs correctly: nothing to attack "
-            + (f"(its first convolution takes {model.info.first_conv_channels} channels, the images have "
-               f"{model.info.input_shape[0]}: the data does not fit the model)" if mismatch else
+            + (f"({misfit}: the data does not fit the model)" if misfit else
                f"(check --mean/--std, --layout and that the labels match the model){label_hint(data)}"))
     classes = int(logits.shape[1])
-    if model.info.channel_mismatch() and x.shape[0] >= classes and n_correct <= x.shape[0] / classes:
+    if misfit and x.shape[0] >= classes and n_correct <= x.shape[0] / classes:
         raise DataLoadError(
-            f"the data does not fit the model: its first convolution takes {model.info.first_conv_channels} channels, "
-            f"the images have {model.info.input_shape[0]}, and it classifies {n_correct} of the {x.shape[0]} sampled "
+            f"the data does not fit the model: {misfit}, and it classifies {n_correct} of the {x.shape[0]} sampled "
             f"inputs correctly, no better than chance (1/{classes})")
     keep = correct.nonzero().flatten()
     return EvaluationSet(

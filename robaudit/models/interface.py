@@ -46,10 +46,15 @@ class ModelInfo:
     ``input_shape[0]``: the inputs then reach it only by broadcasting against per-channel constants
     inside the model (see :meth:`channel_mismatch`). Not in the report (a note says it)."""
 
+    def channel_misfit(self) -> str:
+        """``its first convolution takes 3 channels, the images have 1`` (for errors), or ''."""
+        fc, c = self.first_conv_channels, self.input_shape[0]
+        return "" if fc is None or fc == c else f"its first convolution takes {fc} channels, the images have {c}"
+
     def channel_mismatch(self) -> str:
         """A sentence when the first convolution takes other channels than the inputs have, else ''."""
         fc, c = self.first_conv_channels, self.input_shape[0]
-        if fc is None or fc == c:
+        if not self.channel_misfit():
             return ""
         return (f"the model's first convolution takes {fc} channels but the images have {c}: they reach it only "
                 f"by broadcasting against {fc}-channel constants inside the model, as if each image were copied to "

@@ -46,8 +46,8 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -438,8 +438,9 @@ def _load_torchscript(
             runtime=copies.note,
             first_conv_channels=conv_c if conv_c != shape[0] else None,
         )
-        if info.channel_mismatch():
-            info = dataclasses.replace(info, notes=(*info.notes, info.channel_mismatch()))
+        note = info.channel_mismatch()
+        if note:
+            info = dataclasses.replace(info, notes=(*info.notes, note))
         model = TorchClassifier(info, net, norm)
         model.use_copies(copies.grad, copies.infer)
         return model
