@@ -12,6 +12,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
+from collections.abc import Collection
 from typing import Annotated, Any, Optional
 
 import typer
@@ -42,8 +43,9 @@ class SummaryFormat(str, Enum):
     none = "none"
 
 
-def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
-    """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`)."""
+def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160, shown: Collection[str] = ()) -> str:
+    """The report as text in ``fmt`` (exhaustive over :class:`ReportFormat`). ``shown``: warnings the
+    user has already seen on the same terminal; the table counts them instead of repeating them."""
     from robaudit.report.gates import gates_markdown
     from robaudit.report.render import (defences_markdown, defences_table, detection_markdown, detection_table,
                                         report_warnings, results_markdown, results_table, results_title)
@@ -82,8 +84,15 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160) -> str:
         for g in report.get("gates") or []:
             console.print(f"gate {'pass' if g['passed'] else 'FAIL'}: {g['gate']}  [{g.get('detail')}]",
                           markup=False, highlight=False)
+        repeated = 0
         for w in report_warnings(report):
-            console.print(f"warning: {w}", markup=False, highlight=False)
+            if w in shown:
+                repeated += 1
+            else:
+                console.print(f"warning: {w}", markup=False, highlight=False)
+        if repeated:
+            console.print(f"({repeated} warning{'s' if repeated > 1 else ''} printed above during the run; "
+                          "the report's `warnings` holds them all)", markup=False, highlight=False)
         return console.export_text()
     raise AssertionError(f"unhandled format {fmt}")
 
@@ -136,6 +145,8 @@ class _AuditProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.overall: Any = None
+        self.warned: set[str] = set()
+        """Warnings printed during the run."""
         self.cells: dict[str, Any] = {}
         """A bar per cell in progress (several with ``--workers``)."""
 
@@ -159,6 +170,7 @@ class _AuditProgress:
         self.progress.advance(self.overall)
 
     def warn(self, text: str) -> None:
+        self.warned.add(text)
         self.progress.console.print(f"warning: {text}", markup=False, highlight=False)
 
 
@@ -250,8 +262,11 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
         raise ConfigError("the same model is listed twice")
     job = AuditJob(models=models, inputs=inputs, profile=prof, out=out, resume=resume, workers=workers)
     progress = progress_bars(_err, quiet)
+    observer = _AuditProgress(progress)
     with progress:
-        result = run_audit(job, ["robaudit", *sys.argv[1:]], _AuditProgress(progress))
+        result = run_audit(job, ["robaudit", *sys.argv[1:]], observer)
+    # on one terminal the run's warnings are on screen already; in files or pipes each stream keeps all
+    seen = observer.warned if (_out.is_terminal and _err.is_terminal) else set()
 
     failed = 0
     summaries = []
@@ -273,7 +288,7 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
         elif fmt is SummaryFormat.markdown:
             typer.echo(render(report, ReportFormat.markdown), nl=False)
         elif fmt is SummaryFormat.table:
-            typer.echo(render(report, ReportFormat.table, width=max(_out.width, 100)), nl=False)
+            typer.echo(render(report, ReportFormat.table, width=max(_out.width, 100), shown=seen), nl=False)
         if fmt is not SummaryFormat.json:
             _err.print(f"report written to {path}", highlight=False)
     for prefix, gate_results in judged:  # after the reports are written, as the README says

@@ -9,7 +9,6 @@ requested stack, under the adaptive and/or transfer threat model.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,12 +17,11 @@ import typer
 from rich.progress import Progress
 
 from robaudit.cli_audit import WORKERS_HELP, SummaryFormat, execute_audit, input_options, progress_bars
+from robaudit.config.profile import DEFAULT_EOT_SAMPLES
 from robaudit.consoles import stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError, DataLoadError
 
-DEFEND_EOT_SAMPLES = 4
-"""EOT draws per gradient of ``defend eval`` against randomised stacks when ``--eot-samples`` is not given."""
 
 defend_app = typer.Typer(
     name="defend",
@@ -93,7 +91,7 @@ def eval_cmd(
     norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: each attack's own norm).")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Attack parameter ATTACK.NAME=VALUE (repeatable).")] = None,
     defence_param: Annotated[Optional[list[str]], typer.Option("--defence-param", help="Defence parameter DEFENCE.NAME=VALUE, e.g. jpeg.quality=50 (repeatable).")] = None,
-    eot_samples: Annotated[Optional[int], typer.Option("--eot-samples", help=f"Draws averaged per gradient against randomised stacks (TVM; default {DEFEND_EOT_SAMPLES}).")] = None,
+    eot_samples: Annotated[Optional[int], typer.Option("--eot-samples", help=f"Draws averaged per gradient against randomised stacks (TVM; default {DEFAULT_EOT_SAMPLES}).")] = None,
     num: Annotated[Optional[int], typer.Option("-n", "--num", help="Number of inputs to sample (default: 100).")] = 100,
     seed: Annotated[int, typer.Option(max=MAX_SEED, help="Seed for sampling, defences and attacks.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size (also the journal granularity).")] = 64,
@@ -133,8 +131,6 @@ def eval_cmd(
     if eot_samples is not None:  # given: a no-op value is warned about; not given: the default, quietly
         raw["eot_samples"] = eot_samples
     prof = parse_profile(raw, source="defend eval")
-    if eot_samples is None:
-        prof = dataclasses.replace(prof, eot_samples=DEFEND_EOT_SAMPLES)
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key)
     execute_audit((model,), inputs, prof, out, resume, gate, fmt, quiet, workers)
 

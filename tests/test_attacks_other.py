@@ -149,6 +149,32 @@ def test_jsma_untargeted(demo, variant, floor):
     _in_range(out.x_adv)
 
 
+def test_jsma_pair_search_in_blocks_equals_the_whole_map():
+    """QA: on 64 x 64 RGB images the pair map (12288**2 entries, two of them) ignored pair_chunk and
+    took 1.9 GB per image; now it is searched in blocks, with the same answer."""
+    from robaudit.attacks.jsma import JSMA
+
+    gen = torch.Generator().manual_seed(0)
+    rows, n = 5, 40
+    alpha, beta = torch.randn(rows, n, generator=gen), torch.randn(rows, n, generator=gen)
+    domain = torch.rand(rows, n, generator=gen) < 0.7
+    alpha[3], beta[3] = alpha[3].abs() + 0.1, beta[3].abs() + 0.1  # row 3: no pair meets both signs
+    whole = JSMA._select(alpha, beta, domain, n * n * rows)
+    for budget in (n * n, 3 * n, n - 1, 1):
+        assert all(torch.equal(a, b) for a, b in zip(JSMA._select(alpha, beta, domain, budget), whole)), budget
+    first, second = whole
+    assert (first != second).all() and domain[torch.arange(rows), first].all() and domain[torch.arange(rows), second].all()
+
+
+def test_jsma_small_pair_chunk_changes_nothing(demo):
+    model, x, y = demo
+    x, y = x[:4], y[:4]
+    targets = (y + 1) % 10
+    ref = JSMA().generate(model, x, y, targets)
+    small = JSMA(JSMA.Params(pair_chunk=5000)).generate(model, x, y, targets)  # blocks of 6 rows of 784
+    assert torch.equal(ref.x_adv, small.x_adv)
+
+
 def test_art_jsma_targeted(demo):
     model, x, y = demo
     x, y = x[:8], y[:8]
@@ -232,6 +258,25 @@ def test_hsj_targeted_and_linf(demo):
     out = HopSkipJump(HopSkipJump.Params(max_iter=3), norm=Norm.LINF).generate(model, x[:4], y[:4])
     assert (_pred(model, out.x_adv) != y[:4]).all()
     _in_range(out.x_adv)
+
+
+def test_hsj_counts_inputs_it_found_no_start_for(demo):
+    """QA: targeted HSJ on a 100-class model returned most images unattacked (no image of the target
+    class in the batch, noise never hits one class of 100), and the row read as robustness."""
+    from robaudit.report.validity import no_start_warnings
+
+    model, x, y = demo
+    x, y = x[:10], y[:10]
+    targets = (y + 1) % 10
+    absent = ~(targets.unsqueeze(1) == y.unsqueeze(0)).any(dim=1)  # no input of the target class in the batch
+    out = HopSkipJump(HopSkipJump.Params(max_iter=2, init_size=1)).generate(model, x, y, targets, batch_size=10)
+    unchanged = (out.x_adv == x).flatten(1).all(dim=1)
+    assert 0 < out.no_start == int(unchanged.sum()) and not unchanged[~absent].any()
+    row = {"label": "hopskipjump", "target": "next-class", "n": 10, "no_start": out.no_start}
+    (warning,) = no_start_warnings([row])
+    assert f"{out.no_start} of 10 inputs got no adversarial starting point" in warning and "--batch-size" in warning
+    assert HopSkipJump(HopSkipJump.Params(max_iter=1)).generate(model, x[:4], y[:4]).no_start == 0
+    assert no_start_warnings([{**row, "no_start": 0}]) == []
 
 
 def test_hsj_query_batch_auto_by_device_and_result_independent_of_it(demo):

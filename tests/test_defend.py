@@ -211,6 +211,11 @@ def test_defend_eval_all_combinations_both_threat_models_and_resume(tmp_path: Pa
         assert row["linf_max"] <= 0.3 + 1e-6
     assert entry[()]["clean_accuracy_change"] == 0.0
     assert entry[("tvm",)]["randomized"] and entry[("tvm",)]["eot_samples"] == 2
+    # how adaptive attacks take gradients, in the report and every rendering (QA: BPDA was never named)
+    assert entry[("ss", "jpeg")]["eot_samples"] is None and not entry[("ss", "jpeg")]["randomized"]
+    assert entry[("ss", "jpeg")]["adaptive_gradient"] == "BPDA (ss, jpeg)"
+    assert entry[("jpeg", "tvm")]["adaptive_gradient"] == "BPDA (jpeg, tvm), EOT 2"
+    assert entry[()]["adaptive_gradient"] is None
     # TVM's pixel dropout costs clean accuracy on MNIST (measured: 79% vs 96% on 100 demo images)
     assert entry[("tvm",)]["clean_accuracy"] < entry[()]["clean_accuracy"] - 0.05
     # BPDA: an adaptive FGSM through the median filter is not weaker than the transferred one
@@ -220,6 +225,11 @@ def test_defend_eval_all_combinations_both_threat_models_and_resume(tmp_path: Pa
 
     html = report_html(report)
     assert "<h2>Defence stacks</h2>" in html and "ss+jpeg (transfer)" in html and "tvm (adaptive)" in html
+    assert "BPDA (jpeg, tvm), EOT 2" in html and "adaptive gradient" in html
+    # an example behind TVM whose judging draw misclassified the clean input says why it is no success
+    flagged = [s for e in report["examples"] for s in e["samples"] if s.get("clean_misclassified_on_draw")]
+    assert all(not s["success"] for s in flagged)
+    assert html.count("the judging draw misclassified the clean input") == len(flagged)
 
     again = robaudit_cli(*args, "--out", str(out), "--resume")
     assert again.returncode == 0, again.stderr
@@ -269,6 +279,7 @@ def test_transfer_examples_are_crafted_once_per_attack_and_target(tmp_path: Path
     assert [(r["attack"], r["target"], "+".join(r["defences"]), r["threat_model"]) for r in rows][:5] == [
         ("fgsm", "untargeted", "", "none"), ("fgsm", "next-class", "", "none"), ("pgd", "untargeted", "", "none"),
         ("pgd", "next-class", "", "none"), ("fgsm", "untargeted", "ss", "transfer")]  # the plan's order
+    assert {e["adaptive_gradient"] for e in report["defences"] if e["defences"]} == {"none (transfer only)"}
     transfer = [r for r in rows if r["threat_model"] == "transfer"]
     assert len(transfer) == 12 and all(r["status"] == "ok" and r["seconds"] > 0 for r in transfer)
     assert all(r["forward_passes_per_image"] >= 1 and (r["linf_max"] or 0) <= 0.3 + 1e-6 for r in transfer)

@@ -210,6 +210,16 @@ def test_cli_refuses_bad_profile_with_exit_2(tmp_path):
 
 
 
+def test_profiles_default_to_the_same_eot_as_defend_eval():
+    """QA: a profile without eot_samples ran TVM stacks with 1 draw, `defend eval` with 4, so the same
+    grid gave different adaptive rows by entry point."""
+    from robaudit.config.profile import DEFAULT_EOT_SAMPLES
+
+    prof = parse_profile({"attacks": ["fgsm"], "defences": [[], ["tvm"]]})
+    assert prof.eot_samples == DEFAULT_EOT_SAMPLES == 4 and prof.notes == ()
+    assert parse_profile({"attacks": ["fgsm"], "defences": [[], ["tvm"]], "eot_samples": 1}).eot_samples == 1
+
+
 def test_settings_that_change_nothing_are_noted_not_refused():
     """defence_params for a defence in no stack, eot_samples without a randomised stack and
     threat_models without a defended stack ran silently as no-ops; each is now a warning."""

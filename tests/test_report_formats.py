@@ -115,6 +115,17 @@ def test_every_format_renders():
     assert json.loads(render(report, ReportFormat.json))["gates"][0]["passed"] is False
 
 
+def test_table_counts_warnings_already_shown_instead_of_repeating_them():
+    """QA: on a terminal every warning was printed twice, once during the run and once under the table."""
+    report = _report(copy.deepcopy(ROWS))
+    report["warnings"] = ["first thing", "second thing"]
+    full = render(report, ReportFormat.table)
+    assert "warning: first thing" in full and "warning: second thing" in full and "printed above" not in full
+    seen = render(report, ReportFormat.table, shown={"first thing"})
+    assert "warning: first thing" not in seen and "warning: second thing" in seen
+    assert "(1 warning printed above during the run; the report's `warnings` holds them all)" in seen
+
+
 def test_diff_finds_regressions():
     old = _report(copy.deepcopy(ROWS))
     new = _report(copy.deepcopy(ROWS), clean=0.97)
@@ -349,6 +360,31 @@ def test_robust_accuracy_behind_a_defence_uses_the_stack_clean_accuracy():
     new["results"][1].update(n=10, n_success=7, success_rate=0.7)
     worse = {(c.cell, c.metric) for c in diff_reports(old, new) if c.verdict(1e-9) == "worse"}
     assert ("m0/attack/pgd/untargeted/ss+jpeg", "robust_accuracy") in worse
+
+
+def test_gates_select_the_threat_model_and_take_stacks_with_commas():
+    """QA: a gate could not tell adaptive from transfer rows of a stack, and `defences=ss,jpeg` (the
+    CLI's spelling of a stack) matched nothing."""
+    rows = [_row("pgd", "untargeted", 0.5, 1.0)]
+    rows[0]["threat_model"] = "none"  # as the engine writes undefended rows
+    for threat, rate in (("adaptive", 0.9), ("transfer", 0.2)):
+        row = _row("pgd", "untargeted", rate, 1.0)
+        row.update(cell_id=f"m0/attack/pgd/untargeted/ss+jpeg/{threat}", defences=["ss", "jpeg"], threat_model=threat)
+        rows.append(row)
+    report = _report(rows)
+    assert evaluate_gate(parse_gate("transfer pgd success_rate <= 0.3"), report).passed
+    assert evaluate_gate(parse_gate("threat=transfer success_rate <= 0.3"), report).value == pytest.approx(0.2)
+    adaptive = evaluate_gate(parse_gate("adaptive defences=ss,jpeg success_rate <= 0.3"), report)
+    assert not adaptive.passed and adaptive.value == pytest.approx(0.9)
+    assert evaluate_gate(parse_gate("adaptive success_rate <= 0.95"), report).value == pytest.approx(0.9)
+    with pytest.raises(ConfigError, match="matches no cell"):  # the undefended cells have no threat model
+        evaluate_gate(parse_gate("adaptive defences=none success_rate <= 0.5"), report)
+    with pytest.raises(ConfigError, match=r"matches no cell of the report \(its stacks: none, ss\+jpeg; "
+                                          r"threat models of the defended cells: adaptive, transfer\)"):
+        evaluate_gate(parse_gate("defences=jpeg success_rate <= 0.5"), report)
+    with pytest.raises(ConfigError, match="adaptive or transfer"):
+        check_selectors(parse_gate("threat=blackbox success_rate <= 0.5"), {"pgd"}, {"pgd"}, {"untargeted"})
+    check_selectors(parse_gate("transfer pgd success_rate <= 0.5"), {"pgd"}, {"pgd"}, {"untargeted"})
 
 
 def test_distance_gates_hold_where_the_attack_found_nothing():

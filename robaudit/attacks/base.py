@@ -172,6 +172,9 @@ class AttackOutput:
     search_exhausted: int = 0
     """Inputs left without an adversarial example while the attack's own search was still escalating
     when its rounds ran out (C&W-L2: ``c`` still growing x10): a budget too small, not robustness."""
+    no_start: int = 0
+    """Inputs a decision-based attack found no adversarial starting point for (HopSkipJump: no input
+    of the target class in the batch and no noise draw that hits it); returned unchanged."""
 
 
 @dataclass(frozen=True)
@@ -281,6 +284,8 @@ class Attack(ABC):
     clip: tuple[float, float] = (0.0, 1.0)
     # reset by generate(); run() implementations add the inputs their search gave up on while still escalating
     search_exhausted: int = 0
+    # reset by generate(); decision-based run() implementations add the inputs they found no start for
+    no_start: int = 0
 
     def generate(
         self,
@@ -314,6 +319,7 @@ class Attack(ABC):
         counted = CountingModel(model, counter)
         self.clip = clip
         self.search_exhausted = 0
+        self.no_start = 0
         outs = []
         nonfinite_examples = 0
         start = time.perf_counter()
@@ -342,7 +348,7 @@ class Attack(ABC):
         seconds = time.perf_counter() - start
         x_adv = torch.cat(outs) if outs else x.clone().float()
         return AttackOutput(x_adv, seconds, counter.forward, counter.backward, counter.nonfinite_logits,
-                            counter.nonfinite_grads, nonfinite_examples, self.search_exhausted)
+                            counter.nonfinite_grads, nonfinite_examples, self.search_exhausted, self.no_start)
 
     def project(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
         """Clip into the valid range and, for fixed-eps attacks, onto the eps-ball around ``x``.

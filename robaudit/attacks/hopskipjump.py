@@ -130,6 +130,7 @@ class _HSJRun:
     def __init__(self, attack: HopSkipJump, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion,
                  generator: torch.Generator, p: HopSkipJumpParams) -> None:
         self.model, self.x, self.crit, self.gen, self.p = model, x.detach(), criterion, generator, p
+        self.owner = attack
         self.lo, self.hi = float(attack.clip[0]), float(attack.clip[1])
         self.l2 = attack.norm is Norm.L2
         self.d = int(np.prod(x.shape[1:]))
@@ -285,6 +286,7 @@ class _HSJRun:
         x_adv = x.clone()
         have = done.clone()
         self.initial_points(x_adv, have)
+        self.owner.no_start += int((~have).sum())
         live = have & ~done
         idx = live.nonzero().squeeze(1)
         if idx.numel():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -32,7 +33,8 @@ class JSMAParams(AttackParams):
     shared LeNet-5 both reach 100 %, ``saliency`` with 1.8 % of pixels changed on average against
     4.2 % for ``runner-up``, hence the default."""
     pair_chunk: int = 1 << 22
-    """Most pair-saliency entries (images x features x features) held in memory at once (torch backend)."""
+    """Most pair-saliency entries held in memory at once (torch backend): whole images while one
+    image's features x features map fits, else blocks of it (two such maps, float32, are live)."""
     confirm_draws: int = 4
     """Torch backend, against a randomised model only (a stack with TVM): an image stops only once
     its success also holds on this many fresh single draws; otherwise it keeps changing features
@@ -83,8 +85,11 @@ class JSMA(Attack):
             model only. (Default: 4)
 
     Cost: per step one forward and two backward passes per live image; at most
-    ``floor(gamma * n / 2)`` steps for ``theta = 1`` (n features). Memory: ``n**2`` floats per
-    image in a chunk (2.4 MB for MNIST, 38 MB for CIFAR-10).
+    ``floor(gamma * n / 2)`` steps for ``theta = 1`` (n features). Memory: two pair maps of about
+    ``pair_chunk`` floats (16 MB each at the default), whatever the image size: whole images while
+    one image's ``n**2`` map fits (MNIST 2.4 MB, CIFAR-10 38 MB: split), else blocks of one image's
+    map. Time grows as ``n**3`` per image (``n/2`` steps over ``n**2`` pairs): a 64 x 64 RGB image
+    is about 100 times a CIFAR-10 one.
 
     Shape:
         - x: (N, C, H, W) in ``clip``. - labels, targets: (N,). - output: (N, C, H, W).
@@ -177,32 +182,59 @@ class JSMA(Attack):
         domain get ``a = -inf`` (their pairs score 0); the diagonal (p = q) is zeroed.
         """
         rows, n = alpha.shape
-        chunk = max(1, pair_chunk // (n * n))
         neg_inf = torch.tensor(float("-inf"), device=alpha.device, dtype=alpha.dtype)
         a_dom = torch.where(domain, alpha, neg_inf)
-        best_val, best_pos = [], []
-        for s in range(0, rows, chunk):
-            a, b = a_dom[s:s + chunk], beta[s:s + chunk]
-            score = a.unsqueeze(2) + a.unsqueeze(1)
+
+        def salient(a: torch.Tensor, b: torch.Tensor, p0: int, p1: int) -> torch.Tensor:
+            """``-S(p, q)`` for p in [p0, p1) and every q: shape (rows, p1 - p0, n)."""
+            score = a[:, p0:p1].unsqueeze(2) + a.unsqueeze(1)
             score.clamp_(min=0)
-            b_pq = b.unsqueeze(2) + b.unsqueeze(1)
-            score.mul_(b_pq.clamp_(max=0))
-            score.diagonal(dim1=1, dim2=2).fill_(0)
-            val, pos = score.flatten(1).min(dim=1)
-            best_val.append(val)
-            best_pos.append(pos)
-        val, pos = torch.cat(best_val), torch.cat(best_pos)
+            return score.mul_((b[:, p0:p1].unsqueeze(2) + b.unsqueeze(1)).clamp_(max=0))
+
+        val, pos = _best_pair(salient, a_dom, beta, pair_chunk, largest=False)
         stuck = (val >= 0).nonzero().squeeze(1)
         for r in stuck.tolist():  # rare: no pair meets both sign conditions
-            d = domain[r]
-            fb = (alpha[r].unsqueeze(1) + alpha[r].unsqueeze(0)) - (beta[r].unsqueeze(1) + beta[r].unsqueeze(0))
-            valid = d.unsqueeze(1) & d.unsqueeze(0)
-            valid.fill_diagonal_(False)
-            fb = torch.where(valid, fb, neg_inf)
-            fval, fpos = fb.flatten().max(dim=0)
-            pos[r] = fpos if torch.isfinite(fval) else -1
+            d = domain[r : r + 1]
+
+            def fallback(a: torch.Tensor, b: torch.Tensor, p0: int, p1: int, d: torch.Tensor = d) -> torch.Tensor:
+                fb = (a[:, p0:p1].unsqueeze(2) + a.unsqueeze(1)) - (b[:, p0:p1].unsqueeze(2) + b.unsqueeze(1))
+                return torch.where(d[:, p0:p1].unsqueeze(2) & d.unsqueeze(1), fb, neg_inf)
+
+            fval, fpos = _best_pair(fallback, alpha[r : r + 1], beta[r : r + 1], pair_chunk, largest=True)
+            pos[r] = fpos[0] if torch.isfinite(fval[0]) else -1
         first = torch.where(pos >= 0, pos // n, pos)
         return first, pos.remainder(n)
+
+
+def _best_pair(score: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor], a: torch.Tensor,
+               b: torch.Tensor, budget: int, *, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``a``/``b`` (rows, n): the smallest (``largest``: greatest) entry of the pair map
+    ``score`` over p != q and its flat position ``p * n + q``, with at most about ``budget`` pair
+    entries in memory at once: whole rows at a time while an n x n map fits, else blocks of p for
+    one row (a 64 x 64 RGB image has 12288**2 pairs, 600 MB per map). The diagonal scores 0 for a
+    minimum and ``-inf`` for a maximum; ties go to the first position, as one ``min`` over the map."""
+    rows, n = a.shape
+    per_row = max(1, budget // (n * n))
+    block = n if n * n <= budget else max(1, budget // n)
+    fill = float("-inf") if largest else 0.0
+    best_val = torch.full((rows,), fill if largest else float("inf"), device=a.device, dtype=a.dtype)
+    best_pos = torch.zeros(rows, dtype=torch.long, device=a.device)
+    for s in range(0, rows, per_row):
+        ar, br = a[s : s + per_row], b[s : s + per_row]
+        for p0 in range(0, n, block):
+            p1 = min(n, p0 + block)
+            sc = score(ar, br, p0, p1)
+            i = torch.arange(p1 - p0, device=a.device)
+            sc[:, i, p0 + i] = fill
+            flat = sc.flatten(1)
+            val, pos = flat.max(dim=1) if largest else flat.min(dim=1)
+            old = best_val[s : s + per_row]
+            take = val > old if largest else val < old
+            if p0 == 0:  # the first block decides ties against the initial value
+                take = torch.ones_like(take)
+            best_val[s : s + per_row] = torch.where(take, val, old)
+            best_pos[s : s + per_row] = torch.where(take, pos + p0 * n, best_pos[s : s + per_row])
+    return best_val, best_pos
 
 
 class ArtJSMA(ArtAttack):

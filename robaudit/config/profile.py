@@ -21,7 +21,7 @@ Format (see the README section "Audits, profiles and gates" for a commented exam
     defences: [[]]              # stacks; [] is the undefended model; or {combinations_of: [ss, jpeg]}
     threat_models: [adaptive]   # adaptive (attack the defended model, BPDA/EOT), transfer, or both
     defence_params: {}          # {ss: {window: 3}, jpeg: {quality: 75}, tvm: {...}}
-    eot_samples: 1              # draws averaged per gradient against randomised stacks (tvm)
+    eot_samples: 4              # draws averaged per gradient against randomised stacks (tvm)
     clever: null                # {inputs, batches, batch_size, radius, norm}
     detect: null                # {costs, attacks, craft, squeeze, max_iter, samples, fpr}
     gates: ["pgd untargeted success_rate <= 0.3", "clean_accuracy >= 0.95"]
@@ -53,6 +53,8 @@ KNOWN_DEFENCES: dict[str, str] = {
 """Defence names a profile may use (each a preprocessor of :mod:`robaudit.defences`)."""
 
 THREAT_MODELS = ("adaptive", "transfer")
+DEFAULT_EOT_SAMPLES = 4
+"""EOT draws per gradient against randomised stacks when a profile or ``defend eval`` does not say."""
 """``adaptive``: the attack runs against the defended model (BPDA through non-differentiable steps,
 EOT over randomised ones); ``transfer``: examples crafted on the undefended model, then defended."""
 
@@ -140,8 +142,10 @@ class Profile:
     """Threat models under which defended stacks are attacked (the undefended stack runs once)."""
     defence_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-defence parameter overrides, validated against each preprocessor's ``Params``."""
-    eot_samples: int = 1
-    """Expectation over transformation: draws averaged per gradient against a randomised stack."""
+    eot_samples: int = DEFAULT_EOT_SAMPLES
+    """Expectation over transformation: draws averaged per gradient against a randomised stack
+    (:data:`DEFAULT_EOT_SAMPLES`, the same as ``defend eval``'s, so a profile and the CLI give the
+    same rows)."""
     clever: CleverSpec | None = None
     detect: DetectSpec | None = None
     gates: tuple[str, ...] = ()
@@ -323,7 +327,7 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
     defences = _defences(ctx, raw.get("defences", [[]]))
     threat_models = _threat_models(ctx, raw.get("threat_models", ["adaptive"]))
     defence_params = _defence_params(ctx, raw.get("defence_params", {}))
-    eot_samples = _int(ctx, "eot_samples", raw.get("eot_samples", 1), 1, 1000)
+    eot_samples = _int(ctx, "eot_samples", raw.get("eot_samples", DEFAULT_EOT_SAMPLES), 1, 1000)
     assert eot_samples is not None
     clever = _clever(ctx, raw.get("clever"), samples)
     detect = _detect(ctx, raw.get("detect"), backend)
@@ -389,9 +393,10 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
         value = {v: {} for v in value}
     if not isinstance(value, dict):
         raise ctx.fail(prefix, f"must be a mapping LABEL: {{parameters}}, got {type(value).__name__}")
-    from robaudit.report.gates import DETECT_METRICS, REPORT_METRICS, ROW_METRICS, TARGET_WORDS
+    from robaudit.report.gates import DETECT_METRICS, REPORT_METRICS, ROW_METRICS, TARGET_WORDS, THREAT_WORDS
 
-    reserved = set(TARGET_WORDS) | {"all"} | set(ROW_METRICS) | set(DETECT_METRICS) | set(REPORT_METRICS)
+    reserved = (set(TARGET_WORDS) | set(THREAT_WORDS) | {"all"} | set(ROW_METRICS) | set(DETECT_METRICS)
+                | set(REPORT_METRICS))
     out = []
     seen: dict[str, str] = {}
     for label, spec in value.items():

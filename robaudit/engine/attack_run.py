@@ -149,7 +149,7 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
         "l0_mean": summarize(dist.l0[success])["mean"],
         "seconds": out.seconds, "seconds_per_image": out.seconds / n,
         "forward_passes_per_image": out.forward_passes / n, "backward_passes_per_image": out.backward_passes / n,
-        **nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted,
+        **nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted, "no_start": out.no_start,
     })
     if examples is not None and plan.examples > 0:
         from robaudit.engine.cells import example_records

@@ -345,15 +345,35 @@ class StackContexts:
             ctx = self._defended(stack)
             model = ctx.model
             describe = getattr(getattr(model, "stack", None), "describe", None)
+            preprocessors = describe() if callable(describe) else []
+            randomized = bool(getattr(getattr(model, "stack", None), "randomized", False))
             out.append({
                 "defences": list(stack), "clean_accuracy": ctx.evalset.clean_accuracy,
                 "clean_accuracy_change": ctx.evalset.clean_accuracy - base_acc,
                 "n_selected": ctx.evalset.n_selected, "n_correct": ctx.evalset.n,
-                "randomized": bool(getattr(getattr(model, "stack", None), "randomized", False)),
-                "eot_samples": self.base.profile.eot_samples if stack else None,
-                "preprocessors": describe() if callable(describe) else [],
+                "randomized": randomized,
+                "eot_samples": self.base.profile.eot_samples if randomized else None,
+                "adaptive_gradient": adaptive_gradient(preprocessors, randomized, self.base.profile.eot_samples,
+                                                       self.base.profile.threat_models) if stack else None,
+                "preprocessors": preprocessors,
             })
         return out
+
+
+def adaptive_gradient(preprocessors: list[dict[str, Any]], randomized: bool, eot_samples: int,
+                      threat_models: tuple[str, ...]) -> str:
+    """How adaptive attacks take gradients through a stack, in words: ``"BPDA (jpeg, tvm), EOT 4"``."""
+    if "adaptive" not in threat_models:
+        return "none (transfer only)"
+    bpda = [str(p.get("name")) for p in preprocessors if p.get("gradient") == "bpda"]
+    zero = [str(p.get("name")) for p in preprocessors if p.get("gradient") == "zero"]
+    parts = [f"BPDA ({', '.join(bpda)})"] if bpda else []
+    parts += [f"zero ({', '.join(zero)})"] if zero else []
+    if not parts:
+        parts = ["autograd"]
+    if randomized:
+        parts.append(f"EOT {eot_samples}")
+    return ", ".join(parts)
 
 
 def strip_timing(report: dict[str, Any]) -> dict[str, Any]:

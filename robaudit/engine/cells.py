@@ -193,7 +193,10 @@ def to_png_b64(img: np.ndarray) -> str:
 
 
 def example_record(x: torch.Tensor, x_adv: torch.Tensor, clip: tuple[float, float], position: int,
-                   index: int, label: int, pred_adv: int, target: int | None, success: bool) -> dict[str, Any]:
+                   index: int, label: int, pred_adv: int, target: int | None, success: bool,
+                   clean_wrong: bool = False) -> dict[str, Any]:
+    """One kept example; ``clean_wrong``: the random draw that judged it misclassified the clean input,
+    so it does not count as a success whatever it is classified as (recorded only when true)."""
     lo, hi = clip
     span = hi - lo
     clean = (x.double().numpy() - lo) / span
@@ -203,18 +206,20 @@ def example_record(x: torch.Tensor, x_adv: torch.Tensor, clip: tuple[float, floa
     shown = 0.5 + 0.5 * delta / scale if scale > 0 else np.full_like(delta, 0.5)
     return {"position": position, "index": index, "label": label, "pred_adv": pred_adv, "target": target,
             "success": success, "delta_linf": scale * span, "clean_png": to_png_b64(clean),
-            "adv_png": to_png_b64(adv), "delta_png": to_png_b64(shown)}
+            "adv_png": to_png_b64(adv), "delta_png": to_png_b64(shown),
+            **({"clean_misclassified_on_draw": True} if clean_wrong else {})}
 
 
 def example_records(x: torch.Tensor, x_adv: torch.Tensor, clip: tuple[float, float], start: int, keep: int,
                     indices: Any, y: torch.Tensor, preds: torch.Tensor, targets: torch.Tensor | None,
-                    success: torch.Tensor) -> list[dict[str, Any]]:
+                    success: torch.Tensor, clean_ok: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """:func:`example_record` of every input of a chunk (``x`` holds evaluation-set positions
     ``start``, ``start + 1``, ...) whose position is below ``keep``: the first ``keep`` examples of a
     cell, wherever its chunks split. ``indices``: dataset index per evaluation-set position."""
     return [example_record(x[pos - start], x_adv[pos - start].cpu(), clip, pos, int(indices[pos]),
                            int(y[pos - start]), int(preds[pos - start]),
-                           None if targets is None else int(targets[pos - start]), bool(success[pos - start]))
+                           None if targets is None else int(targets[pos - start]), bool(success[pos - start]),
+                           clean_ok is not None and not bool(clean_ok[pos - start]))
             for pos in range(start, min(start + x.shape[0], keep))]
 
 
@@ -411,7 +416,8 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
             assert judged is not None
             logits = judged
         seconds, fwd, bwd = out.seconds, out.forward_passes, out.backward_passes
-        nonfinite = {**nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted}
+        nonfinite = {**nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted,
+                     "no_start": out.no_start}
     if x_adv.shape != x.shape:
         raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     dist = perturbation_norms(x, x_adv)
@@ -422,7 +428,7 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
         clean_wrong = int((~clean_ok).sum())
         success &= clean_ok
     examples = example_records(x, x_adv, model.clip, lo, profile.examples, evalset.indices, y, logits.argmax(dim=1),
-                               targets, success)
+                               targets, success, clean_ok)
     return {"chunk": chunk, "n": hi - lo, "success": [bool(s) for s in success.tolist()],
             "l2": dist.l2.tolist(), "linf": dist.linf.tolist(), "l0": dist.l0.tolist(),
             "seconds": seconds, "forward": fwd, "backward": bwd, **nonfinite,
@@ -523,7 +529,8 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
         "seconds": seconds, "seconds_per_image": seconds / n,
         "forward_passes_per_image": fwd / n, "backward_passes_per_image": bwd / n,
         **{k: sum(int(c.get(k, 0)) for c in chunks) for k in ("nonfinite_logits", "nonfinite_grads",
-                                                              "nonfinite_examples", "search_exhausted")},
+                                                              "nonfinite_examples", "search_exhausted",
+                                                              "no_start")},
     })
     notes = [n for c in chunks for n in c.get("notes", [])]
     clean_wrong = sum(int(c.get("clean_wrong_on_judging_draw", 0)) for c in chunks)

@@ -10,7 +10,9 @@ A gate is one line, ``[SELECTOR ...] METRIC OP VALUE``, for example::
 
 Selectors are attack labels or names (``pgd``: every cell that runs PGD, whatever its label;
 ``label=pgd``: the cells labelled ``pgd`` only), target settings (``untargeted``, ``least-likely``,
-``next-class``) and ``defences=none`` / ``defences=ss+jpeg``. A gate on a group holds when it holds
+``next-class``), ``defences=none`` / ``defences=ss+jpeg`` (or ``ss,jpeg``) and the threat model
+of the defended cells (``adaptive`` or ``transfer``, also ``threat=...``; the undefended cells have
+none: ``defences=none`` picks them). A gate on a group holds when it holds
 for every matching cell; the reported value is the worst one. Cells that did not run (status
 ``unsupported`` or ``skipped``) are left out of groups.
 
@@ -180,10 +182,27 @@ def _defence_key(row: dict[str, Any]) -> str:
     return "+".join(row.get("defences") or []) or "none"
 
 
+THREAT_WORDS = ("adaptive", "transfer")
+"""Selector words that pick a threat model (``threat=adaptive`` too)."""
+
+
+def _stack_key(text: str) -> str:
+    """A ``defences=`` selector's stack as ``_defence_key`` writes it: ``ss,jpeg`` -> ``ss+jpeg``."""
+    return "+".join(p.strip() for p in text.replace(",", "+").split("+") if p.strip()) or "none"
+
+
+def _threat(selector: str) -> str | None:
+    s = selector.lower()
+    s = s.split("=", 1)[1] if s.startswith("threat=") else s
+    return s if s in THREAT_WORDS else None
+
+
 def selector_matches(selector: str, row: dict[str, Any]) -> bool:
     s = selector.lower()
     if s.startswith(("defences=", "defence=", "defenses=", "defense=")):
-        return s.split("=", 1)[1] == _defence_key(row)
+        return _stack_key(s.split("=", 1)[1]) == _defence_key(row)
+    if _threat(s) is not None:
+        return row.get("threat_model") == _threat(s)
     if s in _TARGET_ALIASES:
         return row.get("target") == _TARGET_ALIASES[s]
     if s.startswith("label="):  # the label alone: `pgd` also selects every other label that runs PGD
@@ -202,8 +221,10 @@ def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: se
     known_words = {w.lower() for w in labels | attacks} | set(_TARGET_ALIASES)
     for s in gate.selectors:
         low = s.lower()
-        if low.startswith(("defences=", "defence=", "defenses=", "defense=")):
+        if low.startswith(("defences=", "defence=", "defenses=", "defense=")) or _threat(low) is not None:
             continue
+        if low.startswith("threat="):
+            raise ConfigError(f"gate {gate.text!r}: {s!r}: the threat model is adaptive or transfer")
         if low.startswith("label="):
             if low.split("=", 1)[1] not in {w.lower() for w in labels}:
                 raise ConfigError(f"gate {gate.text!r}: {s!r} names no attack label here "
@@ -301,7 +322,10 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
         labels = {str(r.get("label", r.get("attack"))) for r in rows} | {str(r.get("attack")) for r in rows}
         targets = {str(r.get("target")) for r in rows}
         check_selectors(gate, labels, set(), targets)
-        raise ConfigError(f"gate {gate.text!r} matches no cell of the report")
+        stacks = sorted({_defence_key(r) for r in rows})
+        threats = sorted({str(r.get("threat_model")) for r in rows if r.get("defences")})
+        raise ConfigError(f"gate {gate.text!r} matches no cell of the report (its stacks: {', '.join(stacks)}"
+                          + (f"; threat models of the defended cells: {', '.join(threats)})" if threats else ")"))
     if gate.metric == "robust_accuracy" and not any(r.get("target") == "untargeted" for r in matched):
         raise _no_untargeted(gate)  # a mis-written gate, like a selector that matches nothing
     ran = [r for r in matched if r.get("status") == "ok"]

@@ -6,7 +6,7 @@ from html import escape
 from typing import Any
 
 from robaudit.report.clever_render import clever_html
-from robaudit.report.render import COLUMNS, _behind_stacks, _cells, _defence_cells, report_warnings, stack_label
+from robaudit.report.render import COLUMNS, DEFENCE_HEADERS, _behind_stacks, _cells, _defence_cells, report_warnings, stack_label
 from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
@@ -53,7 +53,9 @@ def example_grid(entry: dict[str, Any]) -> str:
     kinds = (("clean", "clean_png", lambda s: f"label {s.get('label')}"),
              ("adversarial", "adv_png",
               lambda s: f"pred {s.get('pred_adv')}" + (f" (target {s['target']})" if s.get("target") is not None else "")
-              + (" ✓" if s.get("success") else " ✗")),
+              + (" ✓" if s.get("success") else " ✗")
+              + (" (the judging draw misclassified the clean input: not counted)"
+                 if s.get("clean_misclassified_on_draw") else "")),
              ("perturbation", "delta_png", lambda s: f"Linf {s.get('delta_linf', 0):.3g}"))
     body = []
     for name, key, caption in kinds:
@@ -94,7 +96,7 @@ def defences_html(report: dict[str, Any]) -> str:
                          {(lab, "clean accuracy"): e.get("clean_accuracy") for lab, e in zip(labels, entries)},
                          y_max=1.0, percent=True, y_label="clean accuracy")
     head = "".join(f'<th class="{"l" if i == 0 else ""}">{h}</th>' for i, h in enumerate(
-        ("defence", "clean accuracy", "change", "correct / sampled", "randomised")))
+        DEFENCE_HEADERS))
     rows = "".join("<tr>" + "".join(f'<td class="{"l" if i == 0 else ""}">{escape(c)}</td>'
                                     for i, c in enumerate(_defence_cells(e))) + "</tr>" for e in entries)
     return (f'<h2>Defence stacks</h2><div class="charts">{chart}</div><table><tr>{head}</tr>{rows}</table>')

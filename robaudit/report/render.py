@@ -125,11 +125,14 @@ def defences_table(report: dict[str, Any]) -> Table | None:
     if not entries:
         return None
     table = Table(title="Defence stacks: clean accuracy on the sampled inputs", title_justify="left")
-    for header in ("defence", "clean accuracy", "change", "correct / sampled", "randomised"):
+    for header in DEFENCE_HEADERS:
         table.add_column(header, justify="left" if header == "defence" else "right")
     for e in entries:
         table.add_row(*_defence_cells(e))
     return table
+
+
+DEFENCE_HEADERS = ("defence", "clean accuracy", "change", "correct / sampled", "randomised", "adaptive gradient")
 
 
 def _defence_cells(e: dict[str, Any]) -> list[str]:
@@ -137,7 +140,8 @@ def _defence_cells(e: dict[str, Any]) -> list[str]:
     return [stack_label(e.get("defences") or []), f"{100 * float(e.get('clean_accuracy', 0.0)):.1f}%",
             "-" if not e.get("defences") else f"{100 * float(change or 0.0):+.1f} pts",
             f"{e.get('n_correct')} / {e.get('n_selected')}",
-            (f"yes (EOT {e.get('eot_samples')})" if e.get("randomized") else "no")]
+            "yes" if e.get("randomized") else "no",
+            e.get("adaptive_gradient") or ("-" if not e.get("defences") else "")]
 
 
 def defences_markdown(report: dict[str, Any]) -> str:
@@ -145,7 +149,7 @@ def defences_markdown(report: dict[str, Any]) -> str:
     if not entries:
         return ""
     lines = ["", "**Defence stacks**: clean accuracy on the sampled inputs", "",
-             "| defence | clean accuracy | change | correct / sampled | randomised |", "|---|---|---|---|---|"]
+             "| " + " | ".join(DEFENCE_HEADERS) + " |", "|" + "---|" * len(DEFENCE_HEADERS)]
     lines += ["| " + " | ".join(md_text(c) for c in _defence_cells(e)) + " |" for e in entries]
     return "\n".join(lines) + "\n"
 

@@ -51,7 +51,7 @@ def evaluation_warnings(rows: Sequence[Row], black_box: Callable[[Row], bool] | 
     ok = [r for r in rows if r.get("status") == "ok" and r.get("n") and r.get("success_rate") is not None]
     is_bb = black_box or registry_black_box
     return [*nonfinite_warnings(ok), *black_box_warnings(ok, is_bb), *eps_monotonicity_warnings(ok),
-            *convergence_warnings(ok), *exhausted_search_warnings(ok)]
+            *convergence_warnings(ok), *exhausted_search_warnings(ok), *no_start_warnings(ok)]
 
 
 def exhausted_search_warnings(rows: Sequence[Row]) -> list[str]:
@@ -65,6 +65,22 @@ def exhausted_search_warnings(rows: Sequence[Row]) -> list[str]:
             out.append(f"under-budgeted attack: {row_name(r)}: {k} of {r.get('n')} inputs got no adversarial "
                        "example while the search was still raising its constant c when the rounds ran out; "
                        "raise binary_search_steps or initial_const (the failures measure the budget, not the model)")
+    return out
+
+
+def no_start_warnings(rows: Sequence[Row]) -> list[str]:
+    """Rows of a decision-based attack (HopSkipJump) that found no adversarial starting point for some
+    inputs: those were never attacked, so their failures say nothing about the model."""
+    out = []
+    for r in rows:
+        k = int(r.get("no_start") or 0)
+        if k:
+            targeted = r.get("target") not in (None, "untargeted")
+            how = ("no input of the target class was in its batch and no noise draw was classified as the "
+                   "target; use a larger --batch-size so that each target class appears, or raise init_size"
+                   if targeted else "no noise draw was misclassified; raise init_size")
+            out.append(f"unattacked inputs: {row_name(r)}: {k} of {r.get('n')} inputs got no adversarial starting "
+                       f"point and were returned unchanged, counted as failures ({how})")
     return out
 
 
