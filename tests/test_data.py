@@ -472,6 +472,8 @@ def _mixed_folder(root: Path) -> dict[str, np.ndarray]:
 
 def test_folder_mixed_modes(tmp_path: Path) -> None:
     want = _mixed_folder(tmp_path)
+    (tmp_path / "README.md").write_text("not data")
+    (tmp_path / ".DS_Store").write_bytes(b"hidden: skipped without a word")
     d = load_dataset(tmp_path)
     assert d.format == "folder" and d.layout_in == "NHWC"
     assert d.x.shape == (10, 3, 6, 8) and d.class_names == ("a_ant", "b_cat", "c_dog")
@@ -488,7 +490,8 @@ def test_folder_mixed_modes(tmp_path: Path) -> None:
     notes = " | ".join(d.notes)
     assert "skipped 1 unreadable images (first: c_dog/broken.png" in notes
     assert "dropped the alpha channel of 1 images" in notes
-    assert "scaled 1 16-bit images" in notes and "ignored 1 non-image" in notes
+    assert "scaled 1 16-bit images" in notes and "ignored 1 non-image entries in the class folders" in notes
+    assert "ignored 1 file beside the class folders" in notes  # QA: the README was skipped silently
     assert len(d.sha256) == 64 and load_dataset(tmp_path).sha256 == d.sha256
 
 

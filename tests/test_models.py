@@ -440,6 +440,18 @@ def test_onnx_fixed_input_shape_checked_against_data(tmp_path: Path) -> None:
         load_model(path, device="cpu", data_shape=(3, 4, 4))
 
 
+def test_onnx_fixed_batch_refusal_names_the_graph_input(tmp_path: Path) -> None:
+    """QA: the re-export hint named an input 'input' whatever the graph's input was called."""
+    path = tmp_path / "fixed8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TinyNet().eval(), (torch.zeros(8, *SHAPE),), str(path), dynamo=False, opset_version=17,
+                          input_names=["pixels"], output_names=["logits"])
+    with pytest.raises(ModelLoadError, match=r"fixed batch size of 8; .*input_names=\['pixels'\], "
+                                             r"dynamic_axes=\{'pixels': \{0: 'batch'\}\}"):
+        load_model(path, device="cpu")
+
+
 # ----------------------------------------------------------------------------- normalisation, options
 
 

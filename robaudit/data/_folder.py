@@ -111,6 +111,8 @@ def class_labels(names: list[str]) -> tuple[list[int], tuple[str, ...], str]:
 
 def load_folder(root: Path, opts: Options) -> Raw:
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    # files beside the class folders (a README, say) are not data, but the notes say so
+    loose = sum(1 for f in root.iterdir() if not f.is_dir() and not f.name.startswith("."))
     labels, class_names, label_note = class_labels([d.name for d in class_dirs])
     files: list[tuple[Path, int]] = []
     ignored = 0
@@ -196,7 +198,10 @@ def load_folder(root: Path, opts: Options) -> Raw:
     if corrupt:
         notes.append(f"skipped {len(corrupt)} unreadable images (first: {corrupt[0][0]}: {corrupt[0][1]})")
     if ignored:
-        notes.append(f"ignored {ignored} non-image entries")
+        notes.append(f"ignored {ignored} non-image entries in the class folders")
+    if loose:
+        notes.append(f"ignored {loose} file{'s' if loose > 1 else ''} beside the class folders (only images inside "
+                     "a class folder are data)")
     if empty:
         notes.append(f"class folders without images: {', '.join(empty)}")
     return Raw(

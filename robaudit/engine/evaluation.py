@@ -81,7 +81,8 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
         raise DataLoadError(
             f"the model classifies none of the {x.shape[0]} sampled inputs correctly: nothing to attack "
             + (f"({misfit}: the data does not fit the model)" if misfit else
-               f"(check --mean/--std, --layout and that the labels match the model){label_hint(data)}"))
+               f"(check --mean/--std, --layout, that the image size is the one the model was trained on "
+               f"and that the labels match the model){label_hint(data)}"))
     classes = int(logits.shape[1])
     if misfit and x.shape[0] >= classes and n_correct <= x.shape[0] / classes:
         raise DataLoadError(

@@ -466,7 +466,7 @@ def _onnx_input_shape(
     if n is not None and n != 1:
         raise ModelLoadError(
             f"{path} has a fixed batch size of {n}; re-export it with a dynamic batch axis "
-            "(dynamic_axes={'input': {0: 'batch'}})"
+            f"(torch.onnx.export(..., input_names=[{g.input_name!r}], dynamic_axes={{{g.input_name!r}: {{0: 'batch'}}}}))"
         )
     shape: list[int] = []
     for i, d in enumerate(chw):
