@@ -126,6 +126,18 @@ def test_table_counts_warnings_already_shown_instead_of_repeating_them():
     assert "(1 warning printed above during the run; the report's `warnings` holds them all)" in seen
 
 
+def test_example_grids_name_the_classes_where_the_data_does():
+    """QA: a folder of cat/dog/zebra images showed `label 0`, `pred 2` in the HTML grids."""
+    from robaudit.report.html import example_grid
+
+    sample = {"index": 7, "label": 0, "pred_adv": 2, "target": 2, "success": True, "delta_linf": 0.1,
+              "clean_png": "AA==", "adv_png": "AA==", "delta_png": "AA=="}
+    entry = {"label": "pgd", "target": "next-class", "samples": [sample]}
+    named = example_grid(entry, ["cat", "dog", "zebra"])
+    assert "label 0 (cat)" in named and "pred 2 (zebra) (target 2 (zebra)) ✓" in named
+    assert "label 0<" in example_grid(entry) and "(cat)" not in example_grid(entry)
+
+
 def test_diff_finds_regressions():
     old = _report(copy.deepcopy(ROWS))
     new = _report(copy.deepcopy(ROWS), clean=0.97)
@@ -532,3 +544,29 @@ def test_label_selector_gates_one_label_of_an_attack_run_twice():
 
     with pytest.raises(ConfigError, match="'label=fgsm' names no attack label here"):
         check_selectors(parse_gate("label=fgsm success_rate <= 0.3"), {"pgd", "pgd-l2"}, {"pgd"}, {"untargeted"})
+
+
+def test_folder_class_names_reach_the_report_and_its_example_grids(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from .conftest import DEMO, robaudit_cli
+
+    with np.load(DEMO / "mnist_demo.npz", allow_pickle=False) as d:
+        pick = np.concatenate([np.flatnonzero(d["y"] == k)[:3] for k in range(10)])
+        x, y = d["x"][pick], d["y"][pick]
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for i, (img, label) in enumerate(zip(x, y)):
+        folder = tmp_path / "digits" / f"{int(label)}_{names[int(label)]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(img).reshape(28, 28).astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "r.json"
+    res = robaudit_cli("attack", "demo:mnist", "--data", str(tmp_path / "digits"), "--attack", "fgsm", "--eps", "0.3",
+                       "-q", "--format", "json", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert sorted(set(y.tolist())) == list(range(10))  # every class present: label k is folder k_name
+    assert report["data"]["class_names"] == [f"{k}_{n}" for k, n in enumerate(names)]
+    html = robaudit_cli("report", str(out), "--format", "html")
+    first = report["examples"][0]["samples"][0]["label"]
+    assert html.returncode == 0 and f"label {first} ({first}_{names[first]})" in html.stdout

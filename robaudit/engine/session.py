@@ -51,6 +51,7 @@ class Inputs:
             "n_selected": evalset.n_selected, "n_evaluated": evalset.n,
             "n_dropped_misclassified": evalset.n_dropped, "clean_accuracy": evalset.clean_accuracy,
             "notes": list(data.notes),
+            **({"class_names": list(data.class_names)} if data.class_names else {}),
         }
 
 

@@ -47,12 +47,18 @@ def _img(b64: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{b64}" alt="{escape(alt)}">'
 
 
-def example_grid(entry: dict[str, Any]) -> str:
+def example_grid(entry: dict[str, Any], class_names: list[str] | None = None) -> str:
     samples = entry.get("samples", [])
     head = "".join(f"<th>#{s.get('index')}</th>" for s in samples)
-    kinds = (("clean", "clean_png", lambda s: f"label {s.get('label')}"),
+
+    def cls(k: Any) -> str:  # "3", or "3 (cat)" where the data names its classes
+        names = class_names or []
+        return f"{k} ({names[k]})" if isinstance(k, int) and 0 <= k < len(names) else str(k)
+
+    kinds = (("clean", "clean_png", lambda s: f"label {cls(s.get('label'))}"),
              ("adversarial", "adv_png",
-              lambda s: f"pred {s.get('pred_adv')}" + (f" (target {s['target']})" if s.get("target") is not None else "")
+              lambda s: f"pred {cls(s.get('pred_adv'))}"
+              + (f" (target {cls(s['target'])})" if s.get("target") is not None else "")
               + (" ✓" if s.get("success") else " ✗")
               + (" (the judging draw misclassified the clean input: not counted)"
                  if s.get("clean_misclassified_on_draw") else "")),
@@ -181,6 +187,7 @@ def report_html(report: dict[str, Any]) -> str:
     if examples:
         parts.append("<h2>Examples</h2><p>The first correctly classified inputs of the evaluation set; the "
                      "perturbation is scaled to its own Linf (grey = 0).</p>")
-        parts.extend(example_grid(e) for e in examples)
+        names = (report.get("data") or {}).get("class_names")
+        parts.extend(example_grid(e, names) for e in examples)
     parts.append("</body></html>\n")
     return "".join(parts)
