@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -550,7 +551,7 @@ def test_folder_class_names_reach_the_report_and_its_example_grids(tmp_path: Pat
     import numpy as np
     from PIL import Image
 
-    from .conftest import DEMO, robaudit_cli
+    from .conftest import DEMO
 
     with np.load(DEMO / "mnist_demo.npz", allow_pickle=False) as d:
         pick = np.concatenate([np.flatnonzero(d["y"] == k)[:3] for k in range(10)])
