@@ -122,15 +122,20 @@ def mnist_same_masks(art_tvm_cls, dev: torch.device, seed: int, n: int = 300) ->
     print("```\n")
 
 
+def art_masks(x_nhwc: np.ndarray, seed: int) -> torch.Tensor:
+    """The keep-masks ART's TotalVarMin (prob 0.3) draws on ``x_nhwc`` after ``np.random.seed(seed)``,
+    replayed: one ``np.random.rand(H, W, C) < prob`` per image, in order; NCHW."""
+    np.random.seed(seed)
+    return nchw(np.stack([(np.random.rand(*img.shape) < 0.3) for img in x_nhwc]).astype(np.float32))
+
+
 class ArtTvmRun:
-    """ART's TotalVarMin (defaults) on channels-last ``x_nhwc`` and the masks it drew, replayed from
-    numpy's seed (ART draws ``np.random.rand(H, W, C) < prob`` per image, in order)."""
+    """ART's TotalVarMin (defaults) on channels-last ``x_nhwc`` and the masks it drew."""
 
     def __init__(self, art_tvm_cls, x_nhwc: np.ndarray, seed: int) -> None:
         np.random.seed(seed)
         self.out = nchw(art_tvm_cls(clip_values=(0.0, 1.0))(x_nhwc)[0])
-        np.random.seed(seed)
-        self.mask = nchw(np.stack([(np.random.rand(*img.shape) < 0.3) for img in x_nhwc]).astype(np.float32))
+        self.mask = art_masks(x_nhwc, seed)
 
 
 def main() -> int:
@@ -193,10 +198,7 @@ def main() -> int:
     (a_wall, a_cpu), (o_wall, o_cpu) = tvm_pairs.best("art"), tvm_pairs.best("ours")
     art_out_nhwc, ours_out = tvm_pairs.art_out, tvm_pairs.ours_out
     art_out = nchw(art_out_nhwc)
-    # ART's masks, replayed: one np.random.rand(H, W, C) per image, in order
-    np.random.seed(args.seed)
-    art_masks = np.stack([(np.random.rand(*img.shape) < 0.3) for img in x_nhwc]).astype(np.float32)
-    mask = nchw(art_masks)
+    mask = art_masks(x_nhwc, args.seed)
     same_wall, _, ours_same = best_time(lambda: ours_tvm.solve(x_dev, mask.to(dev)).clamp(0, 1).cpu(), 1)
 
     print("## Total variance minimisation (prob 0.3, norm 2, lamb 0.5, L-BFGS, max_iter 10)\n")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Collection
 from enum import Enum
 from pathlib import Path
-from collections.abc import Collection
 from typing import Annotated, Any, Optional
 
 import typer

@@ -22,7 +22,6 @@ from robaudit.consoles import stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError, DataLoadError
 
-
 defend_app = typer.Typer(
     name="defend",
     help="Pre-processing defences (spatial smoothing, JPEG, TVM and their stacks) and adversarial training.",

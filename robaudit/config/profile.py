@@ -53,10 +53,10 @@ KNOWN_DEFENCES: dict[str, str] = {
 """Defence names a profile may use (each a preprocessor of :mod:`robaudit.defences`)."""
 
 THREAT_MODELS = ("adaptive", "transfer")
-DEFAULT_EOT_SAMPLES = 4
-"""EOT draws per gradient against randomised stacks when a profile or ``defend eval`` does not say."""
 """``adaptive``: the attack runs against the defended model (BPDA through non-differentiable steps,
 EOT over randomised ones); ``transfer``: examples crafted on the undefended model, then defended."""
+DEFAULT_EOT_SAMPLES = 4
+"""EOT draws per gradient against randomised stacks when a profile or ``defend eval`` does not say."""
 
 DETECT_COSTS = ("bim-linf", "bim-l2", "jsma", "boundary")
 DETECT_CRAFT = ("early", "full")

@@ -149,7 +149,7 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
         "l0_mean": summarize(dist.l0[success])["mean"],
         "seconds": out.seconds, "seconds_per_image": out.seconds / n,
         "forward_passes_per_image": out.forward_passes / n, "backward_passes_per_image": out.backward_passes / n,
-        **nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted, "no_start": out.no_start,
+        **outcome_counts(out, logits),
     })
     if examples is not None and plan.examples > 0:
         from robaudit.engine.cells import example_records
@@ -159,6 +159,16 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
         examples.append({"cell_id": f"{name.value}/{mode.value}", "label": name.value, "attack": name.value,
                          "target": mode.value, "defences": [], "samples": samples})
     return row
+
+
+COUNT_FIELDS = ("nonfinite_logits", "nonfinite_grads", "nonfinite_examples", "search_exhausted", "no_start")
+"""A row's per-input counts of what went wrong inside the attack (summed over a cell's chunks)."""
+
+
+def outcome_counts(out: Any, logits: torch.Tensor) -> dict[str, int]:
+    """Every :data:`COUNT_FIELDS` count of ``out`` (an :class:`~robaudit.attacks.base.AttackOutput`)
+    judged by ``logits``."""
+    return {**nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted, "no_start": out.no_start}
 
 
 def nonfinite_fields(out: Any, logits: torch.Tensor) -> dict[str, int]:

@@ -344,9 +344,10 @@ class StackContexts:
         for stack in stacks:
             ctx = self._defended(stack)
             model = ctx.model
-            describe = getattr(getattr(model, "stack", None), "describe", None)
+            stack_module = getattr(model, "stack", None)
+            describe = getattr(stack_module, "describe", None)
             preprocessors = describe() if callable(describe) else []
-            randomized = bool(getattr(getattr(model, "stack", None), "randomized", False))
+            randomized = bool(getattr(stack_module, "randomized", False))
             out.append({
                 "defences": list(stack), "clean_accuracy": ctx.evalset.clean_accuracy,
                 "clean_accuracy_change": ctx.evalset.clean_accuracy - base_acc,

@@ -366,7 +366,7 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     from robaudit.attacks.registry import AttackName
     from robaudit.attacks.targets import compute_targets
     from robaudit.attacks.base import nonfinite_rows
-    from robaudit.engine.attack_run import _Unsupported, make_attack, nonfinite_fields, verify_bounds
+    from robaudit.engine.attack_run import _Unsupported, make_attack, outcome_counts, verify_bounds
     from robaudit.errors import AttackFailure
     from robaudit.metrics import perturbation_norms
 
@@ -416,8 +416,7 @@ def run_attack_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
             assert judged is not None
             logits = judged
         seconds, fwd, bwd = out.seconds, out.forward_passes, out.backward_passes
-        nonfinite = {**nonfinite_fields(out, logits), "search_exhausted": out.search_exhausted,
-                     "no_start": out.no_start}
+        nonfinite = outcome_counts(out, logits)
     if x_adv.shape != x.shape:
         raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
     dist = perturbation_norms(x, x_adv)
@@ -504,6 +503,7 @@ def cell_chunks(cell: Cell, profile: Profile, evalset_n: int) -> int:
 def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
                     chunks: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Combine the chunk records of a cell into its result row and its examples entry."""
+    from robaudit.engine.attack_run import COUNT_FIELDS
     from robaudit.metrics import summarize
 
     row = base_row(cell, profile)
@@ -528,9 +528,7 @@ def attack_cell_row(cell: Cell, profile: Profile, evalset_n: int, model: Any,
         "l0_mean": summarize(l0[success])["mean"],
         "seconds": seconds, "seconds_per_image": seconds / n,
         "forward_passes_per_image": fwd / n, "backward_passes_per_image": bwd / n,
-        **{k: sum(int(c.get(k, 0)) for c in chunks) for k in ("nonfinite_logits", "nonfinite_grads",
-                                                              "nonfinite_examples", "search_exhausted",
-                                                              "no_start")},
+        **{k: sum(int(c.get(k, 0)) for c in chunks) for k in COUNT_FIELDS},
     })
     notes = [n for c in chunks for n in c.get("notes", [])]
     clean_wrong = sum(int(c.get("clean_wrong_on_judging_draw", 0)) for c in chunks)

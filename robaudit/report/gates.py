@@ -44,6 +44,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from robaudit.config.profile import THREAT_MODELS
 from robaudit.errors import ConfigError
 from robaudit.report.markdown import md_text
 from robaudit.tolerance import bound_slack
@@ -182,7 +183,7 @@ def _defence_key(row: dict[str, Any]) -> str:
     return "+".join(row.get("defences") or []) or "none"
 
 
-THREAT_WORDS = ("adaptive", "transfer")
+THREAT_WORDS = THREAT_MODELS
 """Selector words that pick a threat model (``threat=adaptive`` too)."""
 
 
