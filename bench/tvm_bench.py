@@ -17,6 +17,11 @@ Spatial smoothing and JPEG are timed the same way against ART's ``SpatialSmoothi
 the best time of each side and the median of the per-pair ratios are printed.
 
     OMP_NUM_THREADS=1 python bench/tvm_bench.py -n 200 | tee bench/results/tvm_bench.md
+    OPENBLAS_NUM_THREADS=1 python bench/tvm_bench.py -n 200 --threads 2 | tee bench/results/tvm_bench_2threads.md
+
+With ``--threads 2`` keep numpy's BLAS on one thread: ART's numpy runs in the same process, and
+idle BLAS threads spinning between its calls took a core from ours (measured: ours 0.147 s with
+them, 0.077 s without; ART itself 1.42 s wall and 2.8 CPU s with them, 1.05 s without).
 """
 
 from __future__ import annotations
@@ -174,7 +179,8 @@ def main() -> int:
     print(f"data: {data.relative_to(ROOT)} first {x.shape[0]} images {tuple(x.shape[1:])} (NCHW for ours, "
           f"NHWC for ART); model: {MODEL.relative_to(ROOT) if model else 'none'}")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, {platform.processor() or platform.machine()}, "
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {platform.processor() or platform.machine()}, "
           f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (shared machine)")
     print(f"timings: {args.repeats} runs of each, ART and ours alternating; best of each (wall s / CPU s "
           "of this process) and the median of the per-pair wall ratios")

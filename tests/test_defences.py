@@ -368,6 +368,22 @@ def test_tvm_result_does_not_depend_on_batch(cifar) -> None:
     torch.testing.assert_close(tvm.solve(x[37:39], mask[37:39]), whole[37:39], atol=1e-5, rtol=0)
 
 
+def test_tvm_result_does_not_depend_on_threads(cifar) -> None:
+    """The CPU chunk grows with the torch threads; planes are independent, so the result stays."""
+    x = cifar[0][:40]  # 120 planes: two chunks on one thread, one on two
+    tvm = TotalVarMin()
+    mask = tvm.draw_mask(x.shape, x.device)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = tvm.solve(x, mask)
+        torch.set_num_threads(2)
+        two = tvm.solve(x, mask)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(two, one, atol=1e-5, rtol=0)
+
+
 def test_tvm_comparable_to_art(cifar) -> None:
     """ART's TotalVarMin (fed channels-last, as it assumes) and ours smooth about as much."""
     pytest.importorskip("art")
