@@ -7,6 +7,7 @@ gate failed (each failure printed with metric, threshold and value; reports are 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -215,13 +216,31 @@ def audit_cmd(
     execute_audit(tuple(models), inputs, prof, out, resume, gate, fmt, quiet, workers)
 
 
-def progress_bars(console: Console, quiet: bool) -> Progress:
-    """Transient rich progress bars with elapsed time and ETA, on a terminal only: ``--quiet`` turns
-    them off, and off a terminal (a CI log) rich cannot redraw them, only leave a blank line before
-    the next message."""
+def progress_bars(console: Console, quiet: bool) -> Any:
+    """Transient rich progress bars with elapsed time and ETA on a terminal. Off a terminal (a CI log)
+    rich cannot redraw them: there a :class:`~robaudit.progress_log.LogProgress` prints a plain line
+    every ``ROBAUDIT_PROGRESS_SECONDS`` (30) instead. ``--quiet`` turns both off."""
+    if not quiet and not console.is_terminal:
+        from robaudit.progress_log import LogProgress
+
+        return LogProgress(console)
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
                     disable=quiet or not console.is_terminal, transient=True)
+
+
+def busy(console: Console, text: str, quiet: bool) -> Any:
+    """A spinner with ``text`` on a terminal for work that reports no counts; in a log, a line saying
+    it is still running every ``ROBAUDIT_PROGRESS_SECONDS``; nothing with ``--quiet``."""
+    if quiet:
+        return contextlib.nullcontext()
+    if not console.is_terminal:
+        from robaudit.progress_log import LogProgress
+
+        log = LogProgress(console)
+        log.add_task(text, total=None)
+        return log
+    return console.status(text, spinner="dots")
 
 
 def input_options(data: str, device: str, mean: str | None, std: str | None, clip: str, layout: str | None,

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from robaudit.cli_audit import busy
 from robaudit.consoles import stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
@@ -100,7 +101,7 @@ def fit_cmd(
     job = FitJob(common=common, detector=kind, adversarial=adversarial,
                  attacks=tuple(parse_attack_names(attack)) if attack else (), craft_mode=craft_mode, fpr=fpr,
                  knn_k=5 if k is None else k, ensemble_k=1 if k is None else k, squeeze=squeeze)
-    with _err.status("fitting detector", spinner="dots") if not quiet else _nullcontext():
+    with busy(_err, "fitting detector", quiet):
         dfile, summary = run_fit_job(job, _command())
     path = dfile.save(out)
     for w in summary["fit"].get("warnings", []):
@@ -185,7 +186,7 @@ def eval_cmd(
     attacks = tuple(parse_attack_names(attack))
     job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=_params(param, attacks),
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
-    with _err.status("evaluating", spinner="dots"):
+    with busy(_err, "evaluating", False):
         report = run_eval_job(job, _command())
     path = write_json_atomic(out, report)
     if json_out:
@@ -228,11 +229,3 @@ def print_eval(report: dict[str, Any], console: Console) -> None:
                       "backward passes", highlight=False)
     for w in report.get("warnings", []):
         console.print(f"warning: {w}", highlight=False)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -29,9 +29,10 @@ def shared_dir() -> Path:
     return SHARED
 
 
-def robaudit_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the real console entry point (falls back to ``python -m robaudit``)."""
+def robaudit_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point (falls back to ``python -m robaudit``); ``env`` adds variables."""
     exe = shutil.which("robaudit", path=str(Path(sys.executable).parent))
     cmd = [exe] if exe else [sys.executable, "-m", "robaudit"]
-    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "2", **(env or {})}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
