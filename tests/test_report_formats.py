@@ -116,6 +116,24 @@ def test_every_format_renders():
     assert json.loads(render(report, ReportFormat.json))["gates"][0]["passed"] is False
 
 
+def test_l0_column_appears_when_an_l0_attack_ran():
+    """QA: JSMA's L0 (the distance it minimises) was only in the JSON."""
+    plain = _report(copy.deepcopy(ROWS))
+    jsma = _row("jsma", "untargeted", 0.9, 3.2)
+    jsma.update(norm="l0", eps=None, l0_mean=18.6)
+    with_l0 = _report(copy.deepcopy(ROWS) + [jsma])
+    for fmt in (ReportFormat.table, ReportFormat.markdown, ReportFormat.html):
+        assert "L0 mean" not in render(plain, fmt)
+        assert "L0 mean" in render(with_l0, fmt)
+    md = render(with_l0, ReportFormat.markdown)
+    assert "| jsma | untargeted | min l0 | 10 | 90.0% | 3.2 | 3.2 | 0.1 | 0.1 | 18.6 | 1.0 |" in md
+    assert "| fgsm | untargeted | linf<=0.1 | 10 | 20.0% | 1.5 | 1.5 | 0.1 | 0.1 | 5 | 1.0 |" in md
+    row = [ln for ln in render(with_l0, ReportFormat.table, width=100).splitlines() if "jsma" in ln][0]
+    assert "18.6" in row  # kept in a narrow terminal too
+    html = render(with_l0, ReportFormat.html)
+    assert ">L0 mean</th>" in html and ">18.6</td>" in html
+
+
 def test_table_counts_warnings_already_shown_instead_of_repeating_them():
     """QA: on a terminal every warning was printed twice, once during the run and once under the table."""
     report = _report(copy.deepcopy(ROWS))

@@ -6,7 +6,8 @@ from html import escape
 from typing import Any
 
 from robaudit.report.clever_render import clever_html
-from robaudit.report.render import COLUMNS, DEFENCE_HEADERS, _behind_stacks, _cells, _defence_cells, report_warnings, stack_label
+from robaudit.report.render import (DEFENCE_HEADERS, _behind_stacks, _cells, _defence_cells, attack_columns,
+                                    report_warnings, stack_label)
 from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
@@ -75,16 +76,17 @@ def example_grid(entry: dict[str, Any], class_names: list[str] | None = None) ->
 
 
 def results_html_table(report: dict[str, Any]) -> str:
+    columns = attack_columns(report)
     head = "".join(f'<th class="{"l" if k in ("attack", "target", "budget") else ""}">{escape(h)}</th>'
-                   for k, h in COLUMNS)
+                   for k, h in columns)
     lines = [f"<table><tr><th class=\"l\">defences</th>{head}</tr>"]
     for row in report.get("results", []):
-        cells = _cells(row)
+        cells = _cells(row, columns)
         stack = escape(stack_label(row.get("defences") or [], row.get("threat_model")))
         if row.get("status") != "ok":
             lines.append(f'<tr class="dim"><td class="l">{stack}</td>'
                          + "".join(f'<td class="l">{escape(c)}</td>' for c in cells[:3])
-                         + f'<td class="l" colspan="{len(COLUMNS) - 3}">{escape(cells[3])}</td></tr>')
+                         + f'<td class="l" colspan="{len(columns) - 3}">{escape(cells[3])}</td></tr>')
             continue
         tds = "".join(f'<td class="{"l" if i < 3 else ""}">{escape(c)}</td>' for i, c in enumerate(cells))
         lines.append(f'<tr><td class="l">{stack}</td>{tds}</tr>')

@@ -16,6 +16,16 @@ COLUMNS = (
     ("seconds_per_image", "s/img"), ("passes", "fwd/bwd per img"),
 )
 """(key, header) of the rendered columns; distances are over successful examples."""
+L0_COLUMN = ("l0_mean", "L0 mean")
+"""Mean number of input values changed (successful examples): shown when an L0 attack (JSMA) ran."""
+
+
+def attack_columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """:data:`COLUMNS`, with :data:`L0_COLUMN` after Linf max when a row minimised L0 (JSMA)."""
+    if any(r.get("norm") == "l0" for r in report.get("results", [])):
+        i = [k for k, _ in COLUMNS].index("linf_max") + 1
+        return COLUMNS[:i] + (L0_COLUMN,) + COLUMNS[i:]
+    return COLUMNS
 
 
 def fmt(key: str, value: Any) -> str:
@@ -73,7 +83,8 @@ def has_defences(report: dict[str, Any]) -> bool:
 
 def _columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """The rendered columns: a defence column first when any row ran behind a defence stack."""
-    return ((("defence", "defence"),) + COLUMNS) if has_defences(report) else COLUMNS
+    columns = attack_columns(report)
+    return ((("defence", "defence"),) + columns) if has_defences(report) else columns
 
 
 def _cells(row: dict[str, Any], columns: tuple[tuple[str, str], ...] = COLUMNS) -> list[str]:
@@ -103,7 +114,7 @@ def results_table(report: dict[str, Any], width: int = 200) -> Table:
     reasons = dict.fromkeys(str(r.get("reason")) for r in report.get("results", []) if r.get("status") != "ok")
     table = Table(title=title, title_justify="left", caption="; ".join(reasons) or None, caption_justify="left")
     columns = _columns(report)
-    n_head = 4 if columns is not COLUMNS else 3
+    n_head = 4 if columns[0][0] == "defence" else 3
     keep = [i for i, (key, _) in enumerate(columns) if width >= WIDE_WIDTH or key not in WIDE_ONLY]
     for i in keep:
         key, header = columns[i]
