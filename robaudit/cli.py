@@ -97,17 +97,29 @@ class _ProgressObserver:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.task: Any = None
+        self.cell: Any = None
+        """The running cell's bar: inputs attacked of the cell's inputs."""
+        self.warned: set[str] = set()
+        """Warnings printed during the run (the report's others are printed after it)."""
 
     def plan_started(self, total_cells: int) -> None:
-        self.task = self.progress.add_task("attacks", total=total_cells)
+        self.task = self.progress.add_task("attack cells", total=total_cells, eta=False)
 
     def cell_started(self, label: str) -> None:
-        self.progress.update(self.task, description=label)
+        self.cell = self.progress.add_task(f"  {label}", total=None)
+
+    def inputs_done(self, label: str, done: int, total: int) -> None:
+        if self.cell is not None:
+            self.progress.update(self.cell, total=total, completed=done)
 
     def cell_finished(self, label: str, row: dict[str, Any]) -> None:
+        if self.cell is not None:
+            self.progress.remove_task(self.cell)
+            self.cell = None
         self.progress.advance(self.task)
 
     def warn(self, text: str) -> None:
+        self.warned.add(text)
         self.progress.console.print(f"[yellow]warning:[/yellow] {text}", markup=True, highlight=False)
 
 
@@ -158,17 +170,21 @@ def attack(
     check_writable(out)  # before the attacks run, not after
     command = ["robaudit", *sys.argv[1:]]
     progress = progress_bars(err_console, quiet)
+    observer = _ProgressObserver(progress)
     with progress:
-        report = run_attack_job(job, command, _ProgressObserver(progress),
+        report = run_attack_job(job, command, observer,
                                 checkpoint=lambda partial: write_json_atomic(out, partial))
     path = write_json_atomic(out, report)
-    _print_report(report, fmt)
+    _print_report(report, fmt, observer.warned)
     if fmt is not OutputFormat.json:
         err_console.print(f"report written to {path}", highlight=False)
 
 
-def _print_report(report: dict[str, Any], fmt: OutputFormat) -> None:
-    from robaudit.report.render import results_markdown, results_table
+def _print_report(report: dict[str, Any], fmt: OutputFormat, shown: frozenset[str] | set[str] = frozenset()) -> None:
+    """The report on stdout; with the table, the report's warnings not ``shown`` during the run go to
+    stderr (those of the whole evaluation, e.g. a black-box attack beating the white-box ones, come
+    only at the end)."""
+    from robaudit.report.render import report_warnings, results_markdown, results_table
 
     if fmt is OutputFormat.json:
         import json
@@ -178,9 +194,9 @@ def _print_report(report: dict[str, Any], fmt: OutputFormat) -> None:
         typer.echo(results_markdown(report))
     else:
         out_console.print(results_table(report, width=out_console.width))
-        if out_console.is_terminal:  # repeated under the table on screen; a log already has them once
-            for w in report.get("warnings", []):
-                err_console.print(f"warning: {w}", highlight=False)
+        for w in report_warnings(report):
+            if w not in shown:
+                err_console.print(f"warning: {w}", markup=False, highlight=False)
 
 
 @app.command("attacks")

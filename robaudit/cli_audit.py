@@ -152,7 +152,7 @@ class _AuditProgress:
         """A bar per cell in progress (several with ``--workers``)."""
 
     def plan_started(self, total_cells: int, finished_cells: int) -> None:
-        self.overall = self.progress.add_task("audit", total=total_cells, completed=finished_cells)
+        self.overall = self.progress.add_task("audit", total=total_cells, completed=finished_cells, eta=False)
         if finished_cells:
             self.progress.console.print(f"resuming: {finished_cells} of {total_cells} cells already done",
                                         highlight=False)

@@ -7,7 +7,7 @@ silence then killed it. :class:`LogProgress` takes the same calls as the part of
 (from a background thread, so a single long step still shows the run is alive), with each task's
 count and estimated time left::
 
-    progress 1m30s: audit 3/12 (eta 4m31s); cw-l2 / untargeted 2/5 (eta 1m02s)
+    progress 1m30s: audit 3/12; m0/attack/cw-l2/untargeted/none 2/5 (eta 1m02s)
 
 The interval is ``ROBAUDIT_PROGRESS_SECONDS`` (default 30; 0 prints on every step; ``--quiet``
 prints nothing). Messages go through ``console`` like the bars' messages do.
@@ -62,6 +62,8 @@ class _Task:
     started: float
     start_completed: float = field(default=0.0)
     """Work already done when the task was added (a resumed cell): not counted in its rate."""
+    eta: bool = True
+    """False for a count of unlike steps (cells of different attacks), whose average predicts nothing."""
 
     def text(self, now: float) -> str:
         desc = self.description.strip()
@@ -69,7 +71,7 @@ class _Task:
             return f"{desc} {self.completed:g}" if self.completed else f"{desc} (running)"
         out = f"{desc} {self.completed:g}/{self.total:g}"
         done = self.completed - self.start_completed
-        if 0 < done and self.completed < self.total:
+        if self.eta and 0 < done and self.completed < self.total:
             left = (now - self.started) / done * (self.total - self.completed)
             out += f" (eta {duration(left)})"
         return out
@@ -111,11 +113,13 @@ class LogProgress:
             self._maybe_print()
 
     def add_task(self, description: str, total: float | None = 100.0, completed: float = 0,
-                 **_: Any) -> int:
+                 **fields: Any) -> int:
+        """``eta=False`` (a rich task field, ignored by the bars): no estimate in the line."""
         with self._lock:
             task_id = self._next_id
             self._next_id += 1
-            self._tasks[task_id] = _Task(description, total, float(completed), self._clock(), float(completed))
+            self._tasks[task_id] = _Task(description, total, float(completed), self._clock(), float(completed),
+                                         eta=bool(fields.get("eta", True)))
         return task_id
 
     def update(self, task_id: int, *, description: str | None = None, total: float | None = None,

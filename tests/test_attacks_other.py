@@ -405,3 +405,13 @@ def test_universal_within_eps_and_one_perturbation_per_batch(demo):
     inside = (x[:30] == 0).all(dim=0)
     assert inside.any() and d[:, inside].abs().max() > 0
     assert torch.allclose(d[:, inside], d[:1, inside].expand_as(d[:, inside]), atol=1e-6)
+
+
+def test_generate_reports_inputs_done_after_each_batch(demo):
+    """The `attack` command's per-cell progress comes from these calls."""
+    from robaudit.attacks.fgsm import FGSM
+
+    model, x, y = demo
+    seen: list[int] = []
+    out = FGSM(norm=Norm.LINF, eps=0.1).generate(model, x[:7], y[:7], batch_size=3, on_batch=seen.append)
+    assert seen == [3, 6, 7] and out.x_adv.shape == x[:7].shape

@@ -58,7 +58,11 @@ def test_same_seed_same_report(tmp_path):
         (["--batch-size", "0"], "batch"),
         (["--eps", "-1"], "eps"),
         (["--norm", "l7"], "unknown norm"),
-        (["--param", "pgd.nonsense=3"], "unknown parameter 'nonsense'"),
+        (["--param", "pgd.nonsense=3"], "unknown parameter 'nonsense' for pgd"),
+        (["--param", "pgd.stepz=3"], "unknown parameter 'stepz' for pgd (known: "),
+        (["--param", "pgd.stepz=3"], "; did you mean 'steps'?"),
+        (["--attack", "fgsm", "--param", "fgsm.epss=1"], "unknown parameter 'epss' for fgsm (known: none); eps is "
+                                                         "not a parameter: set it with --eps"),
         (["--param", "pgd-steps"], "ATTACK.NAME=VALUE"),
         (["--param", "apgd.n_iter=abc"], "--param names apgd, which is not in --attack (fgsm, pgd)"),
         (["--seed", "100000000000000"], "less than or equal to 2147483647"),
@@ -224,3 +228,14 @@ def test_a_warning_is_logged_once_and_too_large_n_is_one(tmp_path):
     text = "5000 inputs were asked for (-n or samples) but the data holds 1000: all of them were used"
     assert proc.stderr.count(text) == 1, proc.stderr
     assert json.loads((tmp_path / "r.json").read_text())["warnings"] == [text]
+
+
+def test_attack_prints_the_evaluation_warnings_that_come_at_the_end(tmp_path):
+    """QA: `attack` printed the report's warnings only on a terminal, and those computed from the whole
+    evaluation (not during a cell) never: a shell or CI user did not see them."""
+    proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "--attack", "hopskipjump", "--target",
+                        "next-class", "-n", "5", "-p", "hopskipjump.max_iter=2", "--out", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    (w,) = [w for w in report["warnings"] if w.startswith("unattacked inputs")]
+    assert proc.stderr.count(f"warning: {w}") == 1 and "attack more inputs (-n)" in w, proc.stderr

@@ -234,6 +234,8 @@ NPZ_REFUSALS = [
     ),
     (lambda: {"x": np.full((2, 4, 4), np.nan, np.float32), "y": labels(2)}, {}, DataLoadError, "32 NaN"),
     (lambda: {"x": np.full((2, 4, 4), np.inf, np.float32), "y": labels(2)}, {}, DataLoadError, "32 infinite"),
+    (lambda: {"x": np.where(np.arange(12)[:, None, None] % 5 == 3, np.nan, 0.5).repeat(4, 1).repeat(4, 2).astype(
+        np.float32), "y": labels(12)}, {}, DataLoadError, "in 2 image(s), at indices 3, 8; fix or drop"),
     (lambda: {"x": u8(2, 4, 4), "y": np.array([0.5, 1.0])}, {}, DataLoadError, "non-integral"),
     (lambda: {"x": u8(2, 4, 4), "y": np.array([0, -1])}, {}, DataLoadError, "negative"),
     (lambda: {"x": u8(3, 4, 4), "y": labels(2)}, {}, DataLoadError, "3 images but 2 labels"),
@@ -700,3 +702,21 @@ def test_folder_labels_named_twice_are_refused(tmp_path: Path) -> None:
     _digit_folders(tmp_path, ["7", "07"])
     with pytest.raises(DataLoadError, match="name the same label twice"):
         load_dataset(tmp_path)
+
+
+def test_named_class_folders_that_miss_a_model_class_are_flagged(tmp_path: Path) -> None:
+    """QA: a CIFAR-10 folder without `bird` and `deer` numbered `cat` 2 (the model's 3) and ran with
+    no warning; the audit's numbers meant nothing."""
+    from robaudit.engine.attack_job import class_count_warning
+
+    names = ["airplane", "automobile", "cat", "dog", "frog", "horse", "ship", "truck"]
+    _digit_folders(tmp_path, names)
+    d = load_dataset(tmp_path)
+    w = class_count_warning(d, 10)
+    assert w is not None and w.startswith("the image folder has 8 class folders but the model has 10 classes")
+    assert "(airplane=0, automobile=1, cat=2, dog=3," in w
+    assert class_count_warning(d, 8) is None  # one folder per class: nothing to say
+    numeric = tmp_path / "numeric"
+    numeric.mkdir()
+    _digit_folders(numeric, ["0", "1", "3"])  # labels come from the names: a missing class shifts nothing
+    assert class_count_warning(load_dataset(numeric), 10) is None

@@ -63,7 +63,7 @@ BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
         (BASE + "targets: [all, untargeted]\n", "targets", "'all' stands alone"),
         (BASE + "samples: 0\n", "samples", "must be >= 1"),
         (BASE + "seed: -1\n", "seed", "between 0 and"),
-        (BASE + "examples: 99\n", "examples", "between 0 and 16"),
+        (BASE + "examples: 99\n", "examples", "between 0 and 64"),
         (BASE + "defences: [[ss, ss]]\n", "defences[0]", "same defence twice"),
         (BASE + "defences: [[magic]]\n", "defences[0]", "unknown defence 'magic'"),
         (BASE + "clever: {radius: 0}\n", "clever.radius", "must be > 0"),
@@ -96,6 +96,17 @@ def test_invalid_profiles_name_file_key_and_reason(tmp_path, text, key, reason):
     msg = str(err.value)
     assert msg.startswith(f"{path}: {key}: "), msg
     assert reason in msg, msg
+
+
+def test_eps_may_be_written_as_a_fraction(tmp_path):
+    """QA: `eps: 8/255` was refused as not a number, though the eps hints write budgets that way."""
+    prof = load_profile(_write(tmp_path, "attacks:\n  pgd: {eps: 8/255}\n  pgd-l2: {attack: pgd, norm: l2, "
+                                         "eps: ' 1 / 2 '}\n"))
+    assert [a.eps for a in prof.attacks] == [pytest.approx(8 / 255), 0.5]
+    for bad, reason in (("8/0", "must be a finite number"), ("300/255", "between 0 and 1"),
+                        ("8/255/2", "must be a finite number"), ("-8/255", "must be a finite number")):
+        with pytest.raises(ConfigError, match=reason):
+            load_profile(_write(tmp_path, f"attacks:\n  pgd: {{eps: '{bad}'}}\n"))
 
 
 def test_yaml_is_loaded_safely(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
@@ -58,6 +59,18 @@ def test_a_resumed_task_counts_only_new_work_in_its_eta() -> None:
     assert buf.getvalue().splitlines()[-1] == "progress 10s: audit 10/10"  # done: no eta
 
 
+def test_a_count_of_unlike_steps_has_no_eta_and_unknown_totals_say_running() -> None:
+    clock = FakeClock()
+    prog, buf = _log(0, clock)
+    cells = prog.add_task("attack cells", total=4, eta=False)
+    cell = prog.add_task("  cw-l2 / untargeted", total=None)
+    clock.now = 10
+    prog.advance(cells)
+    assert buf.getvalue() == "progress 10s: attack cells 1/4; cw-l2 / untargeted (running)\n"
+    prog.update(cell, total=50, completed=10)
+    assert buf.getvalue().splitlines()[-1] == "progress 10s: attack cells 1/4; cw-l2 / untargeted 10/50 (eta 40s)"
+
+
 def test_no_tasks_no_line_and_unknown_tasks_are_ignored() -> None:
     clock = FakeClock()
     prog, buf = _log(0, clock)
@@ -100,8 +113,11 @@ def test_cli_in_a_log_prints_progress_lines_and_q_silences_them(tmp_path) -> Non
             "--out", str(tmp_path / "r.json"), "--format", "json")
     proc = robaudit_cli(*args, env={"ROBAUDIT_PROGRESS_SECONDS": "0"})
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stderr.splitlines()
-    assert [ln for ln in lines if ln.startswith("progress ")][-1].endswith("pgd / untargeted 2/2"), proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("progress ")]
+    n = json.loads(proc.stdout)["data"]["n_evaluated"]
+    # the cell's inputs after each batch, and the cells done (no ETA: FGSM's time says nothing of PGD's)
+    assert any(ln.endswith(f"attack cells 1/2; pgd / untargeted {n}/{n}") for ln in lines), proc.stderr
+    assert lines[-1].endswith("attack cells 2/2"), proc.stderr
     quiet = robaudit_cli(*args, "-q", env={"ROBAUDIT_PROGRESS_SECONDS": "0"})
     assert quiet.returncode == 0 and "progress" not in quiet.stderr, quiet.stderr
     bad = robaudit_cli(*args, env={"ROBAUDIT_PROGRESS_SECONDS": "soon"})

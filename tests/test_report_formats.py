@@ -116,6 +116,21 @@ def test_every_format_renders():
     assert json.loads(render(report, ReportFormat.json))["gates"][0]["passed"] is False
 
 
+def test_label_selectors_match_attack_reports_whose_rows_have_no_label():
+    """QA: `robaudit attack` rows carry no label (the attack name is the cell's name), and a gate with
+    `label=pgd` (as a profile writes it) matched nothing there."""
+    rows = copy.deepcopy(ROWS)
+    for r in rows:
+        del r["label"]
+    report = _report(copy.deepcopy(ROWS))
+    report["results"] = rows
+    result = evaluate_gate(parse_gate("label=pgd untargeted success_rate <= 0.5"), report)
+    assert result.passed and result.value == pytest.approx(0.4)
+    assert evaluate_gate(parse_gate("pgd next-class success_rate <= 0.5"), report).value == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="names no attack label here"):
+        evaluate_gate(parse_gate("label=apgd success_rate <= 0.5"), report)
+
+
 def test_l0_column_appears_when_an_l0_attack_ran():
     """QA: JSMA's L0 (the distance it minimises) was only in the JSON."""
     plain = _report(copy.deepcopy(ROWS))
@@ -169,6 +184,26 @@ def test_diff_finds_regressions():
     assert ("(report)", "clean_accuracy") in worse
     assert ("m0/attack/pgd/next-class/none", "l2_mean") not in worse  # larger distance: better
     assert regressions(changes, 0.5) == []
+
+
+def test_diff_compares_l0_and_only_distances_over_comparable_successes():
+    """QA: a PGD-trained model was called `worse` on JSMA's L2 mean (5.37 -> 4.52), a mean over 28 of 30
+    broken inputs against 2 of 30; and JSMA's own distance, L0, was not compared at all."""
+    def jsma(rate, l2, l0):
+        row = _row("jsma", "next-class", rate, l2)
+        row.update(norm="l0", eps=None, l0_mean=l0)
+        return row
+
+    old, new = _report([jsma(0.93, 5.37, 20.0)]), _report([jsma(0.07, 4.52, 8.0)])
+    by = {c.metric: c for c in diff_reports(old, new)}
+    assert by["success_rate"].verdict(0.0) == "better"
+    for metric in ("l2_mean", "l2_median", "l0_mean"):
+        assert by[metric].verdict(0.0) == "n/a" and "over different inputs" in by[metric].note
+    assert regressions(diff_reports(old, new), 0.0) == []
+    close = {c.metric: c for c in diff_reports(old, _report([jsma(0.95, 5.0, 15.0)]))}
+    assert close["l0_mean"].verdict(0.0) == "worse" and close["l2_mean"].verdict(0.0) == "worse"
+    plain = {c.metric for c in diff_reports(_report(copy.deepcopy(ROWS)), _report(copy.deepcopy(ROWS)))}
+    assert "l0_mean" not in plain  # L0 only for L0 attacks
 
 
 def test_diff_matches_cells_across_model_slots():
@@ -410,8 +445,9 @@ def test_gates_select_the_threat_model_and_take_stacks_with_commas():
     assert evaluate_gate(parse_gate("adaptive success_rate <= 0.95"), report).value == pytest.approx(0.9)
     with pytest.raises(ConfigError, match="matches no cell"):  # the undefended cells have no threat model
         evaluate_gate(parse_gate("adaptive defences=none success_rate <= 0.5"), report)
-    with pytest.raises(ConfigError, match=r"matches no cell of the report \(its stacks: none, ss\+jpeg; "
-                                          r"threat models of the defended cells: adaptive, transfer\)"):
+    with pytest.raises(ConfigError, match=r"matches no cell of the report \(its cells: pgd/untargeted; stacks: "
+                                          r"none, ss\+jpeg; threat models of the defended cells: adaptive, "
+                                          r"transfer\)"):
         evaluate_gate(parse_gate("defences=jpeg success_rate <= 0.5"), report)
     with pytest.raises(ConfigError, match="adaptive or transfer"):
         check_selectors(parse_gate("threat=blackbox success_rate <= 0.5"), {"pgd"}, {"pgd"}, {"untargeted"})

@@ -182,8 +182,12 @@ class AttackParams:
     """Base of every attack's parameter dataclass. Fields are documented defaults."""
 
 
-def params_from_overrides(cls: type[AttackParams], overrides: dict[str, str | float | int | bool]) -> AttackParams:
-    """Build ``cls`` from user ``key=value`` overrides, converting strings to field types."""
+def params_from_overrides(cls: type[AttackParams], overrides: dict[str, str | float | int | bool],
+                          attack: str | None = None) -> AttackParams:
+    """Build ``cls`` from user ``key=value`` overrides, converting strings to field types (``attack``
+    names the attack in error messages)."""
+    import difflib
+
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, raw in overrides.items():
@@ -192,7 +196,13 @@ def params_from_overrides(cls: type[AttackParams], overrides: dict[str, str | fl
         name = key.replace("-", "_")
         if name not in fields:
             known = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"unknown parameter {key!r} for this attack (known: {known})")
+            close = difflib.get_close_matches(name, [*fields, "eps", "norm"], n=1)
+            hint = ""
+            if close and close[0] in ("eps", "norm") and close[0] not in fields:
+                hint = f"; {close[0]} is not a parameter: set it with --{close[0]} (in a profile, {close[0]}: beside the parameters)"
+            elif close:
+                hint = f"; did you mean {close[0]!r}?"
+            raise ConfigError(f"unknown parameter {key!r} for {attack or 'this attack'} (known: {known}){hint}")
         default = getattr(cls(), name)
         kwargs[name] = _convert(key, raw, type(default))
     return cls(**kwargs)
@@ -298,8 +308,10 @@ class Attack(ABC):
         batch_size: int = 128,
         seed: int = 0,
         device: torch.device | str | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> AttackOutput:
-        """Run the attack on all of ``x`` (any device) and return CPU adversarial examples."""
+        """Run the attack on all of ``x`` (any device) and return CPU adversarial examples;
+        ``on_batch(k)`` is called after each batch with the number of inputs done so far."""
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         if targets is not None and not self.supports_targeted:
@@ -345,6 +357,8 @@ class Attack(ABC):
                     adv = torch.where(bad.view(-1, *([1] * (adv.dim() - 1))), xb, adv)
             adv = self.project(xb, adv)
             outs.append(adv.cpu())
+            if on_batch is not None:
+                on_batch(i + xb.shape[0])
         seconds = time.perf_counter() - start
         x_adv = torch.cat(outs) if outs else x.clone().float()
         return AttackOutput(x_adv, seconds, counter.forward, counter.backward, counter.nonfinite_logits,

@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ _ATTACK_KEYS = ("attack", "eps", "norm", "backend")
 _CLEVER_KEYS = {"inputs": int, "batches": int, "batch_size": int, "radius": float, "norm": str}
 _DETECT_KEYS = {"costs": list, "attacks": list, "craft": str, "squeeze": bool, "max_iter": int, "samples": int,
                 "fpr": float}
-MAX_EXAMPLES = 16
+MAX_EXAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,19 @@ def _num(ctx: _Ctx, key: str, value: Any, lo: float = 0.0, hi: float | None = No
     return float(value)
 
 
+_FRACTION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+def _fraction(value: Any) -> Any:
+    """``"8/255"`` (how budgets are written, and what the eps hints suggest) as the number 8/255;
+    anything else unchanged (a zero denominator too: the number check then refuses it)."""
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m and float(m.group(2)) != 0:
+            return float(m.group(1)) / float(m.group(2))
+    return value
+
+
 def _unknown(ctx: _Ctx, prefix: str, got: dict[str, Any], known: Any) -> None:
     for key in got:
         if key not in known:
@@ -438,7 +452,7 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
                                               f"(supported: {', '.join(n.value for n in cls.norms)})")
             norm = norm_v.value
         eff_norm = Norm(norm) if norm else cls.norms[0]
-        eps = spec.get("eps")
+        eps = _fraction(spec.get("eps"))
         if eps is not None:
             if cls.kind is not AttackKind.FIXED_EPS:
                 raise ctx.fail(f"{key}.eps", f"{attack.value} is a minimisation attack: it has no eps budget")
@@ -457,7 +471,7 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
             if isinstance(pv, (int, float)) and pv < 0:
                 raise ctx.fail(f"{key}.{pk}", f"must be >= 0, got {pv}")
         try:
-            params_from_overrides(cls.Params, params)
+            params_from_overrides(cls.Params, params, attack.value)
         except ConfigError as exc:
             bad = next((k for k in params if f"'{k}'" in str(exc) or f"{k}=" in str(exc)), None)
             raise ctx.fail(f"{key}.{bad}" if bad else key, str(exc)) from None

@@ -177,8 +177,11 @@ def _to_float(x: np.ndarray, lo: float, hi: float, notes: list[str]) -> np.ndarr
     if not finite.all():
         n_nan = int(np.isnan(out).sum())
         n_inf = int(out.size - finite.sum()) - n_nan
+        bad = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(axis=1)) if out.ndim > 1 else np.array([])
+        which = (f" in {bad.size} image(s), at indices {', '.join(str(int(i)) for i in bad[:8])}"
+                 + (", ..." if bad.size > 8 else "")) if bad.size else ""
         raise DataLoadError(
-            f"images contain {n_nan} NaN and {n_inf} infinite values; fix or drop those images"
+            f"images contain {n_nan} NaN and {n_inf} infinite values{which}; fix or drop those images"
         )
     del finite
     mn, mx = float(out.min()), float(out.max())

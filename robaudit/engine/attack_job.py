@@ -67,9 +67,28 @@ def plan_warnings(plan: AttackPlan, clip: tuple[float, float],
     return out
 
 
-def model_warnings(model: Classifier, evalset: EvaluationSet) -> list[str]:
-    """Validity flags about the model itself (results are still reported, but flagged)."""
+def class_count_warning(data: Any, num_classes: int) -> str | None:
+    """An image folder whose class folders, numbered in sorted name order, are not one per model class:
+    from the first missing (or extra) class on, every label is some other class's."""
+    names = tuple(getattr(data, "class_names", ()) or ())
+    if getattr(data, "format", None) != "folder" or not names or all(n.isascii() and n.isdigit() for n in names):
+        return None
+    if len(names) == num_classes:
+        return None
+    shown = ", ".join(f"{n}={i}" for i, n in enumerate(names[:12])) + (", ..." if len(names) > 12 else "")
+    return (f"the image folder has {len(names)} class folders but the model has {num_classes} classes: labels are "
+            f"numbered by sorted folder name ({shown}), so after a missing or extra class every label names "
+            "another class and accuracy and success rates are meaningless; add the missing class folders (an empty "
+            "one keeps the numbering) or name the folders by label (0, 1, ...)")
+
+
+def model_warnings(model: Classifier, evalset: EvaluationSet, data: Any = None) -> list[str]:
+    """Validity flags about the model itself (results are still reported, but flagged); with ``data``,
+    also about how the data's labels meet the model's classes."""
     out = []
+    mismatch = class_count_warning(data, model.num_classes) if data is not None else None
+    if mismatch:
+        out.append(mismatch)
     if evalset.n_requested is not None and evalset.n_requested > evalset.n_selected:
         out.append(f"{evalset.n_requested} inputs were asked for (-n or samples) but the data holds "
                    f"{evalset.n_selected}: all of them were used")
@@ -140,7 +159,7 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
     for w in warnings:
         obs.warn(w)
     evalset = build_evaluation_set(model, data, job.n, plan.seed, plan.batch_size)
-    for w in model_warnings(model, evalset):
+    for w in model_warnings(model, evalset, data):
         warnings.append(w)
         obs.warn(w)
     model_dict = inputs.model_section()

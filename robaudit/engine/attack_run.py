@@ -55,7 +55,7 @@ class AttackPlan:
 def make_attack(name: AttackName, plan: AttackPlan) -> Attack:
     """Instantiate one attack from the plan (parameter overrides validated here)."""
     cls = get_attack_class(name, plan.backend)
-    params = params_from_overrides(cls.Params, plan.params.get(name, {}))
+    params = params_from_overrides(cls.Params, plan.params.get(name, {}), name.value)
     norm = plan.norm if plan.norm is not None else cls.norms[0]
     if norm not in cls.norms:
         return _Unsupported(cls, norm)  # type: ignore[return-value]
@@ -86,7 +86,8 @@ def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
     for name, mode in cells:
         label = f"{name.value} / {mode.value}"
         obs.cell_started(label)
-        row = run_cell(model, evalset, attacks[name], name, mode, plan, examples)
+        row = run_cell(model, evalset, attacks[name], name, mode, plan, examples,
+                       on_batch=lambda k, label=label: obs.inputs_done(label, k, evalset.n))
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -112,9 +113,10 @@ def _skipped(row: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
 
 
 def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupported, name: AttackName,
-             mode: TargetMode, plan: AttackPlan, examples: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+             mode: TargetMode, plan: AttackPlan, examples: list[dict[str, Any]] | None = None,
+             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """One (attack, target) cell: craft, verify bounds, measure success and distances (and append
-    its first ``plan.examples`` examples to ``examples``)."""
+    its first ``plan.examples`` examples to ``examples``); ``on_batch(k)``: ``k`` inputs attacked."""
     row = _base_row(name, mode, attack, plan)
     if isinstance(attack, _Unsupported):
         supported = ", ".join(n.value for n in attack.cls.norms)
@@ -127,7 +129,7 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
     targets = compute_targets(mode, evalset.clean_logits, evalset.y)
     with torch.enable_grad():
         out = attack.generate(model, evalset.x, evalset.y, targets, clip=model.clip,
-                              batch_size=plan.batch_size, seed=plan.seed, device=plan.device)
+                              batch_size=plan.batch_size, seed=plan.seed, device=plan.device, on_batch=on_batch)
     x_adv = out.x_adv
     if x_adv.shape != evalset.x.shape:
         raise AttackFailure(f"attack {name.value} returned shape {tuple(x_adv.shape)}, expected {tuple(evalset.x.shape)}")

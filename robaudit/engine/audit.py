@@ -197,7 +197,7 @@ def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells:
     seed_everything(profile.seed)
     evalset = build_evaluation_set(model, data, profile.samples, profile.seed, profile.batch_size)
     warnings = list(model.info.notes)
-    for w in model_warnings(model, evalset):
+    for w in model_warnings(model, evalset, data):
         warnings.append(w)
     warnings += _default_eps_warnings(profile, model.clip)
     warnings += profile.notes

@@ -113,7 +113,7 @@ def run_clever_job(job: CleverJob, command: list[str], observer: CleverObserver 
         seed_everything(job.seed)
         evalsets.append((stack, m, build_evaluation_set(m, data, job.n, job.seed, job.attack_batch_size)))
     base_evalset = evalsets[0][2]
-    warnings += model_warnings(model, base_evalset)
+    warnings += model_warnings(model, base_evalset, data)
     for w in warnings:
         obs.warn(w)
 

@@ -10,6 +10,10 @@ class Observer(Protocol):
 
     def cell_started(self, label: str) -> None: ...
 
+    def inputs_done(self, label: str, done: int, total: int) -> None:
+        """``done`` of the cell's ``total`` inputs are attacked (called after each batch)."""
+        ...
+
     def cell_finished(self, label: str, row: dict[str, Any]) -> None: ...
 
     def warn(self, text: str) -> None: ...
@@ -22,6 +26,9 @@ class NullObserver:
         pass
 
     def cell_started(self, label: str) -> None:
+        pass
+
+    def inputs_done(self, label: str, done: int, total: int) -> None:
         pass
 
     def cell_finished(self, label: str, row: dict[str, Any]) -> None:

@@ -4,8 +4,10 @@ Cells are matched by ``cell_id`` without its model slot (``m1/`` in a multi-mode
 per-model report: the same model audited alone is ``m0/``) when both reports have one, else by
 (attack label, target, defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
 distances of successful examples of minimisation attacks (a fixed-eps attack's distances sit at its
-budget, so they say nothing about robustness and are not compared); detection rows (matched by cell
-id, attack and score) compare their AUROC (higher is better).
+budget, so they say nothing about robustness and are not compared; L0 attacks also compare
+``l0_mean``). Distances over successes are compared only where the two success rates are within
+5 points: otherwise they are over different inputs, and the success rate carries the change.
+Detection rows (matched by cell id, attack and score) compare their AUROC (higher is better).
 
 A matched cell whose attack setup changed (backend, norm, eps or parameters) is not compared at all:
 its numbers measure a different attack. It is listed with the verdict ``changed`` and never counts
@@ -24,14 +26,19 @@ from robaudit.report.markdown import md_text
 
 DIFF_METRICS: tuple[tuple[str, int], ...] = (
     ("robust_accuracy", +1), ("success_rate", -1), ("l2_median", +1), ("l2_mean", +1), ("linf_median", +1),
-    ("auroc", +1),
+    ("l0_mean", +1), ("auroc", +1),
 )
 """(metric, direction): +1 when a larger value is more robust, -1 when a smaller one is."""
 
 
 SETUP_KEYS = ("attack", "backend", "norm", "eps", "params")
 """Row keys that define the attack a cell ran: cells that differ in any of them are not compared."""
-DISTANCES = ("l2_median", "l2_mean", "linf_median")
+DISTANCES = ("l2_median", "l2_mean", "linf_median", "l0_mean")
+"""Distances over successful examples (``l0_mean`` only for L0 attacks such as JSMA)."""
+DISTANCE_SUCCESS_GAP = 0.05
+"""Distances over successes are compared only when the two success rates are within this: otherwise
+they are over different inputs (a model that resists more keeps only its easiest inputs broken, and
+their distances are smaller), and the success rate carries the change."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,10 @@ class Change:
     old: float | None
     new: float | None
     note: str = ""
-    """For ``setup``: what changed, e.g. ``eps 0.3 -> 0.01``."""
+    """For ``setup``: what changed, e.g. ``eps 0.3 -> 0.01``; for a distance not compared, why."""
+    comparable: bool = True
+    """False for a distance over successes whose success rates differ by more than
+    :data:`DISTANCE_SUCCESS_GAP` (its verdict is ``n/a``)."""
 
     @property
     def delta(self) -> float | None:
@@ -52,6 +62,8 @@ class Change:
         """``better``, ``worse``, ``same``, ``new``, ``gone``, ``changed`` (setup) or ``n/a``."""
         if self.metric == "setup":
             return "changed"
+        if not self.comparable:
+            return "n/a"
         if self.old is None and self.new is None or (self.metric == "clean_accuracy" and None in (self.old, self.new)):
             return "n/a"
         if self.old is None:
@@ -97,12 +109,21 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
                 changes.append(Change(shown, "setup", None, None, changed))
                 continue
         fixed_eps = any(r is not None and r.get("eps") is not None for r in (o, n))
+        l0 = any(r is not None and r.get("norm") == "l0" for r in (o, n))
+        rates = [row_metric(rep, r, "success_rate") if r is not None and r.get("status") == "ok" else None
+                 for rep, r in ((old, o), (new, n))]
+        apart = rates[0] is not None and rates[1] is not None and abs(rates[1] - rates[0]) > DISTANCE_SUCCESS_GAP
         for metric, _ in DIFF_METRICS:
-            if metric == "auroc" or (fixed_eps and metric in DISTANCES):
+            if metric == "auroc" or (fixed_eps and metric in DISTANCES) or (metric == "l0_mean" and not l0):
                 continue
             ov = row_metric(old, o, metric) if o is not None and o.get("status") == "ok" else None
             nv = row_metric(new, n, metric) if n is not None and n.get("status") == "ok" else None
             if ov is None and nv is None:
+                continue
+            if metric in DISTANCES and apart:
+                changes.append(Change(shown, metric, ov, nv, f"not compared: success {100 * rates[0]:.1f}% -> "
+                                      f"{100 * rates[1]:.1f}%, so the distances are over different inputs",
+                                      comparable=False))
                 continue
             changes.append(Change(shown, metric, ov, nv))
     old_det = {f"{_cell(r['cell_id'])} {r.get('attack')}/{r.get('cost')}": r for r in detection_rows(old)}

@@ -206,9 +206,10 @@ def selector_matches(selector: str, row: dict[str, Any]) -> bool:
         return row.get("threat_model") == _threat(s)
     if s in _TARGET_ALIASES:
         return row.get("target") == _TARGET_ALIASES[s]
+    label = str(row.get("label") or row.get("attack") or "").lower()  # `attack` reports: the name is the label
     if s.startswith("label="):  # the label alone: `pgd` also selects every other label that runs PGD
-        return s.split("=", 1)[1] == str(row.get("label", "")).lower()
-    return s in (str(row.get("label", "")).lower(), str(row.get("attack", "")).lower())
+        return s.split("=", 1)[1] == label
+    return s in (label, str(row.get("attack", "")).lower())
 
 
 def check_selectors(gate: Gate, labels: set[str], attacks: set[str], targets: set[str],
@@ -320,12 +321,15 @@ def evaluate_gate(gate: Gate, report: dict[str, Any]) -> GateResult:
     rows = report.get("results", [])
     matched = [r for r in rows if all(selector_matches(s, r) for s in gate.selectors)]
     if not matched:
-        labels = {str(r.get("label", r.get("attack"))) for r in rows} | {str(r.get("attack")) for r in rows}
+        labels = {str(r.get("label") or r.get("attack")) for r in rows} | {str(r.get("attack")) for r in rows}
         targets = {str(r.get("target")) for r in rows}
         check_selectors(gate, labels, set(), targets)
         stacks = sorted({_defence_key(r) for r in rows})
         threats = sorted({str(r.get("threat_model")) for r in rows if r.get("defences")})
-        raise ConfigError(f"gate {gate.text!r} matches no cell of the report (its stacks: {', '.join(stacks)}"
+        cells = sorted({f"{r.get('label') or r.get('attack')}/{r.get('target')}" for r in rows})
+        shown = ", ".join(cells[:12]) + (f" and {len(cells) - 12} more" if len(cells) > 12 else "")
+        raise ConfigError(f"gate {gate.text!r} matches no cell of the report (its cells: {shown or 'none'}; "
+                          f"stacks: {', '.join(stacks)}"
                           + (f"; threat models of the defended cells: {', '.join(threats)})" if threats else ")"))
     if gate.metric == "robust_accuracy" and not any(r.get("target") == "untargeted" for r in matched):
         raise _no_untargeted(gate)  # a mis-written gate, like a selector that matches nothing
