@@ -393,6 +393,36 @@ def test_eval_report(tmp_path):
             assert got == pytest.approx(report["auroc"][a][f])
         got = auroc(np.array([r["squeeze"] for r in benign]), np.array([r["squeeze"] for r in adv]))
         assert got == pytest.approx(report["auroc"][a]["squeeze"])
+    _renders_as_an_audit(tmp_path, report)
+
+
+def _renders_as_an_audit(tmp_path, report):
+    """QA: `report` refused `detect eval` reports, so a reviewer could not hand one over as HTML or
+    gate it in CI. It now reads them as an audit with one detection cell, numbers unchanged."""
+    from robaudit.cli_audit import ReportFormat, apply_gates, render
+    from robaudit.report import read_report
+    from robaudit.report.gates import parse_gate
+    from robaudit.report.writer import write_json_atomic
+
+    path = write_json_atomic(tmp_path / "eval.json", report)
+    audit = read_report(path)  # validated against the audit schema
+    (entry,) = audit["detection"]
+    rows = {(r["attack"], r["cost"]): r for r in entry["rows"]}
+    assert set(rows) == {(a, f) for a in report["auroc"] for f in report["auroc"][a]}
+    for (a, f), r in rows.items():
+        assert r["auroc"] == report["auroc"][a][f] and r["n_adversarial"] == report["attacks"][a]["n_adversarial"]
+        assert (r["detection_rate"], r["fpr"]) == (report["detection"][a][f]["tpr"], report["detection"][a][f]["fpr"])
+    # ROC curves of the raw scores (ensembles have no per-input score in the report)
+    assert {(c["attack"], c["cost"]) for c in entry["roc"]} == {(a, f) for a in report["auroc"]
+                                                               for f in ("bim-linf", "jsma", "squeeze")}
+    html = render(audit, ReportFormat.html)
+    assert html.count("<h3>detect-eval</h3>") == 1 and "ROC: fgsm" in html and "ROC: bim" in html
+    worst = min(report["auroc"]["bim"].values())
+    (ok,) = apply_gates(audit, [parse_gate(f"detect bim auroc >= {worst - 0.001:.4f}")])
+    above = f">= {worst + 0.001:.4f}" if worst + 0.001 <= 1.0 else "> 1.0"  # a gate the worst row cannot pass
+    (bad,) = apply_gates(audit, [parse_gate(f"detect bim auroc {above}")])
+    assert ok.passed and not bad.passed and bad.value == pytest.approx(worst)
+    assert "| fgsm" in render(audit, ReportFormat.markdown)
 
 
 def test_unknown_names_are_config_errors():

@@ -98,12 +98,16 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     by another tool into a wrong shape is refused with the first violation, exit 2)."""
     from robaudit.report.schema import validation_errors
 
+    from robaudit.report.detect_eval import as_audit_report, is_detect_eval
+
     p = Path(path)
     report = read_json_file(p, "report")
+    if is_detect_eval(report):  # rendered, gated and diffed as an audit report with one detection cell
+        report = as_audit_report(report)
     if isinstance(report, dict) and "results" not in report and "mode" in report and "schema_version" in report:
         raise DataLoadError(f"{p} is the output of `robaudit detect {report.get('mode')}`, which `report` does not "
-                            "render; detection results that `report` renders come from `robaudit audit` with a "
-                            "detect section")
+                            "render (it renders `detect eval` reports and audits); `robaudit detect score` prints "
+                            "its own table")
     if isinstance(report, dict) and "detector" in report and "fit" in report:
         raise DataLoadError(f"{p} is a detector file written by `robaudit detect fit`, not a report; "
                             "`robaudit detect score` and `detect eval --detector` read it")
