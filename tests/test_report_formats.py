@@ -113,6 +113,11 @@ def test_every_format_renders():
     suite = root.find("testsuite")
     assert suite.get("tests") == "2" and suite.get("failures") == "1"
     assert suite.find("testcase/failure") is not None
+    # QA: the classname held the model path, which CI tools split at its last dot ("pt")
+    report["model"]["path"] = "/work/models/lenet.v2.pt"
+    suite = ET.fromstring(render(report, ReportFormat.junit).split("\n", 1)[1]).find("testsuite")
+    assert suite.get("name") == "robaudit /work/models/lenet.v2.pt"
+    assert {c.get("classname") for c in suite.findall("testcase")} == {"robaudit.gates.lenet_v2_pt"}
     assert json.loads(render(report, ReportFormat.json))["gates"][0]["passed"] is False
 
 

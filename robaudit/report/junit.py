@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -15,8 +16,11 @@ def report_junit(report: dict[str, Any], gate_results: list[dict[str, Any]] | No
     so the suite still lists what was audited.
     """
     gates = report.get("gates") or [] if gate_results is None else gate_results
-    model = str(report.get("model", {}).get("path", "model"))
-    suite = ET.Element("testsuite", name=f"robaudit {model}")
+    path = str(report.get("model", {}).get("path", "model"))
+    # CI tools split a classname at its last dot into package and class: a model path (slashes, its
+    # extension's dot) becomes one word; the suite name keeps the path
+    model = re.sub(r"[^A-Za-z0-9_-]+", "_", path.replace("\\", "/").rsplit("/", 1)[-1]).strip("_") or "model"
+    suite = ET.Element("testsuite", name=f"robaudit {path}")
     failures = skipped = 0
     if gates:
         for g in gates:
