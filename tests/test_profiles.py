@@ -104,7 +104,7 @@ def test_eps_may_be_written_as_a_fraction(tmp_path):
                                          "eps: ' 1 / 2 '}\n"))
     assert [a.eps for a in prof.attacks] == [pytest.approx(8 / 255), 0.5]
     for bad, reason in (("8/0", "must be a finite number"), ("300/255", "between 0 and 1"),
-                        ("8/255/2", "must be a finite number"), ("-8/255", "must be a finite number")):
+                        ("8/255/2", "must be a finite number"), ("-8/255", "between 0 and 1, got -0.03137")):
         with pytest.raises(ConfigError, match=reason):
             load_profile(_write(tmp_path, f"attacks:\n  pgd: {{eps: '{bad}'}}\n"))
 

@@ -297,12 +297,12 @@ def _num(ctx: _Ctx, key: str, value: Any, lo: float = 0.0, hi: float | None = No
     return float(value)
 
 
-_FRACTION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+_FRACTION = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
 
 def _fraction(value: Any) -> Any:
-    """``"8/255"`` (how budgets are written, and what the eps hints suggest) as the number 8/255;
-    anything else unchanged (a zero denominator too: the number check then refuses it)."""
+    """``"8/255"`` (how budgets are written, and what the eps hints suggest) as the number 8/255, a
+    signed one too so the range check names the problem; anything else unchanged (a zero denominator too: the number check then refuses it)."""
     if isinstance(value, str):
         m = _FRACTION.match(value)
         if m and float(m.group(2)) != 0:

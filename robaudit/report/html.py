@@ -188,7 +188,10 @@ def report_html(report: dict[str, Any]) -> str:
     examples = report.get("examples") or []
     if examples:
         parts.append("<h2>Examples</h2><p>The first correctly classified inputs of the evaluation set; the "
-                     "perturbation is scaled to its own Linf (grey = 0).</p>")
+                     "perturbation is scaled to its own Linf (grey = 0). Images are 8-bit PNGs for viewing; "
+                     "predictions and ✓/✗ are for the floating-point examples the attack returned, and an "
+                     "example within half a grey level of the boundary can classify differently once "
+                     "rounded to 8 bits.</p>")
         names = (report.get("data") or {}).get("class_names")
         parts.extend(example_grid(e, names) for e in examples)
     parts.append("</body></html>\n")
