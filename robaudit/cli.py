@@ -145,6 +145,7 @@ def attack(
     y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-report.json"),
     examples: Annotated[int, typer.Option(min=0, max=64, help="Adversarial examples kept per cell for the HTML report (robaudit report --format html).")] = 4,
+    save_adv: Annotated[Optional[Path], typer.Option("--save-adv", help="Also write every adversarial example (exact float32, with predictions and success) to this .npz.")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="What to print: table, markdown or json.")] = OutputFormat.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -168,16 +169,28 @@ def attack(
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key, model)
     job = AttackJob(inputs=inputs, plan=plan, n=num)
     check_writable(out)  # before the attacks run, not after
+    save = None
+    if save_adv is not None:
+        from robaudit.report.adversarial_npz import write_adversarial_npz
+
+        if save_adv.suffix.lower() != ".npz":
+            raise ConfigError(f"--save-adv writes a .npz file; give a name ending in .npz, got {save_adv}")
+        if save_adv.resolve() == out.resolve():
+            raise ConfigError(f"--save-adv and --out are the same file ({out}); give two paths")
+        check_writable(save_adv, "--save-adv")
+        save = lambda arrays: write_adversarial_npz(save_adv, arrays)  # noqa: E731
     command = ["robaudit", *sys.argv[1:]]
     progress = progress_bars(err_console, quiet)
     observer = _ProgressObserver(progress)
     with progress:
         report = run_attack_job(job, command, observer,
-                                checkpoint=lambda partial: write_json_atomic(out, partial))
+                                checkpoint=lambda partial: write_json_atomic(out, partial), save_adversarial=save)
     path = write_json_atomic(out, report)
     _print_report(report, fmt, observer.warned)
     if fmt is not OutputFormat.json:
         err_console.print(f"report written to {path}", highlight=False)
+        if save_adv is not None:
+            err_console.print(f"adversarial examples written to {save_adv}", highlight=False)
 
 
 def _print_report(report: dict[str, Any], fmt: OutputFormat, shown: frozenset[str] | set[str] = frozenset()) -> None:
@@ -247,7 +260,8 @@ def _on_sigint(signum: int, frame: object) -> None:
 _STOPPED_HINT = ("finished work is kept: audits and defend eval continue with --resume, defend train when "
                  "run again")
 _STOPPED_HINTS = {
-    "attack": "any cells it finished are in the --out report, marked partial (attack starts over when run "
+    "attack": "any cells it finished are in the --out report, marked partial, and their examples in the "
+              "--save-adv file (attack starts over when run "
               "again; `robaudit audit` runs resume with --resume)",
     "clever": "nothing was written: clever starts over when run again (an audit profile's clever section "
               "resumes with `robaudit audit --resume`)",

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from robaudit.attacks.base import AttackKind, Norm
 from robaudit.attacks.registry import get_attack_class
-from robaudit.engine.attack_run import AttackPlan, check_plan, run_attack_plan
+from robaudit.engine.attack_run import AdversarialSet, AttackPlan, check_plan, run_attack_plan
 from robaudit.engine.evaluation import EvaluationSet, build_evaluation_set
 from robaudit.engine.observer import NullObserver, Observer
 from robaudit.engine.session import InputOptions, load_inputs, seed_everything
@@ -17,6 +19,7 @@ from robaudit.models import Classifier
 from robaudit.models.checks import (GradientCheck, batch_dependent, gradient_check, is_stochastic,
                                     looks_like_probabilities)
 from robaudit.report import build_report
+from robaudit.report.adversarial_npz import adversarial_arrays
 from robaudit.report.validity import evaluation_warnings
 
 
@@ -146,9 +149,12 @@ def _gradient_check(model: Classifier, x: Any, y: Any) -> GradientCheck | None:
 
 
 def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None = None,
-                   checkpoint: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                   save_adversarial: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, Any]:
     """Run the job and return the report. ``checkpoint`` receives a partial report (``"partial": true``)
-    after every finished cell, so a long run that dies keeps what it finished."""
+    after every finished cell, so a long run that dies keeps what it finished. ``save_adversarial``
+    receives the arrays of every example crafted so far (:func:`adversarial_arrays`) after each
+    cell that ran, before the report's checkpoint."""
     obs = observer or NullObserver()
     check_plan(job.plan)
     seed_everything(job.plan.seed)
@@ -183,15 +189,23 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
         return out
 
     done: list[dict[str, Any]] = []
+    adversarial: list[AdversarialSet] | None = [] if save_adversarial is not None else None
+    saved = 0
 
     def on_row(row: dict[str, Any]) -> None:
+        nonlocal saved
         done.append(row)
+        if save_adversarial is not None and adversarial and len(adversarial) > saved:
+            saved = len(adversarial)
+            save_adversarial(adversarial_arrays(evalset.x, evalset.y, evalset.indices, adversarial, model.clip,
+                                                {"model": model_dict.get("path"), "data": data_dict.get("path"),
+                                                 "seed": plan.seed}))
         cells = plan.cells()
         if checkpoint is not None and len(done) < len(cells):
             unfinished = [f"{a.value}/{t.value}" for a, t in cells[len(done):]]
             checkpoint({**report(list(done)), "partial": True, "unfinished": unfinished})
 
-    run_attack_plan(model, evalset, plan, obs, on_row=on_row, examples=examples)
+    run_attack_plan(model, evalset, plan, obs, on_row=on_row, examples=examples, adversarial=adversarial)
     return report(done)
 
 

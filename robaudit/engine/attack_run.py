@@ -74,9 +74,11 @@ class _Unsupported:
 def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
                     observer: Observer | None = None,
                     on_row: Callable[[dict[str, Any]], None] | None = None,
-                    examples: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                    examples: list[dict[str, Any]] | None = None,
+                    adversarial: list[AdversarialSet] | None = None) -> list[dict[str, Any]]:
     """Run all cells of ``plan``; returns one result row per (attack, target), each also passed to
-    ``on_row``. With ``plan.examples``, each cell that ran appends its first examples to ``examples``."""
+    ``on_row``. With ``plan.examples``, each cell that ran appends its first examples to ``examples``;
+    each cell that ran appends all its examples to ``adversarial`` when given (before ``on_row``)."""
     obs = observer or NullObserver()
     # Validate every attack's configuration before spending time on any of them.
     attacks = {name: make_attack(name, plan) for name in plan.attacks}
@@ -87,7 +89,8 @@ def run_attack_plan(model: Classifier, evalset: EvaluationSet, plan: AttackPlan,
         label = f"{name.value} / {mode.value}"
         obs.cell_started(label)
         row = run_cell(model, evalset, attacks[name], name, mode, plan, examples,
-                       on_batch=lambda k, label=label: obs.inputs_done(label, k, evalset.n))
+                       on_batch=lambda k, label=label: obs.inputs_done(label, k, evalset.n),
+                       adversarial=adversarial)
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -114,9 +117,11 @@ def _skipped(row: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
 
 def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupported, name: AttackName,
              mode: TargetMode, plan: AttackPlan, examples: list[dict[str, Any]] | None = None,
-             on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+             on_batch: Callable[[int], None] | None = None,
+             adversarial: list[AdversarialSet] | None = None) -> dict[str, Any]:
     """One (attack, target) cell: craft, verify bounds, measure success and distances (and append
-    its first ``plan.examples`` examples to ``examples``); ``on_batch(k)``: ``k`` inputs attacked."""
+    its first ``plan.examples`` examples to ``examples``, all of them to ``adversarial``);
+    ``on_batch(k)``: ``k`` inputs attacked."""
     row = _base_row(name, mode, attack, plan)
     if isinstance(attack, _Unsupported):
         supported = ", ".join(n.value for n in attack.cls.norms)
@@ -160,7 +165,24 @@ def run_cell(model: Classifier, evalset: EvaluationSet, attack: Attack | _Unsupp
                                   logits.argmax(dim=1), targets, success)
         examples.append({"cell_id": f"{name.value}/{mode.value}", "label": name.value, "attack": name.value,
                          "target": mode.value, "defences": [], "samples": samples})
+    if adversarial is not None:
+        adversarial.append(AdversarialSet(row=row, x_adv=x_adv.detach().float().cpu(),
+                                          pred=logits.argmax(dim=1).cpu(), success=success.cpu(),
+                                          targets=None if targets is None else targets.cpu()))
     return row
+
+
+@dataclass(frozen=True)
+class AdversarialSet:
+    """Every example one cell returned (CPU tensors, in the evaluation set's order) and its row."""
+
+    row: dict[str, Any]
+    x_adv: torch.Tensor
+    pred: torch.Tensor
+    """The model's prediction on each example."""
+    success: torch.Tensor
+    """Counted as a success (targeted: ``pred == target``; untargeted: ``pred != label``)."""
+    targets: torch.Tensor | None
 
 
 COUNT_FIELDS = ("nonfinite_logits", "nonfinite_grads", "nonfinite_examples", "search_exhausted", "no_start")

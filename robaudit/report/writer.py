@@ -6,8 +6,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from robaudit.errors import DataLoadError, InputError
 
@@ -29,16 +30,17 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` via a temporary file in the same folder, fsync and rename over ``path``."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], option: str = "--out") -> Path:
+    """Call ``write`` on a temporary file in the same folder, fsync and rename it over ``path``: the
+    file there is either the old one or the complete new one. ``option`` names the flag in errors."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     tmp: str | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; reports are meant to be shared
@@ -49,29 +51,35 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
                 os.unlink(tmp)
             except OSError:
                 pass
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another --out path "
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another {option} path "
                          "(any previous file there is untouched)") from None
     return target
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) atomically, as :func:`write_atomic`."""
+    data = text.encode("utf-8")
+    return write_atomic(path, lambda fh: fh.write(data))
+
+
+def check_writable(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """Refuse (exit 2) an output path that could not be written, before any work is spent on it:
     a folder in its place, or a parent that cannot be created or written. Creates nothing but the
     parent folders, and probes them with a temporary file that is removed at once."""
     target = Path(path)
     if target.is_dir():
-        raise InputError(f"cannot write {target}: it is a folder; give a file name for --out")
+        raise InputError(f"cannot write {target}: it is a folder; give a file name for {option}")
     folder = target.parent if str(target.parent) else Path(".")
     blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
     if blocker is not None:
-        raise InputError(f"cannot write {target}: {blocker} is a file, not a folder; choose another --out path")
+        raise InputError(f"cannot write {target}: {blocker} is a file, not a folder; choose another {option} path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another --out path") from None
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another {option} path") from None
     return target
 
 
