@@ -105,7 +105,7 @@ def clever_cmd(
     fmt: Annotated[CleverFormat, typer.Option("--format", help="What to print: table, markdown or json.")] = CleverFormat.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """CLEVER robustness scores (Weng et al. 2018) per input, norm, target and defence stack."""
+    """CLEVER robustness scores per input, norm, target and defence stack (Weng et al., ICLR 2018)."""
     from robaudit.attacks.targets import parse_targets
     from robaudit.clever.interface import CleverNorm, CleverParams
     from robaudit.defences import parse_stacks

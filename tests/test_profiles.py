@@ -66,6 +66,8 @@ BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
         (BASE + "examples: 99\n", "examples", "between 0 and 64"),
         (BASE + "defences: [[ss, ss]]\n", "defences[0]", "same defence twice"),
         (BASE + "defences: [[magic]]\n", "defences[0]", "unknown defence 'magic'"),
+        (BASE + "defences: [[[]]]\n", "defences[0]", "unknown defence []"),
+        (BASE + "defences: {combinations_of: [[ss]]}\n", "defences.combinations_of", "unknown defence ['ss']"),
         (BASE + "clever: {radius: 0}\n", "clever.radius", "must be > 0"),
         (BASE + "clever: {inputs: 500}\nsamples: 100\n", "clever.inputs", "more than the profile's samples"),
         (BASE + "clever: {norm: l7}\n", "clever.norm", "unknown norm"),

@@ -493,7 +493,7 @@ def _defences(ctx: _Ctx, value: Any) -> tuple[tuple[str, ...], ...]:
         if not isinstance(names, list) or not names:
             raise ctx.fail("defences.combinations_of", "must be a non-empty list of defence names")
         for n in names:
-            if n not in KNOWN_DEFENCES:
+            if not isinstance(n, str) or n not in KNOWN_DEFENCES:
                 raise ctx.fail("defences.combinations_of", f"unknown defence {n!r} (known: {known})")
         if len(set(names)) != len(names):
             raise ctx.fail("defences.combinations_of", "lists a defence twice")
@@ -509,7 +509,7 @@ def _defences(ctx: _Ctx, value: Any) -> tuple[tuple[str, ...], ...]:
         if not isinstance(stack, list):
             raise ctx.fail(key, f"a stack is a list of defence names, got {stack!r}")
         for n in stack:
-            if n not in KNOWN_DEFENCES:
+            if not isinstance(n, str) or n not in KNOWN_DEFENCES:
                 raise ctx.fail(key, f"unknown defence {n!r} (known: {known})")
         if len(set(stack)) != len(stack):
             raise ctx.fail(key, "a stack cannot apply the same defence twice")
