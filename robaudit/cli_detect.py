@@ -129,7 +129,7 @@ def score_cmd(
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1",
     x_key: XKeyOpt = None, y_key: YKeyOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect-score.json"),
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Per-input attack cost, score and verdict (JSON report plus a table)."""
     from robaudit.engine.detect_job import ScoreJob, run_score_job
@@ -137,8 +137,12 @@ def score_cmd(
 
     common = _common(model, data, "bim-linf", num, seed, batch_size, device, mean, std, clip, None, x_key, y_key,
                      labels_optional=True)  # scoring reads images only: unlabelled inputs are fine
-    report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
+    with busy(_err, "scoring", quiet):
+        report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
     path = write_json_atomic(out, report)
+    if quiet:
+        typer.echo(str(path))
+        return
     if json_out:
         import json
 
@@ -174,7 +178,7 @@ def eval_cmd(
     mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
     x_key: XKeyOpt = None, y_key: YKeyOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect.json"),
-    json_out: JsonOpt = False,
+    json_out: JsonOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """AUROC table (rows attacks, columns cost attacks), detection rates at the thresholds, latency."""
     from robaudit.attacks.registry import parse_attack_names
@@ -186,9 +190,14 @@ def eval_cmd(
     attacks = tuple(parse_attack_names(attack))
     job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=_params(param, attacks),
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
-    with busy(_err, "evaluating", False):
+    with busy(_err, "evaluating", quiet):
         report = run_eval_job(job, _command())
     path = write_json_atomic(out, report)
+    if quiet:
+        for w in report.get("warnings", []):
+            _err.print(f"warning: {w}", highlight=False)
+        typer.echo(str(path))
+        return
     if json_out:
         import json
 

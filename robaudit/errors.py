@@ -5,6 +5,7 @@ Exit codes (documented in the README):
     1  a gate failed (reserved for ``audit``/``report --gate``)
     2  usage, input or configuration error
     3  internal or attack failure
+    141  standard output was closed before everything was printed (``robaudit ... | head``)
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ EXIT_OK = 0
 EXIT_GATE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+EXIT_STDOUT_CLOSED = 141
+"""128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe."""
 
 
 class RobauditError(Exception):

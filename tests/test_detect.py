@@ -310,6 +310,11 @@ def test_score_reads_unlabelled_images_and_fit_refuses_what_it_would_ignore(tmp_
                                      "images", "--device", "cpu", "--detector", str(det), "--out", str(score)])
     assert res.exit_code == 0, res.output
     assert len(json.loads(score.read_text())["inputs"]) == 5
+    quiet = runner.invoke(detect_app, ["score", "demo:mnist", "--data", str(tmp_path / "suspicious.npz"), "--x-key",
+                                       "images", "--device", "cpu", "--detector", str(det), "--out",
+                                       str(tmp_path / "q.json"), "-q"])
+    assert quiet.exit_code == 0 and quiet.stdout == f"{tmp_path / 'q.json'}\n"  # -q: the path, no table
+    assert json.loads((tmp_path / "q.json").read_text())["inputs"] == json.loads(score.read_text())["inputs"]
     with pytest.raises(Exception, match="detect score"):  # `report` says what the file is
         read_report(score)
     with pytest.raises(Exception, match="is a detector file written by `robaudit detect fit`, not a report"):

@@ -90,6 +90,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import signal
 import subprocess
 import sys
@@ -529,6 +530,23 @@ def test_a_target_equal_to_the_label_is_refused(net):
 # ----------------------------------------------------------------------------- faults
 
 
+def test_mean_std_that_ruin_the_model_are_flagged_with_its_accuracy_without_them(tmp_path, monkeypatch, capsys):
+    """--mean/--std on a model that normalises inside normalise twice: the accuracy drops, and the
+    report used to say nothing about why."""
+    out = tmp_path / "r.json"
+    args = ("-a", "fgsm", "--eps", "0.1", "-n", "40")
+    code, err, report = _attack(monkeypatch, capsys, "demo:mnist", "demo:mnist", out, *args,
+                                "--mean", "0.9", "--std", "0.05")
+    assert code == 0, err
+    flagged = [w for w in report["warnings"] if "drop --mean/--std" in w]
+    assert report["data"]["clean_accuracy"] == pytest.approx(0.675)
+    assert flagged == ["clean accuracy 67.5% with --mean/--std; without --mean/--std the model classifies 97.5% of "
+                       "the sampled inputs correctly: it seems to normalise its input itself, so drop --mean/--std"]
+    code, err, report = _attack(monkeypatch, capsys, "demo:mnist", "demo:mnist", out, *args,
+                                "--mean", "0", "--std", "1")  # harmless: no flag
+    assert code == 0 and not [w for w in report["warnings"] if "--mean/--std" in w]
+
+
 def test_disk_full_keeps_the_previous_report(tmp_path, monkeypatch, capsys, small):
     out = tmp_path / "r.json"
     args = ("-a", "fgsm", "--eps", "0.1", "-n", "4")
@@ -565,6 +583,76 @@ def test_unwritable_output_paths_exit_2(tmp_path, monkeypatch, capsys, small):
     code, err = run_cli(monkeypatch, capsys, "audit", "demo:mnist", "--data", str(small), "--profile", "quick",
                         "-q", "--format", "none", "--out", str(blocker))
     assert code == 2 and f"cannot use {blocker} as the output folder" in one_line(err)
+
+
+@pytest.mark.parametrize("args", [("attacks",), ("--help",), ("report", "REPORT", "--format", "json"),
+                                  ("report", "REPORT")])
+def test_a_closed_stdout_exits_141_quietly_not_as_a_gate_failure(tmp_path, args):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"schema_version": 1}))
+    if "REPORT" in args:
+        done = subprocess.run([str(EXE), "attack", "demo:mnist", "--data", "demo:mnist", "-a", "fgsm", "-n", "4",
+                               "-q", "--out", str(report)], capture_output=True, env=ENV,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+    argv = [str(EXE), *(str(report) if a == "REPORT" else a for a in args)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    proc.stdout.close()  # `robaudit ... | true`: nobody reads
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141, err  # 1 is for failed gates
+    assert err == b""
+
+
+def test_a_named_pipe_or_device_is_written_in_place_not_replaced(tmp_path):
+    import threading
+
+    from robaudit.report.writer import check_writable, write_text_atomic
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    check_writable(fifo)
+    write_text_atomic(fifo, '{"ok": 1}\n')
+    reader.join(timeout=10)
+    assert got == [b'{"ok": 1}\n']
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a pipe, not a regular file renamed over it
+    link = tmp_path / "null"
+    link.symlink_to("/dev/null")
+    write_text_atomic(link, "x")  # through a symlink to a device
+    assert link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["null", "pipe"]
+
+
+def test_a_symlinked_report_is_replaced_behind_the_link_and_keeps_its_mode(tmp_path):
+    from robaudit.report.writer import write_text_atomic
+
+    real = tmp_path / "reports" / "r.json"
+    real.parent.mkdir()
+    real.write_text("old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600  # a private report stays private
+
+
+def test_an_interrupt_during_the_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    from robaudit.report.writer import write_atomic
+
+    out = tmp_path / "r.json"
+    out.write_text("old")
+
+    def interrupted(fh):
+        fh.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(out, interrupted)
+    assert out.read_text() == "old"
+    assert [q.name for q in tmp_path.iterdir()] == ["r.json"]
 
 
 AUDIT_PROFILE = """\

@@ -226,6 +226,22 @@ def test_diff_matches_cells_across_model_slots():
     assert worse == {("m0/attack/pgd/untargeted/none", "success_rate"), ("m0/attack/pgd/untargeted/none", "robust_accuracy")}
 
 
+def test_diff_matches_an_attack_report_against_an_audit_of_the_same_cells():
+    """`robaudit attack` rows carry no cell id; an audit's are m0/attack/label/target/stack. Diffing
+    the two reported every cell gone and new, and exited 1."""
+    audit = _report(copy.deepcopy(ROWS))
+    audit["results"].append({**_row("fgsm", "untargeted", 0.5, 1.5), "defences": ["ss"], "threat_model": "transfer",
+                             "cell_id": "m0/attack/fgsm/untargeted/ss@transfer"})
+    attack = copy.deepcopy(audit)
+    for row in attack["results"]:
+        del row["cell_id"]
+    changes = diff_reports(attack, audit)
+    assert {c.verdict(0.0) for c in changes} == {"same"} and regressions(changes, 0.0) == []
+    attack["results"][-1]["threat_model"] = "adaptive"  # the same stack, another threat model: another cell
+    verdicts = {c.verdict(0.0) for c in diff_reports(attack, audit) if c.cell.endswith("/ss@transfer")}
+    assert verdicts == {"new"}
+
+
 def test_report_cli_gate_and_diff(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_report(copy.deepcopy(ROWS))))

@@ -105,6 +105,8 @@ def model_warnings(model: Classifier, evalset: EvaluationSet, data: Any = None) 
                    f"{1 / classes:.1%}): check that the model and the data belong together (a TorchScript model "
                    f"does not declare its input shape, so e.g. 28x28 gray digits run through a 32x32 RGB network)"
                    f"{evalset.label_hint}")
+    if evalset.normalize_hint:
+        out.append(f"clean accuracy {evalset.clean_accuracy:.1%} with --mean/--std; {evalset.normalize_hint}")
     if looks_like_probabilities(evalset.clean_logits):
         out.append("the model outputs probabilities (rows sum to 1), not logits: gradients are weak and "
                    "gradient attacks understate its vulnerability; export the model without the final softmax")

@@ -1,8 +1,9 @@
 """Compare two reports cell by cell: what got better or worse.
 
 Cells are matched by ``cell_id`` without its model slot (``m1/`` in a multi-model audit's
-per-model report: the same model audited alone is ``m0/``) when both reports have one, else by
-(attack label, target, defence stack). "Better" means more robust: lower success rate, higher robust accuracy, larger
+per-model report: the same model audited alone is ``m0/``) and without the ``attack/`` kind of
+attack cells, so they match the rows of ``robaudit attack`` reports, which have no id and are matched
+by (attack label, target, defence stack and threat model). "Better" means more robust: lower success rate, higher robust accuracy, larger
 distances of successful examples of minimisation attacks (a fixed-eps attack's distances sit at its
 budget, so they say nothing about robustness and are not compared; L0 attacks also compare
 ``l0_mean``). Distances over successes are compared only where the two success rates are within
@@ -78,6 +79,7 @@ class Change:
 
 
 _MODEL_SLOT = re.compile(r"^m\d+/")
+_ATTACK_KIND = "attack/"
 
 
 def _cell(cell_id: str) -> str:
@@ -87,10 +89,18 @@ def _cell(cell_id: str) -> str:
 
 
 def _key(row: dict[str, Any]) -> str:
+    """The cell a result row is matched by: ``label/target/stack`` (``stack@transfer`` for transfer rows).
+
+    An audit's (or ``defend eval``'s) attack cell id is ``m0/attack/label/target/stack``; ``robaudit
+    attack`` rows carry no id. Both come to the same key, so an attack report diffs against an audit
+    of the same attacks."""
     if row.get("cell_id"):
-        return _cell(str(row["cell_id"]))
-    return str(f"{row.get('label', row.get('attack'))}/{row.get('target')}/"
-               f"{'+'.join(row.get('defences') or []) or 'none'}")
+        key = _cell(str(row["cell_id"]))
+        return key[len(_ATTACK_KIND):] if key.startswith(_ATTACK_KIND) else key
+    stack = "+".join(row.get("defences") or []) or "none"
+    if row.get("defences") and row.get("threat_model") == "transfer":
+        stack += "@transfer"
+    return str(f"{row.get('label', row.get('attack'))}/{row.get('target')}/{stack}")
 
 
 def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,29 +31,65 @@ def _umask() -> int:
     return mask
 
 
+def _special_target(target: Path) -> Path | None:
+    """The file ``target`` names when it is not a regular file or a folder: a pipe, a terminal or
+    another device (``--out /dev/stdout``, a named pipe), reached directly or through symlinks.
+    Renaming over such a path would replace it with a regular file, so it is written in place."""
+    try:
+        st = os.stat(target)  # follows symlinks
+    except OSError:
+        return None
+    return None if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else target
+
+
+def _write_in_place(target: Path, write: Callable[[BinaryIO], None], option: str) -> Path:
+    try:
+        with open(target, "wb") as fh:
+            write(fh)
+            fh.flush()
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another {option} path") from None
+    return target
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], option: str = "--out") -> Path:
     """Call ``write`` on a temporary file in the same folder, fsync and rename it over ``path``: the
-    file there is either the old one or the complete new one. ``option`` names the flag in errors."""
+    file there is either the old one or the complete new one, even when the run is interrupted mid-write
+    (the temporary file is removed). ``option`` names the flag in errors.
+
+    A symlink is followed (the file it points to is replaced, the link stays); an existing file keeps
+    its permission bits (a new one gets 0666 less the umask); a pipe, terminal or device (``/dev/stdout``)
+    is written in place, since it cannot be replaced."""
     target = Path(path)
+    if _special_target(target) is not None:
+        return _write_in_place(target, write, option)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     folder = target.parent if str(target.parent) else Path(".")
     tmp: str | None = None
     try:
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except OSError:
+            mode = 0o666 & ~_umask()  # mkstemp creates 0600; reports are meant to be shared
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; reports are meant to be shared
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
+        tmp = None
     except OSError as exc:
-        if tmp is not None:
+        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another {option} path "
+                         "(any previous file there is untouched)") from None
+    finally:
+        if tmp is not None:  # failed or interrupted (Ctrl-C, SIGTERM) before the rename
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another {option} path "
-                         "(any previous file there is untouched)") from None
     return target
 
 
@@ -69,6 +106,12 @@ def check_writable(path: str | os.PathLike[str], option: str = "--out") -> Path:
     target = Path(path)
     if target.is_dir():
         raise InputError(f"cannot write {target}: it is a folder; give a file name for {option}")
+    if _special_target(target) is not None:  # a pipe or device, written in place
+        if not os.access(target, os.W_OK):
+            raise InputError(f"cannot write {target}: permission denied; choose another {option} path")
+        return target
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     folder = target.parent if str(target.parent) else Path(".")
     blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
     if blocker is not None:
