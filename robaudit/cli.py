@@ -20,7 +20,7 @@ from robaudit.cli_audit import register as register_audit
 from robaudit.cli_clever import register as register_clever
 from robaudit.cli_defend import defend_app
 from robaudit.cli_detect import detect_app
-from robaudit.consoles import stderr_console, stdout_closed, stdout_console
+from robaudit.consoles import echo, stderr_console, stdout_closed, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_STDOUT_CLOSED, EXIT_USAGE, ConfigError, RobauditError
 
@@ -46,7 +46,7 @@ class OutputFormat(str, Enum):
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"robaudit {__version__}")
+        echo(f"robaudit {__version__}")
         raise typer.Exit()
 
 
@@ -202,9 +202,9 @@ def _print_report(report: dict[str, Any], fmt: OutputFormat, shown: frozenset[st
     if fmt is OutputFormat.json:
         import json
 
-        typer.echo(json.dumps(report, indent=2))
+        echo(json.dumps(report, indent=2))
     elif fmt is OutputFormat.markdown:
-        typer.echo(results_markdown(report))
+        echo(results_markdown(report))
     else:
         out_console.print(results_table(report, width=out_console.width))
         for w in report_warnings(report):
@@ -266,6 +266,7 @@ _STOPPED_HINTS = {
     "clever": "nothing was written: clever starts over when run again (an audit profile's clever section "
               "resumes with `robaudit audit --resume`)",
     "detect": "nothing was written: detect starts over when run again",
+    "report": "report only reads its input: any --out file is the previous one or the complete new one",
 }
 """What a stopped command kept, for the commands where :data:`_STOPPED_HINT` does not hold."""
 
@@ -308,7 +309,8 @@ def main() -> None:
     try:
         # not standalone: Click's own errors come here, to be printed on one line like robaudit's
         code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        code = code if isinstance(code, int) else 0
+        sys.exit(EXIT_STDOUT_CLOSED if code == 0 and stdout_closed() else code)  # a failed gate stays 1
     except click_exception as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `robaudit defend`: the help is the answer
             exc.show()  # type: ignore[attr-defined]
@@ -330,7 +332,8 @@ def main() -> None:
         err_console.print(f"robaudit: terminated (SIGTERM); {_stopped_hint(sys.argv)}", highlight=False)
         sys.exit(143)
     except SystemExit as exc:
-        if exc.code == EXIT_GATE and stdout_closed():  # `robaudit ... | head`: not a gate failure
+        if exc.code == EXIT_GATE and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            # Typer's answer to a write that failed on a closed pipe (e.g. --help | head): not a gate
             sys.exit(EXIT_STDOUT_CLOSED)
         raise
     except BrokenPipeError:  # a write to stdout outside the console and Typer's echo

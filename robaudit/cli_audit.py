@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from robaudit.consoles import stderr_console, stdout_console
+from robaudit.consoles import echo, stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import EXIT_GATE, ConfigError
 
@@ -299,15 +299,15 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
     if fmt is SummaryFormat.json and len(result.reports) > 1:  # one JSON document: an array of the reports
         from robaudit.report.writer import _clean
 
-        typer.echo(json.dumps([_clean(report) for _, report in result.reports], indent=2))
+        echo(json.dumps([_clean(report) for _, report in result.reports], indent=2))
     for path, report in result.reports:
         if fmt is SummaryFormat.json:
             if len(result.reports) == 1:
-                typer.echo(render(report, ReportFormat.json), nl=False)
+                echo(render(report, ReportFormat.json), nl=False)
         elif fmt is SummaryFormat.markdown:
-            typer.echo(render(report, ReportFormat.markdown), nl=False)
+            echo(render(report, ReportFormat.markdown), nl=False)
         elif fmt is SummaryFormat.table:
-            typer.echo(render(report, ReportFormat.table, width=max(_out.width, 100), shown=seen), nl=False)
+            echo(render(report, ReportFormat.table, width=max(_out.width, 100), shown=seen), nl=False)
         if fmt is not SummaryFormat.json:
             _err.print(f"report written to {path}", highlight=False)
     for prefix, gate_results in judged:  # after the reports are written, as the README says
@@ -322,7 +322,7 @@ def report_cmd(
     fmt: Annotated[ReportFormat, typer.Option("--format", help="table, markdown, html, junit or json.")] = ReportFormat.table,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the rendering to this file (atomically) instead of stdout.")] = None,
     gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help="Gate EXPR or profile (repeatable): judge the report by these gates instead of the ones stored in it; exit 1 if one fails.")] = None,
-    tolerance: Annotated[float, typer.Option(help="diff: changes up to this size count as unchanged.")] = 0.0,
+    tolerance: Annotated[float, typer.Option(help="diff: changes up to this size count as unchanged (changes within float32 rounding, a relative 1e-6, always do).")] = 0.0,
     fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression", help="diff: exit 1 if any metric got worse.")] = False,
 ) -> None:
     """Render a report (table, Markdown, self-contained HTML, JUnit XML, JSON), gate it, or diff two reports."""
@@ -345,7 +345,7 @@ def report_cmd(
                    markup=False, highlight=False, soft_wrap=True)
     text = render(report, fmt, width=max(_out.width, 100) if out is None else 160)
     if out is None:
-        typer.echo(text, nl=False)
+        echo(text, nl=False)
     else:
         write_text_atomic(out, text)
         _err.print(f"{fmt.value} written to {out}", highlight=False)
@@ -384,7 +384,7 @@ def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: floa
     else:
         raise ConfigError(f"report diff writes table, markdown or json, not {fmt.value}")
     if out is None:
-        typer.echo(text, nl=False)
+        echo(text, nl=False)
     else:
         write_text_atomic(out, text)
     for w in warnings:
@@ -392,7 +392,8 @@ def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: floa
     worse = regressions(changes, tolerance)
     if fail and worse:
         for c in worse:
-            what = "gone (in the old report only)" if c.new is None else f"{c.old:.4g} -> {c.new:.4g}"
+            digits = 4 if c.new is None or f"{c.old:.4g}" != f"{c.new:.4g}" else 8  # show the change
+            what = "gone (in the old report only)" if c.new is None else f"{c.old:.{digits}g} -> {c.new:.{digits}g}"
             _err.print(f"robaudit: regression: {c.cell} {c.metric}: {what}", markup=False,
                        highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_GATE)

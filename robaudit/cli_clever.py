@@ -15,7 +15,7 @@ import typer
 from rich.progress import Progress
 
 from robaudit.cli_audit import input_options, progress_bars
-from robaudit.consoles import stderr_console, stdout_console
+from robaudit.consoles import echo, stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
 
@@ -143,10 +143,10 @@ def print_clever(report: dict[str, Any], fmt: CleverFormat) -> None:
 
         from robaudit.report.writer import _clean
 
-        typer.echo(json.dumps(_clean(report), indent=2))
+        echo(json.dumps(_clean(report), indent=2))
         return
     if fmt is CleverFormat.markdown:
-        typer.echo(clever_markdown(report))
+        echo(clever_markdown(report))
         return
     data = report.get("data", {})
     if data.get("n_selected"):

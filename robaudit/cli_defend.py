@@ -18,7 +18,7 @@ from rich.progress import Progress
 
 from robaudit.cli_audit import WORKERS_HELP, SummaryFormat, execute_audit, input_options, progress_bars
 from robaudit.config.profile import DEFAULT_EOT_SAMPLES
-from robaudit.consoles import stderr_console, stdout_console
+from robaudit.consoles import echo, stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError, DataLoadError
 
@@ -240,4 +240,4 @@ def train_cmd(
         _err.print(f"wrote {out} (epoch {best.epoch}: {_val_text(best, f'val PGD-{cfg.val_pgd_steps}')} at eps "
                    f"{eps:g}); training log {out.name}.json{resumed}", highlight=False)
     if not quiet:
-        typer.echo(json.dumps({k: summary[k] for k in ("out", "best_epoch", "stopped_early")}))
+        echo(json.dumps({k: summary[k] for k in ("out", "best_epoch", "stopped_early")}))

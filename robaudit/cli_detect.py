@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from robaudit.cli_audit import busy
-from robaudit.consoles import stderr_console, stdout_console
+from robaudit.consoles import echo, stderr_console, stdout_console
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import ConfigError
 
@@ -107,7 +107,7 @@ def fit_cmd(
     for w in summary["fit"].get("warnings", []):
         _err.print(f"warning: {w}", highlight=False)
     if quiet:
-        typer.echo(str(path))
+        echo(str(path))
         return
     d = dfile.detector.to_dict()
     _out.print(f"{d['kind']} detector on {summary['n_benign']} benign inputs, costs "
@@ -141,12 +141,12 @@ def score_cmd(
         report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
     path = write_json_atomic(out, report)
     if quiet:
-        typer.echo(str(path))
+        echo(str(path))
         return
     if json_out:
         import json
 
-        typer.echo(json.dumps(report, indent=2))
+        echo(json.dumps(report, indent=2))
         return
     rows = report["inputs"]
     feats = [k for k in (rows[0] if rows else {}) if k not in ("index", "prediction", "score", "adversarial")]
@@ -196,12 +196,12 @@ def eval_cmd(
     if quiet:
         for w in report.get("warnings", []):
             _err.print(f"warning: {w}", highlight=False)
-        typer.echo(str(path))
+        echo(str(path))
         return
     if json_out:
         import json
 
-        typer.echo(json.dumps(report, indent=2))
+        echo(json.dumps(report, indent=2))
         return
     print_eval(report, _out)
     _err.print(f"report written to {path}", highlight=False)

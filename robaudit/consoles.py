@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
+import typer
+
 from rich.console import Console
 
 PIPE_WIDTH = 200
@@ -19,19 +21,44 @@ PIPE_WIDTH = 200
 _closed = {"stdout": False}
 
 
+def _stdout_gone() -> None:
+    """Standard output was closed by its reader (``robaudit ... | head``): note it, and point stdout at
+    /dev/null so the rest of the command (judging gates, writing files, messages on stderr) runs on."""
+    _closed["stdout"] = True
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 class _Console(Console):
-    """Rich's console, noting when its pipe closes (rich then silences stdout and exits 1, the exit
-    code robaudit reserves for gates; :func:`stdout_closed` lets the entry point say 141 instead)."""
+    """Rich's console, which on a closed pipe would silence stdout and exit 1 (the exit code robaudit
+    reserves for failed gates) in the middle of the command. Here the command runs on to its end,
+    and the entry point exits 141 if it would otherwise have exited 0 (:func:`stdout_closed`)."""
 
     def on_broken_pipe(self) -> None:
-        _closed["stdout"] = True
-        super().on_broken_pipe()
+        self.quiet = True
+        if not self.stderr:
+            _stdout_gone()
+
+
+def echo(text: str, nl: bool = True) -> None:
+    """``typer.echo`` to stdout that survives a closed pipe as the consoles do."""
+    if _closed["stdout"]:
+        return
+    try:
+        typer.echo(text, nl=nl)
+    except BrokenPipeError:
+        _stdout_gone()
 
 
 def stdout_closed() -> bool:
-    """Whether standard output was found closed: by a console, or by Typer's ``echo`` (Typer then
-    swaps ``sys.stdout`` for Click's ``PacifyFlushWrapper`` before exiting 1)."""
-    return _closed["stdout"] or type(sys.stdout).__name__ == "PacifyFlushWrapper"
+    """Whether standard output was found closed: by a console, :func:`echo`, a report written to
+    ``/dev/stdout``, or Typer (which, when a write fails outside those, swaps ``sys.stdout`` for
+    Click's ``PacifyFlushWrapper`` before exiting 1)."""
+    from robaudit.report.writer import closed_outputs
+
+    return _closed["stdout"] or bool(closed_outputs) or type(sys.stdout).__name__ == "PacifyFlushWrapper"
 
 
 def stdout_console() -> Console:

@@ -226,6 +226,21 @@ def test_diff_matches_cells_across_model_slots():
     assert worse == {("m0/attack/pgd/untargeted/none", "success_rate"), ("m0/attack/pgd/untargeted/none", "robust_accuracy")}
 
 
+def test_diff_does_not_call_float32_rounding_a_regression():
+    """A rerun with another batch size moved a C&W median by 3e-8 (0.6241 -> 0.6241), and
+    --fail-on-regression failed the build on it."""
+    rows = [_row("cw", "untargeted", 0.5, 0.6241), _row("fgsm", "untargeted", 0.2, 1.5)]
+    for r in rows:
+        r["eps"] = None if r["attack"] == "cw" else 0.1
+    old = _report(rows)
+    new = copy.deepcopy(old)
+    new["results"][0]["l2_median"] = 0.6241 - 2.98e-8
+    assert regressions(diff_reports(old, new), 0.0) == []
+    new["results"][0]["l2_median"] = 0.6241 - 1e-4  # a real change is still one
+    worse = regressions(diff_reports(old, new), 0.0)
+    assert [(c.cell, c.metric) for c in worse] == [("m0/attack/cw/untargeted/none", "l2_median")]
+
+
 def test_diff_matches_an_attack_report_against_an_audit_of_the_same_cells():
     """`robaudit attack` rows carry no cell id; an audit's are m0/attack/label/target/stack. Diffing
     the two reported every cell gone and new, and exited 1."""
@@ -263,6 +278,11 @@ def test_report_cli_gate_and_diff(tmp_path):
     assert proc.returncode == 0 and "note: 1 of the 1 gates stored in this report failed" in proc.stderr
     proc = robaudit_cli("report", str(a), "--gate", "nonsense <= 0.5")
     assert proc.returncode == 2 and "unknown metric 'nonsense'" in proc.stderr
+    (tmp_path / "afile").write_text("in the way")
+    for out, why in ((tmp_path, "it is a folder; give a file name for --out"),
+                     (tmp_path / "afile" / "r.md", f"{tmp_path / 'afile'} is a file, not a folder")):
+        proc = robaudit_cli("report", str(a), "--format", "markdown", "--out", str(out))
+        assert proc.returncode == 2 and f"cannot write {out}: {why}" in proc.stderr
     proc = robaudit_cli("report", "diff", str(a), str(b), "--fail-on-regression", "--format", "markdown")
     assert proc.returncode == 1 and "regression: m0/attack/fgsm/untargeted/none success_rate" in proc.stderr
     assert "| m0/attack/fgsm/untargeted/none | success_rate | 0.2 | 0.9 | +0.7 | worse |" in proc.stdout
@@ -379,7 +399,7 @@ def test_detection_rows_say_what_they_are_measured_on_and_diff_skips_changed_set
     assert not regressions(changes, 0.0)
     notes = {c.cell: c.note for c in changes if c.metric == "setup"}
     assert notes == {"m0/detect/detect/-/none fgsm/bim-linf": "craft early -> full",
-                     "m0/detect/detect/-/none cw/bim-linf": "params {'confidence': 8} -> {'confidence': 0}"}
+                     "m0/detect/detect/-/none cw/bim-linf": "params.confidence 8 -> 0"}
     new = copy.deepcopy(report)
     new["detection"][0]["rows"][1]["auroc"] = 0.6  # same setup: a real regression
     assert [c.cell for c in regressions(diff_reports(report, new), 0.0)] == ["m0/detect/detect/-/none cw/bim-linf"]
@@ -506,12 +526,13 @@ def test_chart_has_one_bar_per_threat_model_and_one_colour_per_series():
     from robaudit.report.html import charts
 
     rows = []
-    for threat, rate in (("adaptive", 0.61), ("transfer", 0.56)):  # one stack under both threat models
+    for threat, rate in (("adaptive", 0.61), ("transfer", 0.125)):  # one stack under both threat models
         row = _row("fgsm", "untargeted", rate, 1.0)
         row.update(defences=["ss"], threat_model=threat, cell_id=f"m0/attack/fgsm/untargeted/ss/{threat}")
         rows.append(row)
     svg = charts(_report(rows))[0]
-    assert "fgsm / untargeted / ss (adaptive): 61%" in svg and "fgsm / untargeted / ss (transfer): 56%" in svg
+    # bar labels as the tables print them: 12.5% (a half-even 12% disagreed with the table beside it)
+    assert "fgsm / untargeted / ss (adaptive): 61%" in svg and "fgsm / untargeted / ss (transfer): 12.5%" in svg
     many = []
     for i in range(21):  # more series than the palette has colours
         row = _row("fgsm", "untargeted", 0.5, 1.0)

@@ -9,6 +9,8 @@ budget, so they say nothing about robustness and are not compared; L0 attacks al
 ``l0_mean``). Distances over successes are compared only where the two success rates are within
 5 points: otherwise they are over different inputs, and the success rate carries the change.
 Detection rows (matched by cell id, attack and score) compare their AUROC (higher is better).
+A change within float32 rounding (relative 1e-6, the slack gates allow) is ``same`` whatever the
+tolerance: reruns with another batch size or thread count move distances in their last digits.
 
 A matched cell whose attack setup changed (backend, norm, eps or parameters) is not compared at all:
 its numbers measure a different attack. It is listed with the verdict ``changed`` and never counts
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robaudit.report.markdown import md_text
+from robaudit.tolerance import RELATIVE
 
 DIFF_METRICS: tuple[tuple[str, int], ...] = (
     ("robust_accuracy", +1), ("success_rate", -1), ("l2_median", +1), ("l2_mean", +1), ("linf_median", +1),
@@ -73,8 +76,8 @@ class Change:
             return "gone"
         d = self.new - self.old
         direction = +1 if self.metric == "clean_accuracy" else dict(DIFF_METRICS)[self.metric]
-        if abs(d) <= tolerance:
-            return "same"
+        if abs(d) <= tolerance or abs(d) <= RELATIVE * max(abs(self.old), abs(self.new)):
+            return "same"  # float32 rounding (another batch size or thread count) is no change
         return "better" if d * direction > 0 else "worse"
 
 
@@ -173,10 +176,19 @@ def _detection_setups(report: dict[str, Any]) -> dict[tuple[Any, Any], dict[str,
     return out
 
 
-def _setup_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``eps 0.3 -> 0.01; params ...`` for every key whose value differs (``""``: the same setup)."""
-    return "; ".join(f"{k} {_setup_value(old.get(k))} -> {_setup_value(new.get(k))}"
-                     for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k))
+def _setup_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """``eps 0.3 -> 0.01; params.steps 20 -> 40`` for every key whose value differs (``""``: the same
+    setup); of two mappings (an attack's parameters) only the entries that differ."""
+    out = []
+    for k in dict.fromkeys([*old, *new]):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.append(_setup_changes(a, b, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k} {_setup_value(a)} -> {_setup_value(b)}")
+    return "; ".join(out)
 
 
 def _setup_value(v: Any) -> str:

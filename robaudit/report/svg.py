@@ -65,11 +65,12 @@ def grouped_bars(title: str, groups: list[str], series: list[str], values: dict[
                              f'font-size="9" fill="#999">n/a</text>')
                 continue
             h = max(0.0, min(1.0, v / top_value)) * plot_h if top_value > 0 else 0.0
-            shown = f"{100 * v:.0f}%" if percent else f"{v:.3g}"
+            # one decimal, as the tables print it (12.5%, not a half-even 12%), dropped when it is 0
+            shown = f"{f'{100 * v:.1f}'.removesuffix('.0')}%" if percent else f"{v:.3g}"
             parts.append(f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w - 2}" height="{h:.1f}" '
                          f'fill="{colour}"><title>{escape(group)} / {escape(s)}: {shown}</title></rect>')
             parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" '
-                         f'font-size="9">{shown}</text>')
+                         f'font-size="8">{shown}</text>')
         parts.append(f'<text x="{left + gi * width_per_group + width_per_group / 2:.1f}" y="{top + plot_h + 18}" '
                      f'text-anchor="middle">{escape(group)}</text>')
     parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>')

@@ -42,13 +42,33 @@ def _special_target(target: Path) -> Path | None:
     return None if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else target
 
 
+closed_outputs: list[Path] = []
+"""Pipes whose reader left while a report was written into them (``--out /dev/stdout | head``): the
+command runs on, and the CLI exits 141 if it would otherwise have exited 0."""
+
+
 def _write_in_place(target: Path, write: Callable[[BinaryIO], None], option: str) -> Path:
     try:
-        with open(target, "wb") as fh:
+        with open(target, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush into a closed pipe
             write(fh)
-            fh.flush()
+    except BrokenPipeError:
+        closed_outputs.append(target)
     except OSError as exc:
         raise InputError(f"cannot write {target}: {exc.strerror or exc}; choose another {option} path") from None
+    return target
+
+
+def _refuse_misplaced(target: Path, option: str) -> Path:
+    """``target`` with symlinks resolved, or a one-line error when a folder stands where the file
+    should go or a file where one of its folders should be."""
+    if target.is_dir():
+        raise InputError(f"cannot write {target}: it is a folder; give a file name for {option}")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    folder = target.parent if str(target.parent) else Path(".")
+    blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"cannot write {target}: {blocker} is a file, not a folder; choose another {option} path")
     return target
 
 
@@ -63,8 +83,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     target = Path(path)
     if _special_target(target) is not None:
         return _write_in_place(target, write, option)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    target = _refuse_misplaced(target, option)
     folder = target.parent if str(target.parent) else Path(".")
     tmp: str | None = None
     try:
@@ -104,18 +123,12 @@ def check_writable(path: str | os.PathLike[str], option: str = "--out") -> Path:
     a folder in its place, or a parent that cannot be created or written. Creates nothing but the
     parent folders, and probes them with a temporary file that is removed at once."""
     target = Path(path)
-    if target.is_dir():
-        raise InputError(f"cannot write {target}: it is a folder; give a file name for {option}")
     if _special_target(target) is not None:  # a pipe or device, written in place
         if not os.access(target, os.W_OK):
             raise InputError(f"cannot write {target}: permission denied; choose another {option} path")
         return target
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    target = _refuse_misplaced(target, option)
     folder = target.parent if str(target.parent) else Path(".")
-    blocker = next((q for q in (folder, *folder.parents) if q.exists() and not q.is_dir()), None)
-    if blocker is not None:
-        raise InputError(f"cannot write {target}: {blocker} is a file, not a folder; choose another {option} path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
