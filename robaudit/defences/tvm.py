@@ -78,7 +78,7 @@ solver's buffers stay in the cache (on one thread measured fastest among 16..600
 chunk). With more threads the chunks grow with them: each element-wise step is split across the
 threads, and a step over 96 planes is too small to share (on 2 cores, 600 CIFAR planes took 1.2 to
 1.4 times less wall time in chunks of 150..300 planes than on one thread, and no less in chunks of
-96)."""
+96). The planes are split into that many chunks of about equal size (no small remainder chunk)."""
 
 
 @dataclass(frozen=True)
@@ -140,11 +140,23 @@ class _Scratch:
         self.qh = like.new_zeros(n, hw + 1)
         self.r = like.new_empty(n, hw)
         self.grad = like.new_empty(n, hw)
+        self._views(h, w)
 
-    def rows(self, k: int) -> "_Scratch":
+    def _views(self, h: int, w: int) -> None:
+        n, hw = self.r.shape
+        qv, qh = self.qv, self.qh
+        self.dv = qv[:, w:hw]
+        """Row differences (n, (h-1)*w)."""
+        self.dh, self.dh_end = qh[:, 1:], qh[:, 1:].view(n, h, w)[:, :, w - 1]
+        """Column differences (n, h*w) (flat, 0 at row ends) and their row-end entries."""
+        self.adj = (qv[:, :hw], qv[:, w:], qh[:, :hw], qh[:, 1:])
+        """Shifted views whose sum ``adj[0] - adj[1] + adj[2] - adj[3]`` is the adjoint."""
+
+    def rows(self, k: int, h: int, w: int) -> _Scratch:
         """The same buffers for the first ``k`` planes (views, no allocation)."""
         out = _Scratch.__new__(_Scratch)
         out.qv, out.qh, out.r, out.grad = self.qv[:k], self.qh[:k], self.r[:k], self.grad[:k]
+        out._views(h, w)
         return out
 
 
@@ -157,7 +169,8 @@ def _norm_grad(d: torch.Tensor, dim: int, tmp: torch.Tensor, lamb: float, p: int
             n = torch.linalg.vector_norm(d, dim=dim, keepdim=True)
         else:
             n = torch.mul(d, d, out=tmp).sum(dim, keepdim=True).sqrt_()
-        d.mul_(n.clamp_min(_EPS).reciprocal_().mul_(lamb))
+        coef = n.clamp_min(_EPS).reciprocal_()
+        d.mul_(coef if lamb == 1.0 else coef.mul_(lamb))  # ART's gradient at the defaults: lamb 1
     elif p == 1:
         n = d.abs().sum(dim, keepdim=True)
         d.sign_().mul_(lamb)
@@ -166,6 +179,16 @@ def _norm_grad(d: torch.Tensor, dim: int, tmp: torch.Tensor, lamb: float, p: int
         n = a.pow(p).sum(dim, keepdim=True).pow_(1.0 / p)
         d.copy_(d.sign() * a.pow_(p - 1)).mul_(n.clamp_min(_EPS).pow(1 - p).mul_(lamb))
     return n
+
+
+def _norm(d: torch.Tensor, dim: int, tmp: torch.Tensor, glamb: float, p: int) -> torch.Tensor:
+    """The ``p``-norms of ``d`` along ``dim`` (kept dims), as :func:`_norm_grad` returns them, ``d`` unchanged."""
+    if p == 2:
+        if dim == d.dim() - 1:
+            return torch.linalg.vector_norm(d, dim=dim, keepdim=True)
+        return torch.mul(d, d, out=tmp).sum(dim, keepdim=True).sqrt_()
+    a = torch.abs(d, out=tmp)
+    return a.sum(dim, keepdim=True) if p == 1 else a.pow_(p).sum(dim, keepdim=True).pow_(1.0 / p)
 
 
 class _Problem:
@@ -178,33 +201,47 @@ class _Problem:
         """Weight of the TV term in the gradient (``lamb`` for the exact gradient; ART's is ``p * lamb``)."""
         self.neg_xm = torch.mul(x, mask, out=neg_xm).neg_()
         """``-mask * x``: the data term's residual is then one fused ``addcmul``."""
-        self.row_end = (torch.arange(h * w, device=x.device) % w != w - 1).to(x.dtype)
-        """0 at the last pixel of each row: a flat shift by one must not pair pixels across rows."""
+        self._shifted: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        """Shifted views of the points evaluated, by their address (the solver alternates two buffers)."""
 
     def value_grad(
-        self, z: torch.Tensor, buf: _Scratch, idx: torch.Tensor | None = None
+        self, z: torch.Tensor, buf: _Scratch, idx: torch.Tensor | None = None, with_grad: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E(z)`` per plane and its gradient (in ``buf.grad``); ``idx``: ``z`` holds only these planes."""
-        neg_xm, mask = (self.neg_xm, self.mask) if idx is None else (self.neg_xm[idx], self.mask[idx])
+        """``E(z)`` per plane, (n, 1), and its gradient (in ``buf.grad``; not computed, and ``buf.grad``
+        returned as it is, unless ``with_grad``); ``idx``: ``z`` holds only these planes."""
+        if idx is None:
+            neg_xm, mask = self.neg_xm, self.mask
+        else:
+            neg_xm, mask = self.neg_xm.index_select(0, idx), self.mask.index_select(0, idx)
+        norm = _norm_grad if with_grad else _norm
         n, hw = z.shape
         h, w, lamb, p, glamb = self.h, self.w, self.lamb, self.p, self.tv_grad_lamb
         grad = buf.grad
         r = torch.addcmul(neg_xm, z, mask, out=buf.r)  # mask * (z - x)
-        fid = torch.linalg.vector_norm(r, dim=1)
+        fid = torch.linalg.vector_norm(r, dim=1, keepdim=True)
         value = fid
+        key = (z.data_ptr(), n)
+        zs = self._shifted.get(key) if idx is None else None
+        if zs is None:  # z one row down, z, z one pixel on, z
+            zs = (z[:, w:], z[:, :-w], z[:, 1:], z[:, :-1])
+            if idx is None:
+                self._shifted[key] = zs
         if h > 1:  # rows: the norm of z[i+1, :] - z[i, :] for each i
-            dv = torch.sub(z[:, w:], z[:, :-w], out=buf.qv[:, w:hw])
-            nv = _norm_grad(dv.view(n, h - 1, w), 2, grad[:, : hw - w].view(n, h - 1, w), glamb, p)
-            value = value + lamb * nv.view(n, -1).sum(1)
+            dv = torch.sub(zs[0], zs[1], out=buf.dv)
+            nv = norm(dv.view(n, h - 1, w), 2, grad[:, : hw - w].view(n, h - 1, w), glamb, p)
+            value = torch.add(value, nv.view(n, -1).sum(1, keepdim=True), alpha=lamb)
         if w > 1:  # columns: the norm of z[:, j+1] - z[:, j] for each j
-            dh = buf.qh[:, 1:]
-            torch.sub(z[:, 1:], z[:, :-1], out=dh[:, :-1])
-            dh.mul_(self.row_end)
-            nh = _norm_grad(dh.view(n, h, w), 1, grad.view(n, h, w), glamb, p)
-            value = value + lamb * nh.view(n, -1).sum(1)
-        torch.sub(buf.qv[:, :hw], buf.qv[:, w:], out=grad)
-        grad.add_(buf.qh[:, :hw]).sub_(buf.qh[:, 1:])
-        grad.addcmul_(r, fid.clamp_min(_EPS).reciprocal().unsqueeze(1))
+            dh = buf.dh
+            torch.sub(zs[2], zs[3], out=dh[:, :-1])
+            buf.dh_end.zero_()  # a flat shift by one pairs a row's end with the next row's start
+            nh = norm(dh.view(n, h, w), 1, grad.view(n, h, w), glamb, p)
+            value = torch.add(value, nh.view(n, -1).sum(1, keepdim=True), alpha=lamb)
+        if not with_grad:
+            return value, grad
+        qv_lo, qv_hi, qh_lo, qh_hi = buf.adj
+        torch.sub(qv_lo, qv_hi, out=grad)
+        grad.add_(qh_lo).sub_(qh_hi)
+        grad.addcmul_(r, fid.clamp_min(_EPS).reciprocal_())
         return value, grad
 
 
@@ -233,68 +270,109 @@ def tv_lbfgs(x: torch.Tensor, mask: torch.Tensor, h: int, w: int, *, lamb: float
     if ws is None or ws.shape[0] < n or ws.shape[1:] != (h, w, history):
         ws = Workspace(n, h, w, history, x)
     prob = _Problem(x, mask, h, w, lamb, p, ws.neg_xm[:n], tv_grad_scale)
-    bufs = (ws.bufs[0].rows(n), ws.bufs[1].rows(n))
-    spare, tmp = ws.spare, ws.tmp
+    bufs = (ws.bufs[0].rows(n, h, w), ws.bufs[1].rows(n, h, w))
+    spare, tmp = ws.spare, ws.tmp[:n]
 
     def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.mul(a, b, out=tmp[: a.shape[0]]).sum(1)
+        return torch.mul(a, b, out=tmp).sum(1, keepdim=True)
 
     z, zn = ws.z[:n], ws.zn[:n]
     z.copy_(x)
     f, g = prob.value_grad(z, bufs[0])
     slots = history + 1  # one slot more than pairs: the new direction is written into a free one
-    s_hist, y_hist = ws.s_hist[:, :n], ws.y_hist[:, :n]  # only slots listed in `pairs` are ever read
-    rho = x.new_zeros(slots, n)  # 0 marks a rejected pair (no positive curvature): it changes nothing
-    gamma = x.new_ones(n)
+    s_hist, y_hist = ws.s_hist[:, :n].unbind(0), ws.y_hist[:, :n].unbind(0)  # only slots in `pairs` are read
+    rho = list(x.new_zeros(slots, n, 1).unbind(0))  # 0 marks a rejected pair (no positive curvature): no change
+    neg_gamma = x.new_full((n, 1), -1.0)
     pairs: list[int] = []  # slots in use, oldest first
+    gs = f  # g . s of the newest pair (it is the last step's gn . s); set before it is read
     for k in range(max_iter):
         j = next(i for i in range(slots) if i not in pairs)
-        d = torch.neg(g, out=s_hist[j])
+        d = s_hist[j]
         if not pairs:  # L-BFGS-B's first step: steepest descent of unit length
-            d.mul_(torch.linalg.vector_norm(g, dim=1).clamp_min(1e-12).reciprocal_().unsqueeze(1))
-        else:  # two-loop recursion on -g
+            scale = torch.linalg.vector_norm(g, dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_().neg_()
+            torch.mul(g, scale, out=d)
+        else:  # two-loop recursion, run on +g: each a is minus the usual alpha, and -gamma flips the sign back
             alphas = []
             for i in reversed(pairs):
-                a = dot(s_hist[i], d).mul_(rho[i])
-                d.addcmul_(y_hist[i], a.unsqueeze(1), value=-1.0)
+                a = (dot(s_hist[i], d) if alphas else gs).mul_(rho[i])
+                if alphas:
+                    d.addcmul_(y_hist[i], a, value=-1.0)
+                else:
+                    torch.addcmul(g, y_hist[i], a, value=-1.0, out=d)
                 alphas.append(a)
-            d.mul_(gamma.unsqueeze(1))
+            d.mul_(neg_gamma)
             for i, a in zip(pairs, reversed(alphas), strict=True):
-                b = dot(y_hist[i], d).mul_(rho[i])
-                d.addcmul_(s_hist[i], a.sub_(b).unsqueeze(1))
+                c = dot(y_hist[i], d).mul_(rho[i]).add_(a)
+                d.addcmul_(s_hist[i], c, value=-1.0)
         slope = dot(g, d)
         torch.add(z, d, out=zn)
-        fn, gn = prob.value_grad(zn, bufs[(k + 1) % 2])
-        failed = ~(fn <= f + _ARMIJO * slope)  # NaN fails too
+        last = k == max_iter - 1  # the last point's gradient is never used
+        fn, gn = prob.value_grad(zn, bufs[(k + 1) % 2], with_grad=not last)
+        failed = torch.le(fn, torch.add(f, slope, alpha=_ARMIJO)).logical_not_()  # NaN fails too
         step: torch.Tensor | None = None
         if bool(failed.any()):
-            step = x.new_ones(n)
-            idx = failed.nonzero().squeeze(1)
-            for _ in range(_MAX_BACKTRACK):
-                step[idx] *= 0.5
-                si = step[idx]
-                zi = torch.addcmul(z[idx], d[idx], si.unsqueeze(1))
-                fi, gi = prob.value_grad(zi, spare.rows(idx.numel()), idx)
-                zn[idx], gn[idx], fn[idx] = zi, gi, fi
-                bad = ~(fi <= f[idx] + _ARMIJO * si * slope[idx])
-                if not bool(bad.any()):
-                    break
-                idx = idx[bad]
-            else:  # no decrease: stay
-                step[idx] = 0.0
-                zn[idx], gn[idx], fn[idx] = z[idx], g[idx], f[idx]
-            d.mul_(step.unsqueeze(1))  # the slot now holds s = step * d
+            step = _backtrack(prob, failed, z, d, f, g, slope, zn, fn, None if last else gn, spare)
+        if last:
+            return zn
         y = torch.sub(gn, g, out=y_hist[j])
-        sy = dot(gn, d).sub_(slope if step is None else slope * step)  # (gn - g) . s
-        yy = torch.linalg.vector_norm(y, dim=1).square_()
+        gs = dot(gn, d)  # gn . s: also the next two-loop's first dot product
+        sy = gs.sub(slope if step is None else slope * step)  # (gn - g) . s
+        yy = torch.linalg.vector_norm(y, dim=1, keepdim=True).square_()
         ok = sy > 1e-10 * yy
         rho[j] = torch.where(ok, sy.reciprocal(), 0.0)
-        gamma = torch.where(ok, sy / yy.clamp_min(1e-30), gamma)
+        neg_gamma = torch.where(ok, sy.div_(yy.clamp_min_(1e-30)).neg_(), neg_gamma)
         pairs.append(j)
         if len(pairs) > history:
             pairs.pop(0)
         z, zn, f, g = zn, z, fn, gn
     return z
+
+
+def _backtrack(prob: _Problem, failed: torch.Tensor, z: torch.Tensor, d: torch.Tensor, f: torch.Tensor,
+               g: torch.Tensor, slope: torch.Tensor, zn: torch.Tensor, fn: torch.Tensor, gn: torch.Tensor | None,
+               spare: _Scratch) -> torch.Tensor:
+    """Armijo backtracking for the planes whose full step ``failed``: halve their step until ``E``
+    decreases enough, writing their new point, value and gradient into ``zn``, ``fn``, ``gn`` (no
+    gradient if ``gn`` is None) and scaling their rows of ``d`` by the step (so ``d`` holds the step
+    taken, ``s``); returns every plane's step, (n, 1) (0: no decrease found, the plane stays at ``z``).
+    The planes still searching share one step (each has failed as often), so a round is one
+    evaluation of them."""
+    step = torch.ones_like(f)
+    idx = failed.view(-1).nonzero().squeeze(1)
+    z_a, d_a = z.index_select(0, idx), d.index_select(0, idx)
+    f_a, thr = f.index_select(0, idx), slope.index_select(0, idx).mul_(_ARMIJO)
+    t = 1.0
+    for _ in range(_MAX_BACKTRACK):
+        t *= 0.5
+        zt = torch.add(z_a, d_a, alpha=t)
+        ft, gt = prob.value_grad(zt, spare.rows(idx.numel(), prob.h, prob.w), idx, with_grad=gn is not None)
+        ok = torch.le(ft, torch.add(f_a, thr, alpha=t))
+        if bool(ok.all()):
+            zn.index_copy_(0, idx, zt)
+            if gn is not None:
+                gn.index_copy_(0, idx, gt)
+            fn.index_copy_(0, idx, ft)
+            d.index_copy_(0, idx, d_a.mul_(t))
+            return step.index_fill_(0, idx, t)
+        if bool(ok.any()):
+            good = ok.view(-1).nonzero().squeeze(1)
+            done = idx.index_select(0, good)
+            zn.index_copy_(0, done, zt.index_select(0, good))
+            if gn is not None:
+                gn.index_copy_(0, done, gt.index_select(0, good))
+            fn.index_copy_(0, done, ft.index_select(0, good))
+            d.index_copy_(0, done, d_a.index_select(0, good).mul_(t))
+            step.index_fill_(0, done, t)
+            keep = ok.logical_not_().view(-1).nonzero().squeeze(1)
+            idx = idx.index_select(0, keep)
+            z_a, d_a, f_a, thr = (a.index_select(0, keep) for a in (z_a, d_a, f_a, thr))
+    # no decrease: stay
+    zn.index_copy_(0, idx, z_a)
+    if gn is not None:
+        gn.index_copy_(0, idx, g.index_select(0, idx))
+    fn.index_copy_(0, idx, f_a)
+    d.index_fill_(0, idx, 0.0)
+    return step.index_fill_(0, idx, 0.0)
 
 
 class TotalVarMin(Preprocessor):
@@ -342,20 +420,23 @@ class TotalVarMin(Preprocessor):
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match input shape {tuple(x.shape)}")
         lo, hi = self.clip
         n, c, h, w = x.shape
+        unit = (lo, hi) == (0.0, 1.0)  # no rescaling (and no copy of float32 input)
         with torch.no_grad():
-            planes = ((x.float() - lo) / (hi - lo)).reshape(n * c, h * w).contiguous()
+            planes = x.detach().float() if unit else (x.float() - lo) / (hi - lo)
+            planes = planes.reshape(n * c, h * w).contiguous()
             masks = mask.to(planes.dtype).reshape(n * c, h * w).contiguous()
+            out = torch.empty_like(planes)  # a normal tensor, written in place under inference mode
         prm = self.params
         if x.device.type == "cpu":
             chunk = max(1, _CPU_CHUNK_PIXELS * max(1, torch.get_num_threads()) // (h * w))
+            chunk = -(-planes.shape[0] // -(-planes.shape[0] // chunk))  # as many chunks, all about equal
         else:
             chunk = planes.shape[0]
-        with torch.inference_mode():  # cheaper small ops than no_grad; the result is copied out below
-            out = torch.empty_like(planes)
+        with torch.inference_mode():  # cheaper small ops than no_grad
             ws = Workspace(min(chunk, planes.shape[0]), h, w, prm.history, planes)
             for i in range(0, planes.shape[0], chunk):
                 out[i : i + chunk] = tv_lbfgs(planes[i : i + chunk], masks[i : i + chunk], h, w, lamb=prm.lamb,
                                               p=prm.norm, max_iter=prm.max_iter, history=prm.history,
                                               tv_grad_scale=prm.tv_grad_scale, workspace=ws)
         with torch.no_grad():
-            return (out.view(n, c, h, w) * (hi - lo) + lo).to(x.dtype)
+            return (out.view(n, c, h, w) if unit else out.view(n, c, h, w) * (hi - lo) + lo).to(x.dtype)
