@@ -234,6 +234,27 @@ def list_attacks() -> None:
     out_console.print(table)
 
 
+@app.command("profiles")
+def list_profiles() -> None:
+    """List the shipped profiles (use one with `robaudit audit MODEL --data DATA --profile NAME`)."""
+    from rich.table import Table
+
+    from robaudit.config.profile import load_profile, profile_names
+    from robaudit.engine.cells import expand
+
+    table = Table(title="robaudit profiles (robaudit audit MODEL --data DATA --profile NAME)")
+    for col in ("name", "description", "attacks", "targets", "stacks", "samples", "attack cells", "gates"):
+        table.add_column(col, justify="right" if col in ("stacks", "samples", "attack cells", "gates") else "left")
+    for name in profile_names():
+        prof = load_profile(name)
+        extras = [k for k in ("clever", "detect") if getattr(prof, k) is not None]
+        table.add_row(name, prof.description, ", ".join(a.label for a in prof.attacks) or "-",
+                      ", ".join(prof.targets), str(len(prof.defences)), "all" if prof.samples is None else str(prof.samples),
+                      str(sum(c.kind.value == "attack" for c in expand(prof, 1)))
+                      + (f" +{'+'.join(extras)}" if extras else ""), str(len(prof.gates)))
+    out_console.print(table)
+
+
 register_audit(app)  # `audit` and `report` (issue 7)
 register_clever(app)  # `clever` (issue 5)
 app.add_typer(detect_app, name="detect")

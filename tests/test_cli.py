@@ -181,6 +181,13 @@ def test_version_and_attack_list():
     assert proc.returncode == 0
     for name in ("cw-l2", "hopskipjump", "universal", "shadow"):
         assert name in proc.stdout
+    proc = robaudit_cli("profiles")  # the shipped profiles, with what each runs
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in proc.stdout.splitlines() if line.startswith("│ ") and line.split("│")[1].strip()}
+    assert {"quick", "ci-gate", "defend-study-mnist", "a2d-mnist"} <= set(rows)
+    assert rows["quick"][1:] == ["fgsm, pgd, cw-l2", "untargeted", "1", "200", "3", "0"]
+    assert rows["defend-study-mnist"][5] == "225" and rows["a2d-mnist"][5] == "0 +detect"
 
 
 def test_black_box_onnx_runs_only_query_attacks(tmp_path):
