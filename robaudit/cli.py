@@ -20,7 +20,8 @@ from robaudit.cli_audit import register as register_audit
 from robaudit.cli_clever import register as register_clever
 from robaudit.cli_defend import defend_app
 from robaudit.cli_detect import detect_app
-from robaudit.consoles import echo, stderr_console, stdout_closed, stdout_console
+from robaudit.consoles import (echo, stderr_console, stdout_closed, stdout_console, stdout_gone,
+                               typer_found_stdout_closed)
 from robaudit.data.sampling import MAX_SEED
 from robaudit.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_STDOUT_CLOSED, EXIT_USAGE, ConfigError, RobauditError
 
@@ -310,16 +311,6 @@ def _usage_error_line(exc: Any) -> str:
     return f"robaudit: error: {message} (see '{command} --help')"
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's last flush does not fail again on the closed pipe."""
-    import os
-
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
 def main() -> None:
     """Console entry point: maps errors to one-line messages and exit codes."""
     import signal
@@ -353,12 +344,11 @@ def main() -> None:
         err_console.print(f"robaudit: terminated (SIGTERM); {_stopped_hint(sys.argv)}", highlight=False)
         sys.exit(143)
     except SystemExit as exc:
-        if exc.code == EXIT_GATE and type(sys.stdout).__name__ == "PacifyFlushWrapper":
-            # Typer's answer to a write that failed on a closed pipe (e.g. --help | head): not a gate
+        if exc.code == EXIT_GATE and typer_found_stdout_closed():  # e.g. --help | head: not a gate
             sys.exit(EXIT_STDOUT_CLOSED)
         raise
     except BrokenPipeError:  # a write to stdout outside the console and Typer's echo
-        _silence_stdout()
+        stdout_gone()
         sys.exit(EXIT_STDOUT_CLOSED)
     except MemoryError:
         err_console.print("robaudit: error: out of memory: lower the batch size (--batch-size, a profile's "

@@ -21,7 +21,7 @@ PIPE_WIDTH = 200
 _closed = {"stdout": False}
 
 
-def _stdout_gone() -> None:
+def stdout_gone() -> None:
     """Standard output was closed by its reader (``robaudit ... | head``): note it, and point stdout at
     /dev/null so the rest of the command (judging gates, writing files, messages on stderr) runs on."""
     _closed["stdout"] = True
@@ -39,7 +39,7 @@ class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         if not self.stderr:
-            _stdout_gone()
+            stdout_gone()
 
 
 def echo(text: str, nl: bool = True) -> None:
@@ -49,16 +49,22 @@ def echo(text: str, nl: bool = True) -> None:
     try:
         typer.echo(text, nl=nl)
     except BrokenPipeError:
-        _stdout_gone()
+        stdout_gone()
+
+
+def typer_found_stdout_closed() -> bool:
+    """Whether Typer met a closed stdout: when a write outside the consoles and :func:`echo` fails
+    on a closed pipe (``--help | head``), it swaps ``sys.stdout`` for Click's ``PacifyFlushWrapper``
+    and exits 1."""
+    return type(sys.stdout).__name__ == "PacifyFlushWrapper"
 
 
 def stdout_closed() -> bool:
     """Whether standard output was found closed: by a console, :func:`echo`, a report written to
-    ``/dev/stdout``, or Typer (which, when a write fails outside those, swaps ``sys.stdout`` for
-    Click's ``PacifyFlushWrapper`` before exiting 1)."""
+    ``/dev/stdout``, or Typer (:func:`typer_found_stdout_closed`)."""
     from robaudit.report.writer import closed_outputs
 
-    return _closed["stdout"] or bool(closed_outputs) or type(sys.stdout).__name__ == "PacifyFlushWrapper"
+    return _closed["stdout"] or bool(closed_outputs) or typer_found_stdout_closed()
 
 
 def stdout_console() -> Console:

@@ -160,35 +160,29 @@ class _Scratch:
         return out
 
 
-def _norm_grad(d: torch.Tensor, dim: int, tmp: torch.Tensor, lamb: float, p: int) -> torch.Tensor:
-    """Replace the differences ``d`` by ``lamb`` times the gradient of their ``p``-norms along
-    ``dim``; return the norms (kept dims)."""
-    n: torch.Tensor
+def _norm(d: torch.Tensor, dim: int, tmp: torch.Tensor, p: int) -> torch.Tensor:
+    """The ``p``-norms of ``d`` along ``dim`` (kept dims); ``d`` unchanged, ``tmp`` (its shape) scratch."""
     if p == 2:
         if dim == d.dim() - 1:  # a fused reduction is fastest along the last dimension
-            n = torch.linalg.vector_norm(d, dim=dim, keepdim=True)
-        else:
-            n = torch.mul(d, d, out=tmp).sum(dim, keepdim=True).sqrt_()
-        coef = n.clamp_min(_EPS).reciprocal_()
-        d.mul_(coef if lamb == 1.0 else coef.mul_(lamb))  # ART's gradient at the defaults: lamb 1
-    elif p == 1:
-        n = d.abs().sum(dim, keepdim=True)
-        d.sign_().mul_(lamb)
-    else:
-        a = d.abs()
-        n = a.pow(p).sum(dim, keepdim=True).pow_(1.0 / p)
-        d.copy_(d.sign() * a.pow_(p - 1)).mul_(n.clamp_min(_EPS).pow(1 - p).mul_(lamb))
-    return n
-
-
-def _norm(d: torch.Tensor, dim: int, tmp: torch.Tensor, glamb: float, p: int) -> torch.Tensor:
-    """The ``p``-norms of ``d`` along ``dim`` (kept dims), as :func:`_norm_grad` returns them, ``d`` unchanged."""
-    if p == 2:
-        if dim == d.dim() - 1:
             return torch.linalg.vector_norm(d, dim=dim, keepdim=True)
         return torch.mul(d, d, out=tmp).sum(dim, keepdim=True).sqrt_()
     a = torch.abs(d, out=tmp)
     return a.sum(dim, keepdim=True) if p == 1 else a.pow_(p).sum(dim, keepdim=True).pow_(1.0 / p)
+
+
+def _norm_grad(d: torch.Tensor, dim: int, tmp: torch.Tensor, lamb: float, p: int) -> torch.Tensor:
+    """Replace the differences ``d`` by ``lamb`` times the gradient of their ``p``-norms along
+    ``dim``; return the norms (kept dims), as :func:`_norm`."""
+    n = _norm(d, dim, tmp, p)
+    if p == 2:
+        coef = n.clamp_min(_EPS).reciprocal_()
+        d.mul_(coef if lamb == 1.0 else coef.mul_(lamb))  # ART's gradient at the defaults: lamb 1
+    elif p == 1:
+        d.sign_().mul_(lamb)
+    else:
+        a = d.abs()
+        d.copy_(d.sign() * a.pow_(p - 1)).mul_(n.clamp_min(_EPS).pow(1 - p).mul_(lamb))
+    return n
 
 
 class _Problem:
@@ -213,10 +207,13 @@ class _Problem:
             neg_xm, mask = self.neg_xm, self.mask
         else:
             neg_xm, mask = self.neg_xm.index_select(0, idx), self.mask.index_select(0, idx)
-        norm = _norm_grad if with_grad else _norm
         n, hw = z.shape
         h, w, lamb, p, glamb = self.h, self.w, self.lamb, self.p, self.tv_grad_lamb
         grad = buf.grad
+
+        def norms(d: torch.Tensor, dim: int, tmp: torch.Tensor) -> torch.Tensor:  # and d -> its TV gradient
+            return _norm_grad(d, dim, tmp, glamb, p) if with_grad else _norm(d, dim, tmp, p)
+
         r = torch.addcmul(neg_xm, z, mask, out=buf.r)  # mask * (z - x)
         fid = torch.linalg.vector_norm(r, dim=1, keepdim=True)
         value = fid
@@ -228,13 +225,13 @@ class _Problem:
                 self._shifted[key] = zs
         if h > 1:  # rows: the norm of z[i+1, :] - z[i, :] for each i
             dv = torch.sub(zs[0], zs[1], out=buf.dv)
-            nv = norm(dv.view(n, h - 1, w), 2, grad[:, : hw - w].view(n, h - 1, w), glamb, p)
+            nv = norms(dv.view(n, h - 1, w), 2, grad[:, : hw - w].view(n, h - 1, w))
             value = torch.add(value, nv.view(n, -1).sum(1, keepdim=True), alpha=lamb)
         if w > 1:  # columns: the norm of z[:, j+1] - z[:, j] for each j
             dh = buf.dh
             torch.sub(zs[2], zs[3], out=dh[:, :-1])
             buf.dh_end.zero_()  # a flat shift by one pairs a row's end with the next row's start
-            nh = norm(dh.view(n, h, w), 1, grad.view(n, h, w), glamb, p)
+            nh = norms(dh.view(n, h, w), 1, grad.view(n, h, w))
             value = torch.add(value, nh.view(n, -1).sum(1, keepdim=True), alpha=lamb)
         if not with_grad:
             return value, grad

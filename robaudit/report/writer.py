@@ -31,15 +31,15 @@ def _umask() -> int:
     return mask
 
 
-def _special_target(target: Path) -> Path | None:
-    """The file ``target`` names when it is not a regular file or a folder: a pipe, a terminal or
-    another device (``--out /dev/stdout``, a named pipe), reached directly or through symlinks.
-    Renaming over such a path would replace it with a regular file, so it is written in place."""
+def _is_special(target: Path) -> bool:
+    """Whether ``target`` is, directly or through symlinks, neither a regular file nor a folder: a
+    pipe, a terminal or another device (``--out /dev/stdout``, a named pipe). Renaming over such a
+    path would replace it with a regular file, so it is written in place."""
     try:
         st = os.stat(target)  # follows symlinks
     except OSError:
-        return None
-    return None if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) else target
+        return False
+    return not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
 
 
 closed_outputs: list[Path] = []
@@ -81,7 +81,7 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     its permission bits (a new one gets 0666 less the umask); a pipe, terminal or device (``/dev/stdout``)
     is written in place, since it cannot be replaced."""
     target = Path(path)
-    if _special_target(target) is not None:
+    if _is_special(target):
         return _write_in_place(target, write, option)
     target = _refuse_misplaced(target, option)
     folder = target.parent if str(target.parent) else Path(".")
@@ -123,7 +123,7 @@ def check_writable(path: str | os.PathLike[str], option: str = "--out") -> Path:
     a folder in its place, or a parent that cannot be created or written. Creates nothing but the
     parent folders, and probes them with a temporary file that is removed at once."""
     target = Path(path)
-    if _special_target(target) is not None:  # a pipe or device, written in place
+    if _is_special(target):  # a pipe or device, written in place
         if not os.access(target, os.W_OK):
             raise InputError(f"cannot write {target}: permission denied; choose another {option} path")
         return target
