@@ -106,7 +106,7 @@ def parse_gate_options(values: list[str] | None) -> list[Any]:
     gates = []
     for v in values or []:
         if _names_profile(v):
-            gates.extend(parse_gate(g) for g in load_profile(v).gates)
+            gates.extend(parse_gate(g) for g in load_profile(v, clip_span=None).gates)
         else:  # parse_gate says what is wrong with an expression (an empty one, `==`, a missing value)
             gates.append(parse_gate(v))
     return gates
@@ -210,9 +210,9 @@ def audit_cmd(
     """Run a profile's plan of cells (model x attack x target x defences) with a crash-safe journal."""
     from robaudit.config import load_profile
 
-    prof = load_profile(profile).with_overrides(samples=num if num is not None else "keep", seed=seed,
-                                                batch_size=batch_size)
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key)
+    prof = load_profile(profile, clip_span=inputs.clip[1] - inputs.clip[0]).with_overrides(
+        samples=num if num is not None else "keep", seed=seed, batch_size=batch_size)
     execute_audit(tuple(models), inputs, prof, out, resume, gate, fmt, quiet, workers)
 
 

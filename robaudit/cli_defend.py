@@ -129,8 +129,8 @@ def eval_cmd(
     }
     if eot_samples is not None:  # given: a no-op value is warned about; not given: the default, quietly
         raw["eot_samples"] = eot_samples
-    prof = parse_profile(raw, source="defend eval")
     inputs = input_options(data, device, mean, std, clip, layout, x_key, y_key)
+    prof = parse_profile(raw, source="defend eval", clip_span=inputs.clip[1] - inputs.clip[0])
     execute_audit((model,), inputs, prof, out, resume, gate, fmt, quiet, workers)
 
 

@@ -214,6 +214,22 @@ def test_cell_ids_and_seeds_are_stable():
     assert len({c.seed(3) for c in cells}) == 12
 
 
+def test_linf_eps_is_bounded_by_the_clip_range_not_by_one(tmp_path):
+    """QA 11: `defend eval --clip 0,255 --eps 8` was refused as outside [0, 1] (and a profile's eps
+    likewise), though `attack` takes budgets in the model's own range."""
+    path = _write(tmp_path, "attacks:\n  pgd: {eps: 8}\n  fgsm: {eps: 255}\n")
+    assert [a.eps for a in load_profile(path, clip_span=255.0).attacks] == [8.0, 255.0]
+    with pytest.raises(ConfigError, match=r"attacks.pgd.eps: must be between 0 and 1 \(pixel range\), got 8: "
+                                          r"did you mean 8/255 = 0.03137\? \(a model whose pixels are 0..255 needs"):
+        load_profile(path)
+    with pytest.raises(ConfigError, match="attacks.pgd.eps: must be between 0 and 2, got 8"):
+        load_profile(path, clip_span=2.0)  # no "/255" hint off the [0, 1] range
+    assert load_profile(path, clip_span=None).attacks[0].eps == 8.0  # only its gates wanted: unchecked
+    proc = robaudit_cli("defend", "eval", "demo:mnist", "--data", "demo:mnist", "-D", "ss", "-a", "fgsm",
+                        "--eps", "300", "--clip", "0,255", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "attacks.fgsm.eps: must be between 0 and 255, got 300" in proc.stderr
+
+
 def test_cli_refuses_bad_profile_with_exit_2(tmp_path):
     path = _write(tmp_path, "attacks:\n  pgd: {steps: -3}\n")
     proc = robaudit_cli("audit", "demo:mnist", "--data", "demo:mnist", "--profile", path, "--out", str(tmp_path / "o"))

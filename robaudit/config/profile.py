@@ -214,8 +214,8 @@ MAX_PROFILE_BYTES = 1 << 20
 """Profiles are a few lines of YAML; anything above this is refused before it is read."""
 
 
-def load_profile(spec: str) -> Profile:
-    """Read and validate a profile by name or path."""
+def load_profile(spec: str, clip_span: float | None = 1.0) -> Profile:
+    """Read and validate a profile by name or path (``clip_span``: see :func:`parse_profile`)."""
     import yaml
 
     from robaudit.config.yaml_load import load_yaml
@@ -238,7 +238,7 @@ def load_profile(spec: str) -> Profile:
         why = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever PyYAML says
         raise ConfigError(f"{path}: not valid YAML{line}: {why}") from None
     _check_keys(raw, str(path), "")
-    return parse_profile(raw, source=str(path), default_name=path.stem)
+    return parse_profile(raw, source=str(path), default_name=path.stem, clip_span=clip_span)
 
 
 def _check_keys(value: Any, source: str, where: str) -> None:
@@ -268,8 +268,10 @@ MAX_PROFILE_DEPTH = 32
 
 
 class _Ctx:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, clip_span: float | None = 1.0) -> None:
         self.source = source
+        self.clip_span = clip_span
+        """Width of the model's input range: the largest Linf eps (``None``: not known here, unchecked)."""
 
     def fail(self, key: str, reason: str) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: {reason}")
@@ -316,9 +318,12 @@ def _unknown(ctx: _Ctx, prefix: str, got: dict[str, Any], known: Any) -> None:
             raise ctx.fail(f"{prefix}{key}", f"unknown key (known: {', '.join(known)})")
 
 
-def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "profile") -> Profile:
-    """Validate a parsed YAML document and build a :class:`Profile`."""
-    ctx = _Ctx(source)
+def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "profile",
+                  clip_span: float | None = 1.0) -> Profile:
+    """Validate a parsed YAML document and build a :class:`Profile`. ``clip_span`` is the width of
+    the input range the profile will run on (``--clip``): Linf budgets above it are refused; ``None``
+    (only the gates are wanted) leaves them unchecked."""
+    ctx = _Ctx(source, clip_span)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a profile is a mapping of keys (attacks, targets, ...), got "
                           f"{type(raw).__name__}")
@@ -456,10 +461,13 @@ def _attacks(ctx: _Ctx, value: Any, backend: str, targets: tuple[str, ...],
         if eps is not None:
             if cls.kind is not AttackKind.FIXED_EPS:
                 raise ctx.fail(f"{key}.eps", f"{attack.value} is a minimisation attack: it has no eps budget")
-            if eff_norm is Norm.LINF and isinstance(eps, (int, float)) and not isinstance(eps, bool) and 1 < eps <= 255:
+            span = ctx.clip_span
+            if (eff_norm is Norm.LINF and span is not None and abs(span - 1.0) <= 1e-9
+                    and isinstance(eps, (int, float)) and not isinstance(eps, bool) and 1 < eps <= 255):
                 raise ctx.fail(f"{key}.eps", f"must be between 0 and 1 (pixel range), got {eps:g}: "
-                                             f"did you mean {eps:g}/255 = {eps / 255:.4g}?")
-            eps = _num(ctx, f"{key}.eps", eps, 0.0, 1.0 if eff_norm is Norm.LINF else None)
+                                             f"did you mean {eps:g}/255 = {eps / 255:.4g}? (a model whose "
+                                             "pixels are 0..255 needs --clip 0,255)")
+            eps = _num(ctx, f"{key}.eps", eps, 0.0, span if eff_norm is Norm.LINF else None)
         elif cls.kind is AttackKind.FIXED_EPS and eff_norm not in cls.default_eps:
             raise ctx.fail(key, f"{attack.value} needs eps for norm {eff_norm.value} (no default)")
         params = {k: v for k, v in spec.items() if k not in _ATTACK_KEYS}
