@@ -46,7 +46,7 @@ XKeyOpt = Annotated[Optional[str], typer.Option("--x-key", help="Array name of i
 YKeyOpt = Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")]
 
 
-def _common(model: str, data: str, cost: str, num: int | None, seed: int, batch_size: int, device: str,
+def _common(model: str, data: str, cost: str | None, num: int | None, seed: int, batch_size: int, device: str,
             mean: str | None, std: str | None, clip: str, max_iter: int | None, x_key: str | None = None,
             y_key: str | None = None, labels_optional: bool = False) -> Any:
     import dataclasses
@@ -58,7 +58,7 @@ def _common(model: str, data: str, cost: str, num: int | None, seed: int, batch_
     inputs = dataclasses.replace(input_options(data, device, mean, std, clip, None, x_key, y_key, model),
                                  labels_optional=labels_optional)
     return DetectCommon(inputs=inputs, n=num, seed=seed, batch_size=batch_size,
-                        costs=tuple(CostName.parse_list(cost)), max_iter=max_iter)
+                        costs=None if cost is None else tuple(CostName.parse_list(cost)), max_iter=max_iter)
 
 
 def _command() -> list[str]:
@@ -135,7 +135,7 @@ def score_cmd(
     from robaudit.engine.detect_job import ScoreJob, run_score_job
     from robaudit.report.writer import write_json_atomic
 
-    common = _common(model, data, "bim-linf", num, seed, batch_size, device, mean, std, clip, None, x_key, y_key,
+    common = _common(model, data, None, num, seed, batch_size, device, mean, std, clip, None, x_key, y_key,
                      labels_optional=True)  # scoring reads images only: unlabelled inputs are fine
     with busy(_err, "scoring", quiet):
         report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
@@ -168,14 +168,15 @@ def score_cmd(
 def eval_cmd(
     model: ModelArg, data: DataOpt,
     attack: Annotated[str, typer.Option("--attack", "-a", help="Attacks whose adversarial examples to detect.")] = "fgsm,bim,jsma,cw-l2,deepfool",
-    cost: CostOpt = "bim-linf",
+    cost: Annotated[Optional[str], typer.Option("--cost", show_default=False, help="Cost attacks: bim-linf, bim-l2, jsma, boundary (comma-separated; default bim-linf; not with --detector, whose file names its own).")] = None,
     craft_mode: Annotated[str, typer.Option("--craft", help="early (stop at first success, A2D's BIM-A) or full budget.")] = "early",
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="Crafting-attack parameter ATTACK.NAME=VALUE (repeatable; e.g. cw-l2.confidence=8 for an adaptive high-confidence C&W).")] = None,
     detector: Annotated[Optional[Path], typer.Option("--detector", help="Use this detector's thresholds (default: fit z-scores on half the benign inputs).")] = None,
     squeeze: Annotated[bool, typer.Option("--squeeze", help="Also evaluate feature squeezing and A2D+squeeze.")] = False,
     fpr: Annotated[Optional[float], typer.Option(help="Target false-positive rate of the thresholds eval fits (default 0.05; not with --detector, whose file has its own).")] = None,
     num: NumOpt = None, seed: SeedOpt = 0, batch_size: BatchOpt = 128, device: DeviceOpt = "auto",
-    mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1", max_iter: MaxIterOpt = None,
+    mean: MeanOpt = None, std: StdOpt = None, clip: ClipOpt = "0,1",
+    max_iter: Annotated[Optional[int], typer.Option("--max-iter", help="Cap of every cost attack (default: 500 BIM, 100 JSMA, 200 boundary; not with --detector).")] = None,
     x_key: XKeyOpt = None, y_key: YKeyOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-detect.json"),
     json_out: JsonOpt = False, quiet: QuietOpt = False,
@@ -224,14 +225,28 @@ def print_eval(report: dict[str, Any], console: Console) -> None:
     held = (f"; FPR on {benign['n_test']} held-out benign inputs" if benign.get("n_test") is not None else "")
     det = Table(title=f"detection at the thresholds (target FPR {target}{held})" if target is not None
                 else f"detection by the k-NN detector{held}")
-    det.add_column("attack")
-    det.add_column("detector")
-    for c in ("TPR", "FPR", "accuracy"):
+    det.add_column("attack", no_wrap=True)  # names are never cut (`bim-linf…`); headers of numbers wrap instead
+    det.add_column("detector", no_wrap=True)
+    n_mis = int(benign.get("n_misclassified") or 0)
+    mis = (benign.get("flag_rate_misclassified") or {}) if n_mis else {}
+    cols = ["n adv", "n benign", "TPR", "FPR", "bal. acc."] + ([f"wrong ({n_mis})"] if mis else [])
+    for c in cols:
         det.add_column(c, justify="right")
+
+    def num(v: Any) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
     for a, by in report["detection"].items():
         for name, r in by.items():
-            det.add_row(a, name, *("-" if math.isnan(r[k]) else f"{r[k]:.3f}" for k in ("tpr", "fpr", "accuracy")))
+            counts = [str(r.get("n_adversarial", "-")), str(r.get("n_benign", "-"))]
+            det.add_row(a, name, *counts, *(num(r.get(k)) for k in ("tpr", "fpr", "balanced_accuracy")),
+                        *([num(mis.get(name))] if mis else []))
     console.print(det)
+    if mis:
+        console.print(f"FPR is over correctly classified benign inputs; the {n_mis} sampled benign input"
+                      f"{'s' if n_mis != 1 else ''} the model misclassifies are flagged at the rate in the last column (wrong); "
+                      "bal. acc. = (TPR + 1 - FPR) / 2",
+                      highlight=False)
     for name, lat in report["latency"].items():
         console.print(f"latency {name}: {1000 * lat['benign_seconds_per_input']:.1f} ms per benign input, "
                       f"{lat['benign_forward_per_input']:.0f} forward / {lat['benign_backward_per_input']:.0f} "

@@ -61,6 +61,38 @@ def test_costs_deterministic_with_seed(demo):
         np.testing.assert_array_equal(a.costs[name], c.costs[name])
 
 
+def test_costs_do_not_depend_on_batching_order_or_batch_mates(demo):
+    """The boundary cost's noise came from one generator per batch (seeded with the batch number) and
+    was drawn for the whole batch: the same DeepFool examples on LeNet-5 cost [141 0 0 0 200 0 200 149]
+    in batches of 8 and [169 0 188 0 0 122 200 85] one by one. Each input now has its own stream."""
+    model, ev = demo
+    params = [_small(c) for c in CostName]
+    x = ev.x[:8]
+    cr = craft(model, x, ev.y[:8], AttackName.DEEPFOOL)
+    keys = np.arange(100, 100 + cr.x.shape[0])
+    # keyed by content (every cost kind), and by dataset index (only the boundary cost is random)
+    for xs, idx, which in ((cr.x, None, params), (cr.x, keys, params[3:])):
+
+        def kw(sel):
+            return {} if idx is None else {"indices": idx[sel]}
+
+        ref = measure_costs(model, xs, which, batch_size=8, seed=3, **kw(slice(None)))
+        for bs in (1, 3):
+            got = measure_costs(model, xs, which, batch_size=bs, seed=3, **kw(slice(None)))
+            for c in ref.costs:
+                np.testing.assert_array_equal(got.costs[c], ref.costs[c], err_msg=f"{c} bs {bs}")
+        rev = measure_costs(model, xs.flip(0), which, batch_size=8, seed=3, **kw(slice(None, None, -1)))
+        half = measure_costs(model, xs[:4], which, batch_size=8, seed=3, **kw(slice(0, 4)))  # other batch-mates
+        for c in map(CostName, ref.costs):
+            np.testing.assert_array_equal(rev.costs[c.value][::-1], ref.costs[c.value], err_msg=f"{c.value} reversed")
+            np.testing.assert_array_equal(half.costs[c.value], ref.costs[c.value][:4], err_msg=f"{c.value} half")
+    assert len(set(ref.costs["boundary"].tolist())) > 1, "the test needs costs that are not all at the cap"
+    # the boundary attack is random: other seeds or other keys move some costs
+    assert any(not np.array_equal(measure_costs(model, cr.x, params[3:], batch_size=8, seed=seed,
+                                                indices=k).costs["boundary"], ref.costs["boundary"])
+               for seed, k in ((4, keys), (5, keys), (3, keys + 1), (3, keys + 2)))
+
+
 def test_early_exit_saves_passes(demo):
     model, ev = demo
     p = _small(CostName.BIM_LINF)
@@ -203,6 +235,32 @@ def test_knn_refuses_a_k_whose_vote_can_never_flag():
     assert knn.k == 9 and knn.flag(adv).any()  # the largest allowed k can still flag
 
 
+def test_knn_verdict_does_not_depend_on_training_order():
+    """Integer costs tie often; scikit-learn's k-NN kept the first k tied points in training order
+    (benign first), so reordering the training data changed scores and verdicts."""
+    # six training points at the query's cost (3 benign, 3 adversarial): with k = 5 sklearn took 3 + 2
+    # in this order (score 0.4, benign) and 2 + 3 reversed (0.6, adversarial); all six vote now
+    benign = {"bim-linf": np.array([10.0, 10.0, 10.0, 300.0, 320.0, 340.0])}
+    adv = {"bim-linf": np.array([10.0, 10.0, 10.0, 1.0, 2.0])}
+    knn = KNNDetector.fit(["bim-linf"], benign, adv, k=5)
+    query = {"bim-linf": np.array([10.0, 1.0, 330.0])}
+    rev = KNNDetector(knn.costs, knn.train[::-1], knn.labels[::-1], knn.k)
+    for det in (knn, rev):
+        # at 1: itself, 2, then the six tied at 10 (5 of 8 adversarial); at 330: three benign, then the six
+        np.testing.assert_allclose(det.score(query), [0.5, 5 / 8, 1 / 3])
+    rng = np.random.default_rng(5)  # many ties: small integer costs in two dimensions
+    b = {"bim-linf": rng.integers(5, 12, 60).astype(float), "jsma": rng.integers(3, 9, 60).astype(float)}
+    a = {"bim-linf": rng.integers(0, 7, 40).astype(float), "jsma": rng.integers(0, 5, 40).astype(float)}
+    knn = KNNDetector.fit(["bim-linf", "jsma"], b, a, k=7)
+    probe = {"bim-linf": rng.integers(0, 12, 200).astype(float), "jsma": rng.integers(0, 9, 200).astype(float)}
+    ref = knn.score(probe)
+    for s in range(3):
+        perm = np.random.default_rng(s).permutation(knn.labels.size)
+        np.testing.assert_array_equal(KNNDetector(knn.costs, knn.train[perm], knn.labels[perm], 7).score(probe), ref)
+    assert knn.to_dict()["ties"] and detector_from_dict(json.loads(json.dumps(knn.to_dict()))).score(probe).tolist() \
+        == ref.tolist()
+
+
 def test_auroc_matches_sklearn_on_fixed_example():
     from sklearn.metrics import roc_auc_score
 
@@ -226,7 +284,20 @@ def test_auroc_matches_sklearn_property(benign, adv):
 
 def test_rates():
     r = rates(np.array([True, False, False, False]), np.array([True, True, False, True]))
-    assert r == {"tpr": 0.75, "fpr": 0.25, "accuracy": 0.75}
+    assert r == {"tpr": 0.75, "fpr": 0.25, "accuracy": 0.75, "balanced_accuracy": 0.75, "n_adversarial": 4,
+                 "n_benign": 4}
+
+
+def test_balanced_accuracy_does_not_track_the_larger_side():
+    """Accuracy over 2x more adversarial than benign inputs mostly tracked the detection rate: a
+    detector flagging everything scored 0.67 (and one flagging nothing 0.33) though it tells nothing."""
+    benign, adv = np.zeros(50, bool), np.ones(100, bool)
+    everything = rates(~benign, adv)
+    assert everything["accuracy"] == pytest.approx(2 / 3) and everything["balanced_accuracy"] == 0.5
+    assert rates(benign, ~adv)["balanced_accuracy"] == 0.5
+    r = rates(np.r_[np.ones(5, bool), np.zeros(45, bool)], np.r_[np.ones(80, bool), np.zeros(20, bool)])
+    assert r["balanced_accuracy"] == pytest.approx((0.8 + 0.9) / 2) and (r["n_benign"], r["n_adversarial"]) == (50, 100)
+    assert np.isnan(rates(benign[:0], adv)["balanced_accuracy"])
 
 
 def test_squeezers(demo):
@@ -239,6 +310,18 @@ def test_squeezers(demo):
     model, ev = demo
     s = squeeze_scores(model, ev.x[:4], SqueezeParams(1, 2))
     assert s.shape == (4,) and (s >= 0).all() and (s <= 2).all()
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_squeeze_median_filter_equals_scipy(window):
+    """The squeezer's median took the lower middle value for even windows, reflected without
+    repeating the edge and shifted the window down/right: it differed from scipy's
+    ``median_filter(mode='reflect')`` (the paper's code, and robaudit's spatial-smoothing defence)."""
+    from scipy.ndimage import median_filter as scipy_median
+
+    x = torch.rand(3, 2, 9, 8, generator=torch.Generator().manual_seed(window))
+    ref = scipy_median(x.numpy(), size=(1, 1, window, window), mode="reflect")
+    np.testing.assert_array_equal(median_filter(x, window).numpy(), ref)
 
 
 def _dfile(sha="a" * 64):
@@ -336,8 +419,9 @@ def test_eval_with_a_detector_file_is_judged_on_inputs_it_was_not_fitted_on(tmp_
 
     runner = CliRunner()
     det = tmp_path / "d.json"
-    base = ["demo:mnist", "--data", "demo:mnist", "--max-iter", "60", "--device", "cpu"]
-    res = runner.invoke(detect_app, ["fit", *base, "-n", "12", "--fpr", "0.2", "--out", str(det), "-q"])
+    base = ["demo:mnist", "--data", "demo:mnist", "--device", "cpu"]  # eval runs the file's cost attacks
+    res = runner.invoke(detect_app, ["fit", *base, "--max-iter", "60", "-n", "12", "--fpr", "0.2", "--out", str(det),
+                                     "-q"])
     assert res.exit_code == 0, res.output
     fit = json.loads(det.read_text())["fit"]
     assert len(fit["indices"]) == fit["n"] and fit["data_sha256"]
@@ -362,9 +446,99 @@ def test_eval_with_a_detector_file_is_judged_on_inputs_it_was_not_fitted_on(tmp_
     assert "eps" in report["attacks"]["fgsm"]["settings"] or "eps_max" in report["attacks"]["fgsm"]["settings"]
     for kind in ("zscore", "knn"):  # squeeze only feeds an ensemble or the squeeze detector
         craft = ["-a", "fgsm"] if kind == "knn" else []  # (--attack with zscore is refused on its own)
-        res = runner.invoke(detect_app, ["fit", *base, "-n", "12", "--detector", kind, "--squeeze", *craft,
+        res = runner.invoke(detect_app, ["fit", *base, "--max-iter", "60", "-n", "12", "--detector", kind, "--squeeze",
+                                         *craft,
                                          "--out", str(tmp_path / "x.json"), "-q"])
         assert isinstance(res.exception, ConfigError) and "--squeeze" in str(res.exception)
+
+
+def test_eval_with_a_detector_file_refuses_cost_and_max_iter(tmp_path):
+    """`detect eval --detector FILE` silently ran the file's cost attacks whatever --cost and --max-iter
+    said; like --fpr, they are now refused with a one-line usage error."""
+    from typer.testing import CliRunner
+
+    from robaudit.cli_detect import detect_app
+
+    runner = CliRunner()
+    det = tmp_path / "d.json"
+    _dfile(load_inputs(DEMO).model.info.sha256).save(det)
+    base = ["eval", "demo:mnist", "--data", "demo:mnist", "-n", "30", "-a", "fgsm", "--device", "cpu", "--detector",
+            str(det), "--out", str(tmp_path / "e.json")]
+    for extra, word in ((["--cost", "jsma"], "--cost"), (["--cost", "bim-linf"], "--cost"),
+                        (["--max-iter", "30"], "--max-iter")):
+        res = runner.invoke(detect_app, [*base, *extra])
+        assert isinstance(res.exception, ConfigError) and str(res.exception).startswith(f"{word} sets the cost attacks")
+        assert "\n" not in str(res.exception) and res.exit_code != 0
+    assert not (tmp_path / "e.json").exists()
+
+
+def test_knn_fit_keeps_only_examples_the_model_misclassifies(tmp_path):
+    """`detect fit --detector knn --adversarial ADV.npz` trained on every image of the file, failed
+    attacks included, ignoring `attack --save-adv`'s success masks (and, without --x-key, read the
+    file's clean `x` as the adversarial inputs)."""
+    from typer.testing import CliRunner
+
+    from robaudit.cli import app
+    from robaudit.cli_detect import detect_app
+
+    runner = CliRunner()
+    adv = tmp_path / "adv.npz"
+    res = runner.invoke(app, ["attack", "demo:mnist", "--data", "demo:mnist", "-a", "fgsm", "-t", "untargeted",
+                              "--eps", "0.08", "-n", "30", "--seed", "1", "--device", "cpu", "-q",
+                              "--out", str(tmp_path / "r.json"), "--save-adv", str(adv)])
+    assert res.exit_code == 0, res.output
+    with np.load(adv) as z:
+        x, y, index, x_adv, success = z["x"], z["y"], z["index"], z["adv_fgsm_untargeted"], z["success_fgsm_untargeted"]
+    assert 0 < success.sum() < success.size, "the test needs failed and successful examples"
+    base = ["fit", "demo:mnist", "--data", "demo:mnist", "--detector", "knn", "-k", "1", "-n", "40", "--max-iter",
+            "30", "--device", "cpu"]
+    res = runner.invoke(detect_app, [*base, "--adversarial", str(adv), "--out", str(tmp_path / "k.json")])
+    assert res.exit_code == 0, res.output
+    fit = json.loads((tmp_path / "k.json").read_text())["fit"]
+    n_ok, n_failed = int(success.sum()), int((~success).sum())
+    assert fit["adversarial"]["n"] == n_ok and fit["adversarial"]["n_read"] == success.size
+    assert fit["adversarial"]["dropped"]["unsuccessful"] == n_failed
+    assert fit["adversarial"]["arrays"] == ["adv_fgsm_untargeted"]
+    warning = next(w for w in fit["warnings"] if "were dropped" in w)
+    assert warning.startswith(f"{n_failed} of the {success.size} adversarial training inputs of {adv}")
+    assert f"warning: {n_failed} of the {success.size}" in res.output  # on the console too
+    # the sources of the examples, checked against --data with the file's clean inputs
+    assert fit["adversarial"]["indices"] == sorted(index[success].tolist()) and fit["adversarial"]["data_sha256"]
+    # a plain .npz: labels decide (clean inputs are not adversarial), and nothing adversarial is refused
+    np.savez(tmp_path / "mixed.npz", x=np.concatenate([x_adv[success], x[:5]]),
+             y=np.concatenate([y[success], y[:5]]))
+    res = runner.invoke(detect_app, [*base, "--adversarial", str(tmp_path / "mixed.npz"), "--out",
+                                     str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    fit = json.loads((tmp_path / "m.json").read_text())["fit"]
+    assert fit["adversarial"]["n"] == n_ok and fit["adversarial"]["dropped"]["correctly_classified"] == 5
+    assert "indices" not in fit["adversarial"]  # no index array: no sources
+    np.savez(tmp_path / "clean.npz", x=x, y=y)
+    res = runner.invoke(detect_app, [*base, "--adversarial", str(tmp_path / "clean.npz"), "--out",
+                                     str(tmp_path / "c.json")])
+    assert isinstance(res.exception, ConfigError) and "none of the" in str(res.exception)
+    assert "is adversarial to this model" in str(res.exception) and "\n" not in str(res.exception)
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_fit_overlap_leaves_out_the_sources_of_knn_training_examples():
+    """A k-NN detector trained on examples made from benign inputs S: `detect eval --detector` on data
+    holding S scored examples crafted from S again, next to its own training examples."""
+    from types import SimpleNamespace
+
+    from robaudit.engine.detect_job import _fit_overlap
+
+    ev = SimpleNamespace(n=6, indices=np.array([1, 3, 5, 7, 9, 11]))
+    fit = {"data": "d", "data_sha256": "s", "seed": 0, "indices": [3, 4],
+           "adversarial": {"indices": [7, 8, 11], "data_sha256": "s"}}
+    mask, (warning,) = _fit_overlap(fit, "d", "s", ev, 1)
+    assert mask.tolist() == [False, True, False, True, False, True]
+    assert warning.startswith("3 of the 6 benign inputs are ones the detector was fitted on (2 of them as the sources")
+    other = {**fit, "adversarial": {"indices": [7, 8, 11], "data_sha256": "another"}}  # sources in other data
+    assert _fit_overlap(other, "d", "s", ev, 1)[0].tolist() == [False, True, False, False, False, False]
+    everything = {**fit, "adversarial": {"indices": [1, 5, 7, 9, 11], "data_sha256": "s"}}
+    with pytest.raises(ConfigError, match="sources of its adversarial training examples"):
+        _fit_overlap(everything, "d", "s", ev, 1)
 
 
 def report_indices(tmp_path, base):
@@ -399,6 +573,106 @@ def test_eval_report(tmp_path):
         got = auroc(np.array([r["squeeze"] for r in benign]), np.array([r["squeeze"] for r in adv]))
         assert got == pytest.approx(report["auroc"][a]["squeeze"])
     _renders_as_an_audit(tmp_path, report)
+
+
+def test_eval_judges_threshold_scores_on_held_out_inputs_and_reports_misclassified_ones(tmp_path):
+    """The A2D+squeeze ensemble's AUROC used every benign input, half of which its members' thresholds
+    were fitted on; and the benign inputs the model misclassifies (left out of the FPR) were never
+    scored, though a deployed detector sees them."""
+    from typer.testing import CliRunner
+
+    from robaudit.cli_detect import detect_app
+    from robaudit.data import select
+
+    out = tmp_path / "e.json"
+    res = CliRunner().invoke(detect_app, ["eval", "demo:mnist", "--data", "demo:mnist", "-n", "30", "--seed", "0",
+                                          "-a", "fgsm", "--craft", "full", "--max-iter", "60", "--squeeze",
+                                          "--device", "cpu", "--out", str(out)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    benign = report["benign"]
+    held = {k: np.array([r[k] for r in benign["inputs"] if r["held_out"]]) for k in ("bim-linf", "squeeze")}
+    every = {k: np.array([r[k] for r in benign["inputs"]]) for k in ("bim-linf", "squeeze")}
+    adv = {k: np.array([r[k] for r in report["attacks"]["fgsm"]["inputs"]]) for k in ("bim-linf", "squeeze")}
+    ens = detector_from_dict(report["thresholds"]["bim-linf+squeeze"])
+    assert report["auroc"]["fgsm"]["bim-linf+squeeze"] == pytest.approx(auroc(ens.score(held), ens.score(adv)))
+    assert auroc(ens.score(every), ens.score(adv)) != pytest.approx(auroc(ens.score(held), ens.score(adv))), \
+        "the test needs an in-sample AUROC that differs"
+    # raw columns keep every benign input
+    assert report["auroc"]["fgsm"]["squeeze"] == pytest.approx(auroc(every["squeeze"], adv["squeeze"]))
+    # rates carry their class counts and the balanced accuracy
+    r = report["detection"]["fgsm"]["bim-linf"]
+    assert (r["n_benign"], r["n_adversarial"]) == (benign["n_test"], report["attacks"]["fgsm"]["n_adversarial"])
+    assert r["balanced_accuracy"] == pytest.approx((r["tpr"] + 1 - r["fpr"]) / 2)
+    # the sampled inputs the model gets wrong: counted, scored, flag rate per detector
+    inputs = load_inputs(DEMO)
+    wrong = sorted(set(select(inputs.data, 30, 0).tolist()) - {r["index"] for r in benign["inputs"]})
+    assert benign["n_misclassified"] == len(wrong) == 2
+    assert [r["index"] for r in benign["misclassified_inputs"]] == wrong
+    feats = {k: np.array([r[k] for r in benign["misclassified_inputs"]]) for k in ("bim-linf", "squeeze")}
+    assert set(benign["flag_rate_misclassified"]) == set(report["thresholds"])
+    for name, rate in benign["flag_rate_misclassified"].items():
+        assert rate == pytest.approx(detector_from_dict(report["thresholds"][name]).flag(feats).mean())
+    words = " ".join(res.output.split())  # headers wrap on a narrow terminal; names never are cut
+    assert "bal." in words and "wrong" in words and "bim-linf+squeeze" in words
+    none = run_eval_job(EvalJob(common=DetectCommon(inputs=DEMO, n=30, seed=1, max_iter=30),
+                                attacks=(AttackName.FGSM,)), [])
+    assert none["benign"]["n_misclassified"] == 0 and none["benign"]["flag_rate_misclassified"] is None
+
+
+def _detect_profile(batch_size, costs, squeeze=False, attack="fgsm: {}"):
+    from robaudit.config.profile import parse_profile
+    from robaudit.config.yaml_load import load_yaml
+
+    return parse_profile(load_yaml(f"""\
+seed: 3
+batch_size: {batch_size}
+attacks: {{}}
+detect:
+  costs: [{costs}]
+  attacks: {{{attack}}}
+  craft: full
+  squeeze: {str(squeeze).lower()}
+  max_iter: 60
+"""))
+
+
+def test_detect_cell_costs_do_not_depend_on_chunking_and_ensembles_are_judged_held_out(demo):
+    """An audit's detection cell seeded its cost attacks per chunk (batch_size inputs), so the boundary
+    cost of an input moved with the profile's batch size; and it scored A2D+squeeze ensembles on every
+    benign input, half of which their thresholds were fitted on."""
+    from robaudit.detect.metrics import auroc
+    from robaudit.engine.cells import Cell, CellKind
+    from robaudit.engine.detect_cell import detect_cell_entry, run_detect_chunk
+
+    from types import SimpleNamespace
+
+    model, ev = demo
+    cell = Cell(CellKind.DETECT, 0, "detect")
+    # benign MNIST inputs all sit at the boundary cost's cap: give the cell DeepFool examples instead
+    cr = craft(model, ev.x[:12], ev.y[:12], AttackName.DEEPFOOL)
+    near = SimpleNamespace(x=cr.x, y=ev.y[:12][cr.source_index], n=int(cr.x.shape[0]),
+                           indices=np.asarray(ev.indices)[:12][cr.source_index])
+    by_bs = {}
+    for bs in (12, 5):
+        prof = _detect_profile(bs, "boundary")
+        chunks = [run_detect_chunk(model, near, cell, prof, k, "cpu") for k in range(-(-near.n // bs))]
+        by_bs[bs] = [v for c in chunks for v in c["benign"]["boundary"]]
+    assert len(set(by_bs[12])) > 2, "the test needs costs that are not all at the cap"
+    assert by_bs[12] == by_bs[5]
+    # A2D+squeeze: the ensemble's AUROC over the held-out half; rows carry balanced accuracy
+    prof = _detect_profile(ev.n, "bim-linf", squeeze=True, attack="cw-l2: {confidence: 8}")  # partly detected
+    rec = run_detect_chunk(model, ev, cell, prof, 0, "cpu")
+    entry = detect_cell_entry(cell, prof, ev.n, model, [rec])
+    benign = {k: np.asarray(v, float) for k, v in rec["benign"].items()}
+    adv = {k: np.asarray(v, float) for k, v in rec["attacks"]["cw-l2"]["features"].items()}
+    held = {k: v[1::2] for k, v in benign.items()}
+    ens = detector_from_dict(entry["thresholds"]["bim-linf+squeeze"])
+    row = next(r for r in entry["rows"] if r["cost"] == "bim-linf+squeeze")
+    assert row["auroc"] == pytest.approx(auroc(ens.score(held), ens.score(adv)))
+    assert auroc(ens.score(benign), ens.score(adv)) != pytest.approx(row["auroc"]), "needs a different in-sample AUROC"
+    for r in entry["rows"]:
+        assert r["balanced_accuracy"] == pytest.approx((r["detection_rate"] + 1 - r["fpr"]) / 2)
 
 
 def _renders_as_an_audit(tmp_path, report):

@@ -13,11 +13,16 @@ costs rather than ``batch x max_iter``. An input that never flips costs ``max_it
   binary-searched to the boundary, orthogonal + towards-the-input steps; the cost is the number
   of iterations until the distance to the input falls below ``threshold``.
 
-BIM and JSMA are deterministic; the boundary attack draws from a generator seeded per batch.
+BIM and JSMA are deterministic (no random start). The boundary attack is random: every input
+draws its noise from its own generator, seeded from the run seed and a key of the input (its
+dataset index when the caller knows it, else a hash of its values; :func:`input_seeds`), and
+draws only while it is itself still searching. So an input's cost depends on the seed and on that
+input alone: not on the batch size, the order, or which other inputs share its batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -73,10 +78,36 @@ class CostResult:
         return {k: v.astype(np.float64) for k, v in self.costs.items()}
 
 
+def input_seeds(seed: int, x: torch.Tensor, indices: Sequence[int] | np.ndarray | None = None,
+                stream: str = "boundary") -> list[int]:
+    """One seed per input of ``x`` for the random stream ``stream``: a hash of the run ``seed`` and
+    the input's key, its dataset index (``indices``) when known, else the sha256 of its float32
+    values. The same input gets the same stream whatever else is scored with it (as CLEVER's
+    :func:`~robaudit.clever.sampling.unit_seed`)."""
+    if indices is not None:
+        idx = np.asarray(indices, dtype=np.int64).ravel()
+        if idx.size != x.shape[0]:
+            raise ConfigError(f"{idx.size} input indices for {x.shape[0]} inputs")
+        keys = [f"index:{int(i)}" for i in idx]
+    else:
+        flat = x.detach().to("cpu", torch.float32).contiguous().flatten(1).numpy()
+        keys = ["sha256:" + hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
+    out = []
+    for k in keys:
+        digest = hashlib.sha256(f"a2d|{stream}|{seed}|{k}".encode()).digest()
+        out.append(int.from_bytes(digest[:8], "big") & ((1 << 63) - 1))
+    return out
+
+
 def measure_costs(model: torch.nn.Module, x: torch.Tensor, params: Sequence[CostParams], *,
                   clip: tuple[float, float] = (0.0, 1.0), batch_size: int = 256, seed: int = 0,
-                  device: torch.device | str | None = None) -> CostResult:
-    """Run every cost attack in ``params`` on ``x`` (any device) in batches; see the module doc."""
+                  device: torch.device | str | None = None,
+                  indices: Sequence[int] | np.ndarray | None = None) -> CostResult:
+    """Run every cost attack in ``params`` on ``x`` (any device) in batches; see the module doc.
+
+    ``indices``: the dataset index of each input, the key of its random stream (boundary attack);
+    ``None`` keys each input by a hash of its values. Either way an input's cost does not depend on
+    ``batch_size``, the order of ``x`` or the other inputs in it."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     dev = torch.device(device) if device is not None else module_device(model)
@@ -89,17 +120,19 @@ def measure_costs(model: torch.nn.Module, x: torch.Tensor, params: Sequence[Cost
     seconds: dict[str, float] = {}
     fwd: dict[str, int] = {}
     bwd: dict[str, int] = {}
+    seeds: list[int] | None = None
     for p in params:
+        if p.name is CostName.BOUNDARY and seeds is None:
+            seeds = input_seeds(seed, x, indices)
         counter = PassCounter()
         counted = CountingModel(model, counter)
         out = []
         start = time.perf_counter()
-        for b, i in enumerate(range(0, x.shape[0], batch_size)):
+        for i in range(0, x.shape[0], batch_size):
             xb = x[i:i + batch_size].to(dev, torch.float32)
             yb = pred[i:i + batch_size].to(dev)
-            gen = torch.Generator(device=dev)
-            gen.manual_seed(seed * 1_000_003 + b)
-            out.append(cost_batch(counted, xb, yb, p, clip, gen).cpu())
+            gens = [torch.Generator().manual_seed(s) for s in seeds[i:i + batch_size]] if seeds is not None else None
+            out.append(cost_batch(counted, xb, yb, p, clip, gens).cpu())
         seconds[p.name.value] = time.perf_counter() - start
         costs[p.name.value] = (torch.cat(out) if out else torch.empty(0, dtype=torch.long)).numpy().astype(np.int64)
         fwd[p.name.value], bwd[p.name.value] = counter.forward, counter.backward
@@ -107,8 +140,9 @@ def measure_costs(model: torch.nn.Module, x: torch.Tensor, params: Sequence[Cost
 
 
 def cost_batch(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, p: CostParams,
-               clip: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """Costs of one batch already on the model's device; ``labels`` are the model's own predictions."""
+               clip: tuple[float, float], generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+    """Costs of one batch already on the model's device; ``labels`` are the model's own predictions.
+    ``generators``: one CPU generator per input (the boundary attack's random streams)."""
     if x.shape[0] == 0:
         return torch.empty(0, dtype=torch.long, device=x.device)
     if p.name is CostName.BIM_LINF:
@@ -118,8 +152,19 @@ def cost_batch(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, p:
     if p.name is CostName.JSMA:
         return jsma_cost(model, x, labels, p, clip)
     if p.name is CostName.BOUNDARY:
-        return boundary_cost(model, x, labels, p, clip, generator)
+        if generators is None or len(generators) != x.shape[0]:
+            raise ConfigError("the boundary cost needs one generator per input")
+        return boundary_cost(model, x, labels, p, clip, generators)
     raise ConfigError(f"unknown cost attack {p.name!r}")  # pragma: no cover
+
+
+def _row_noise(generators: Sequence[torch.Generator], rows: torch.Tensor, shape: Sequence[int], normal: bool,
+               like: torch.Tensor) -> torch.Tensor:
+    """One draw of ``shape`` per input in ``rows``, each from that input's own (CPU) generator, so a
+    row's noise never depends on which other rows are drawing; stacked and moved to ``like``'s device."""
+    draw = torch.randn if normal else torch.rand
+    noise = torch.stack([draw(tuple(shape), generator=generators[r], dtype=torch.float32) for r in rows.tolist()])
+    return noise.to(like.device, like.dtype)
 
 
 def bim_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, p: CostParams, norm: Norm,
@@ -202,7 +247,7 @@ def jsma_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, p: 
 
 @torch.no_grad()
 def boundary_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, p: CostParams,
-                  clip: tuple[float, float], generator: torch.Generator, init_tries: int = 20,
+                  clip: tuple[float, float], generators: Sequence[torch.Generator], init_tries: int = 20,
                   search_steps: int = 12) -> torch.Tensor:
     """Iterations of a decision-based boundary attack until ``||x_adv - x||_2 < threshold``.
 
@@ -212,6 +257,7 @@ def boundary_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
     ``x`` followed by a step of relative size ``step_s`` towards ``x``; it is kept when still
     misclassified. Both step sizes adapt per input (grow on success, shrink on failure). One
     forward pass per live input and iteration. Inputs with no adversarial start cost ``max_iter``.
+    Input ``i`` draws its noise from ``generators[i]`` only, and only while it is still searching.
     """
     lo, hi = clip
     n = x.shape[0]
@@ -226,7 +272,7 @@ def boundary_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
         todo = (~found).nonzero().flatten()
         if todo.numel() == 0:
             break
-        noise = torch.rand(x[todo].shape, generator=generator, device=x.device, dtype=x.dtype) * (hi - lo) + lo
+        noise = _row_noise(generators, todo, x.shape[1:], False, x) * (hi - lo) + lo
         ok = adversarial(noise, todo)
         start[todo[ok]] = noise[ok]
         found[todo[ok]] = True
@@ -259,7 +305,7 @@ def boundary_cost(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor,
         xa, x0 = x_adv[active], x[active]
         diff = xa - x0
         d = l2_norm(diff).view(shape)
-        eta = torch.randn(xa.shape, generator=generator, device=x.device, dtype=x.dtype)
+        eta = _row_noise(generators, active, x.shape[1:], True, x)
         unit = diff / d.clamp_min(1e-12)
         eta = eta - (eta * unit).flatten(1).sum(1).view(shape) * unit  # orthogonal to x_adv - x
         cand = x0 + diff + step_o[active].view(shape) * d * l2_normalize(eta)

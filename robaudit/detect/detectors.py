@@ -238,16 +238,21 @@ class ThresholdDetector(Detector):
 class KNNDetector(Detector):
     """k-nearest neighbours on ``log(1 + cost)`` vectors of benign (0) and adversarial (1) inputs.
 
-    Persisted as its training vectors and ``k`` (no pickle); the scikit-learn model is rebuilt on
-    load. Score: the fraction of adversarial neighbours; flag when it exceeds one half.
+    Persisted as its training vectors and ``k`` (no pickle). Score: the fraction of adversarial
+    training points among the neighbours; flag when it exceeds one half. Neighbours are *every*
+    training point at most as far (Euclidean) as the ``k``-th nearest one, ties included, so there
+    may be more than ``k``: integer costs tie often, and picking ``k`` of the tied points (as
+    scikit-learn does, by training order, benign first) made the verdict depend on the order of the
+    training data. With this rule it depends on the training set only.
     """
 
     kind: ClassVar[DetectorKind] = DetectorKind.KNN
+    TIE_RULE: ClassVar[str] = "all training points within the k-th neighbour's distance vote"
+    _BLOCK = 1 << 22
+    """Query-training pairs per distance block (``pairs x n_features`` floats at once)."""
 
     def __init__(self, costs: Sequence[str], train: np.ndarray, labels: np.ndarray, k: int = 5,
                  fit_info: Mapping[str, Any] | None = None) -> None:
-        from sklearn.neighbors import KNeighborsClassifier
-
         self.costs = tuple(costs)
         self.train = np.asarray(train, dtype=np.float64).reshape(-1, len(self.costs))
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -258,8 +263,9 @@ class KNNDetector(Detector):
         self.k = int(min(k, self.labels.size))
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        if not np.isfinite(self.train).all():
+            raise DetectorFileError("k-NN training vectors must be finite")
         self.fit_info = dict(fit_info or {})
-        self._model = KNeighborsClassifier(n_neighbors=self.k).fit(self.train, self.labels)
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -288,9 +294,17 @@ class KNNDetector(Detector):
 
     def score(self, features: Features) -> np.ndarray:
         x = self._x(features)
-        if x.shape[0] == 0:
-            return np.zeros(0)
-        return self._model.predict_proba(x)[:, list(self._model.classes_).index(1)]
+        out = np.zeros(x.shape[0])
+        adv = self.labels == 1
+        chunk = max(1, self._BLOCK // max(1, self.labels.size))
+        for i in range(0, x.shape[0], chunk):
+            q = x[i:i + chunk]
+            # each distance from its own differences: a pair's distance never depends on the others
+            d = np.sqrt(((q[:, None, :] - self.train[None, :, :]) ** 2).sum(axis=2))
+            kth = np.partition(d, self.k - 1, axis=1)[:, self.k - 1:self.k]
+            near = d <= kth + 1e-9 * np.maximum(kth, 1.0)  # ties at the k-th distance all vote
+            out[i:i + chunk] = (near & adv).sum(axis=1) / near.sum(axis=1)
+        return out
 
     def flag(self, features: Features) -> np.ndarray:
         return self.score(features) > 0.5
@@ -300,7 +314,7 @@ class KNNDetector(Detector):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "costs": list(self.costs), "k": self.k, "train": self.train.tolist(),
-                "labels": self.labels.tolist(), "transform": "log1p", "fit_info": self.fit_info}
+                "labels": self.labels.tolist(), "transform": "log1p", "ties": self.TIE_RULE, "fit_info": self.fit_info}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "KNNDetector":

@@ -27,14 +27,23 @@ def auroc(benign_scores: np.ndarray, adversarial_scores: np.ndarray) -> float:
 
 
 def rates(benign_flags: np.ndarray, adversarial_flags: np.ndarray) -> dict[str, float]:
-    """True-positive rate, false-positive rate and accuracy of boolean verdicts on both sets."""
+    """Rates of boolean verdicts on both sets, with the class counts they rest on.
+
+    ``tpr`` (detection rate) and ``fpr``; ``balanced_accuracy`` = ``(tpr + 1 - fpr) / 2``, the mean
+    of the per-class accuracies, which does not depend on how many inputs each side has; and
+    ``accuracy`` = ``(TP + TN) / (n_adversarial + n_benign)``, kept for old readers: over unbalanced
+    sets it mostly tracks the larger side (e.g. ``detect eval``'s adversarial examples of every
+    benign input against half the benign inputs), so tables show the balanced one. NaN when a side
+    is empty (``accuracy`` only when both are)."""
     b = np.asarray(benign_flags, dtype=bool)
     a = np.asarray(adversarial_flags, dtype=bool)
     tpr = float(a.mean()) if a.size else float("nan")
     fpr = float(b.mean()) if b.size else float("nan")
     total = a.size + b.size
     acc = float((a.sum() + (~b).sum()) / total) if total else float("nan")
-    return {"tpr": tpr, "fpr": fpr, "accuracy": acc}
+    balanced = (tpr + 1.0 - fpr) / 2.0 if a.size and b.size else float("nan")
+    return {"tpr": tpr, "fpr": fpr, "accuracy": acc, "balanced_accuracy": balanced, "n_adversarial": int(a.size),
+            "n_benign": int(b.size)}
 
 
 def roc_curve(benign_scores: np.ndarray, adversarial_scores: np.ndarray,

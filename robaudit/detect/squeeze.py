@@ -12,7 +12,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from robaudit.errors import ConfigError
 
@@ -49,12 +48,14 @@ def bit_depth(x: torch.Tensor, bits: int, clip: tuple[float, float]) -> torch.Te
 
 
 def median_filter(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Per-channel median over a ``size x size`` window (reflect padding; for even sizes the
-    window extends one more pixel down/right, as in the paper's code)."""
-    before, after = (size - 1) // 2, size // 2
-    padded = F.pad(x, (before, after, before, after), mode="reflect")
-    patches = padded.unfold(2, size, 1).unfold(3, size, 1)
-    return patches.reshape(*patches.shape[:4], -1).median(dim=-1).values
+    """Per-channel median over a ``size x size`` window, exactly
+    ``scipy.ndimage.median_filter(x, size=(1, 1, size, size), mode="reflect")`` (what the paper's code
+    runs): half-sample symmetric reflection at the edges (``d c b a | a b c d``), and for an even
+    window the offsets ``-size//2 .. size - 1 - size//2`` and the upper of the two middle values.
+    The spatial-smoothing defence's filter, batched and torch-native."""
+    from robaudit.defences.spatial_smoothing import SpatialSmoothing, SpatialSmoothingParams
+
+    return SpatialSmoothing(SpatialSmoothingParams(window=size)).transform(x, None)
 
 
 @torch.no_grad()

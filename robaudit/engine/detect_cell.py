@@ -6,8 +6,10 @@ One cell per model (``m0/detect/detect/-/none``). It runs in chunks of ``batch_s
 successful examples) and measures the examples' costs. Each chunk is seeded from the cell seed and
 its index and yields a self-contained record, which the journal stores, so a killed audit resumes
 at the chunk in flight. The cell entry (``report["detection"]``) then has, per (attack, score):
-AUROC, and detection rate / FPR / accuracy at thresholds fitted on the even-indexed half of the
-benign inputs (FPR measured on the other half), plus a thinned ROC curve for the HTML report.
+AUROC, and detection rate / FPR / balanced accuracy (and plain accuracy) at thresholds fitted on
+the even-indexed half of the benign inputs (FPR measured on the other half), plus a thinned ROC
+curve for the HTML report. The AUROC of a score that depends on those thresholds (A2D+squeeze) is
+over the held-out half only; raw costs and the squeeze score use every benign input.
 """
 
 from __future__ import annotations
@@ -60,10 +62,14 @@ def run_detect_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     lo, hi = chunk * bs, min((chunk + 1) * bs, n)
     x, y = evalset.x[lo:hi], evalset.y[lo:hi]
     seed = cell.chunk_seed(profile.seed, chunk)
+    # the cost attacks' random streams: the cell seed and each input's dataset index (or content), so
+    # a cost does not depend on the chunking (batch_size)
+    cost_seed = cell.seed(profile.seed)
     costs, sq = _cost_params(model, profile), _squeeze(model, profile)
     seed_everything(seed)
     with torch.enable_grad():
-        benign, bres, bsec = features_for(model, x, costs, sq, batch_size=bs, seed=seed)
+        benign, bres, bsec = features_for(model, x, costs, sq, batch_size=bs, seed=cost_seed,
+                                          indices=np.asarray(evalset.indices)[lo:hi])
     rec: dict[str, Any] = {
         "chunk": chunk, "n": hi - lo, "benign": {k: v.tolist() for k, v in benign.items()},
         "seconds": bsec, "forward": int(sum(bres.forward_passes.values())),
@@ -79,7 +85,7 @@ def run_detect_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
                                  "features": {}, "seconds": 0.0}
         if cr.x.shape[0]:
             with torch.enable_grad():
-                adv, _, asec = features_for(model, cr.x, costs, sq, batch_size=bs, seed=seed)
+                adv, _, asec = features_for(model, cr.x, costs, sq, batch_size=bs, seed=cost_seed)
             entry["features"] = {k: v.tolist() for k, v in adv.items()}
             entry["seconds"] = asec
         rec["attacks"][a.label] = entry
@@ -143,18 +149,20 @@ def detect_cell_entry(cell: Cell, profile: Profile, n: int, model: Any,
                                    "cost": f, "n_benign": n, "n_benign_test": n_test, "n_adversarial": n_adv}
             if n_adv == 0:
                 row.update({"status": "no-adversarial", "reason": f"{a.label} produced no adversarial example",
-                            "auroc": None, "detection_rate": None, "fpr": None, "accuracy": None})
+                            "auroc": None, "detection_rate": None, "fpr": None, "accuracy": None,
+                            "balanced_accuracy": None})
                 rows.append(row)
                 continue
             det = detectors[f]
             if f in bases:  # a raw feature: cheap cost (or a large squeeze score) is suspicious
                 sign = 1.0 if f == SQUEEZE_FEATURE else -1.0
                 b_score, a_score = sign * benign[f], sign * adv[f]
-            else:
-                b_score, a_score = det.score(benign), det.score(adv)
+            else:  # an ensemble's score depends on its fitted thresholds: held-out benign inputs only
+                b_score, a_score = det.score(b_test), det.score(adv)
             r = rates(det.flag(b_test), det.flag(adv))
             row.update({"status": "ok", "reason": None, "auroc": auroc(b_score, a_score),
-                        "detection_rate": r["tpr"], "fpr": r["fpr"], "accuracy": r["accuracy"]})
+                        "detection_rate": r["tpr"], "fpr": r["fpr"], "accuracy": r["accuracy"],
+                        "balanced_accuracy": r["balanced_accuracy"]})
             rows.append(row)
             fpr_pts, tpr_pts = roc_curve(b_score, a_score, ROC_POINTS)
             roc.append({"attack": a.label, "cost": f, "fpr": fpr_pts, "tpr": tpr_pts})

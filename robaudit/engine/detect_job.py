@@ -45,9 +45,18 @@ class DetectCommon:
     n: int | None = None
     seed: int = 0
     batch_size: int = 128
-    costs: tuple[CostName, ...] = (CostName.BIM_LINF,)
+    costs: tuple[CostName, ...] | None = None
+    """Cost attacks to run; ``None``: the default (:data:`DEFAULT_COSTS`), and not given by the user
+    (``detect eval --detector`` refuses a given one: the file names its own)."""
     max_iter: int | None = None
     """Override of every cost attack's ``max_iter``."""
+
+    @property
+    def cost_names(self) -> tuple[CostName, ...]:
+        return DEFAULT_COSTS if self.costs is None else self.costs
+
+
+DEFAULT_COSTS = (CostName.BIM_LINF,)
 
 
 def _check_common(c: DetectCommon) -> None:
@@ -139,25 +148,161 @@ def _fgsm_min_eps(model: Classifier, x: torch.Tensor, y: torch.Tensor, eps: floa
 
 
 def features_for(model: Classifier, x: torch.Tensor, costs: Sequence[CostParams], squeeze: SqueezeParams | None,
-                 *, batch_size: int, seed: int) -> tuple[dict[str, np.ndarray], CostResult, float]:
-    """Cost features (and the squeeze score when asked) of ``x``; returns the seconds spent in total."""
+                 *, batch_size: int, seed: int,
+                 indices: Sequence[int] | np.ndarray | None = None) -> tuple[dict[str, np.ndarray], CostResult, float]:
+    """Cost features (and the squeeze score when asked) of ``x``; returns the seconds spent in total.
+    ``indices``: the inputs' dataset indices (keys of their random streams; ``None``: their content)."""
     start = time.perf_counter()
-    res = measure_costs(model, x, costs, clip=model.clip, batch_size=batch_size, seed=seed)
+    res = measure_costs(model, x, costs, clip=model.clip, batch_size=batch_size, seed=seed, indices=indices)
     feats = res.features()
     if squeeze is not None:
         feats[SQUEEZE_FEATURE] = squeeze_scores(model, x, squeeze, clip=model.clip, batch_size=batch_size)
     return feats, res, time.perf_counter() - start
 
 
-def _load_adversarial(opts: InputOptions, path: str, model: Classifier, n: int | None, seed: int) -> torch.Tensor:
-    ds = load_dataset(resolve_data(path), layout=opts.layout, channels=model.info.input_shape[0], x_key=opts.x_key,
-                      input_range=model.clip, labels_optional=True)  # only the images are used
-    if tuple(ds.x.shape[1:]) != tuple(model.info.input_shape):
-        raise DataLoadError(f"adversarial inputs {path} have shape {tuple(ds.x.shape[1:])}, "
-                            f"the model expects {tuple(model.info.input_shape)}")
+@dataclass
+class AdversarialInputs:
+    """The adversarial training inputs of a k-NN detector read from a file, after dropping the ones
+    that are not adversarial to the model."""
+
+    x: torch.Tensor
+    source_index: np.ndarray | None
+    """Dataset index (in ``--data``) of the benign input each example was made from, when the file says."""
+    info: dict[str, Any]
+    """What was read and dropped (for the detector file's ``fit.adversarial``)."""
+    warnings: list[str]
+
+
+def _npz_members(path: str) -> list[str] | None:
+    """Array names of an ``.npz`` (``None`` for other data, or a file numpy cannot list)."""
+    if not str(path).lower().endswith(".npz"):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return list(z.files)
+    except (OSError, ValueError, EOFError):
+        return None  # load_dataset says what is wrong with it
+
+
+def _read_array(path: str, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.asarray(z[key])
+    except (OSError, ValueError, EOFError, KeyError) as exc:
+        raise DataLoadError(f"cannot read array {key!r} of {path}: {exc}") from None
+
+
+def _load_adversarial(opts: InputOptions, path: str, model: Classifier, n: int | None, seed: int,
+                      data: Any, batch_size: int) -> AdversarialInputs:
+    """Adversarial inputs from ``path``, keeping only those the model misclassifies.
+
+    A file of ``attack --save-adv`` (``adv_<cell>`` arrays beside the clean ``x``/``y``) gives every
+    cell's examples (or the one ``--x-key adv_<cell>`` names), with their ``success_<cell>`` masks and
+    source ``index``; other data is read as ``--data`` is (``--x-key``/``--y-key``), with an optional
+    ``index`` array of source positions in ``--data`` (and a ``success_<name>`` mask for an image
+    array ``adv_<name>``). ``-n`` samples from what was read. An example is dropped when its mask says
+    the attack failed, or when it has a label and the model's prediction equals it."""
     from robaudit.data import select
 
-    return torch.from_numpy(np.ascontiguousarray(ds.x[select(ds, n, seed)]))
+    resolved = resolve_data(path)
+    members = _npz_members(resolved)
+    adv_keys = sorted(k for k in members or [] if k.startswith("adv_"))
+    if members is not None and opts.x_key is not None:
+        image_keys: list[str | None] = [opts.x_key]
+    elif adv_keys:
+        image_keys = list(adv_keys)  # an `attack --save-adv` file: every cell's examples
+    else:
+        image_keys = [None]
+
+    def load(x_key: str | None, y_key: str | None, labelled: bool) -> Any:
+        return load_dataset(resolved, layout=opts.layout, channels=model.info.input_shape[0], x_key=x_key,
+                            y_key=y_key, input_range=model.clip, labels_optional=not labelled)
+
+    xs, ys, masks, sources, labelled_rows = [], [], [], [], []
+    index = _read_array(resolved, "index").astype(np.int64).ravel() if members and "index" in members else None
+    first = None
+    for key in image_keys:
+        y_key = opts.y_key if opts.y_key is not None or key is None else ("y" if "y" in (members or []) else None)
+        try:
+            ds, has_labels = load(key, y_key, True), True
+        except DataLoadError:
+            if opts.y_key is not None:
+                raise
+            ds, has_labels = load(key, None, False), False  # unlabelled: nothing to check the predictions against
+        if tuple(ds.x.shape[1:]) != tuple(model.info.input_shape):
+            raise DataLoadError(f"adversarial inputs {path}{f' ({key})' if key else ''} have shape "
+                                f"{tuple(ds.x.shape[1:])}, the model expects {tuple(model.info.input_shape)}")
+        rows = int(ds.x.shape[0])
+        first = first if first is not None else ds
+        xs.append(ds.x)
+        ys.append(ds.y if has_labels else np.full(rows, -1, np.int64))
+        labelled_rows.append(np.full(rows, has_labels))
+        mask_key = f"success_{key[4:]}" if key and key.startswith("adv_") else None
+        if mask_key and mask_key in (members or []):
+            m = _read_array(resolved, mask_key).astype(bool).ravel()
+            if m.size != rows:
+                raise DataLoadError(f"{path}: {mask_key} has {m.size} entries for {rows} inputs in {key}")
+            masks.append(m)
+        else:
+            masks.append(np.ones(rows, bool))
+        sources.append(index if index is not None and index.size == rows else np.full(rows, -1, np.int64))
+    assert first is not None
+    x_all = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y_all, ok_mask, src = np.concatenate(ys), np.concatenate(masks), np.concatenate(sources)
+    labelled = np.concatenate(labelled_rows)
+    pick = select(dataclasses.replace(first, x=x_all, y=np.maximum(y_all, 0)), n, seed)
+    x = torch.from_numpy(np.ascontiguousarray(x_all[pick]))
+    y, ok_mask, src, labelled = y_all[pick], ok_mask[pick], src[pick], labelled[pick]
+    n_read = int(pick.size)
+    logits = model.predict(x, batch_size=batch_size)
+    pred = logits.argmax(1).numpy()
+    finite = torch.isfinite(logits).all(dim=1).numpy()
+    correct = labelled & (pred == y)
+    keep = ok_mask & finite & ~correct
+    where = f"{path}" + (f" ({', '.join(k for k in image_keys if k)})" if any(image_keys) else "")
+    n_failed, n_correct = int((~ok_mask).sum()), int((ok_mask & finite & correct).sum())
+    n_nonfinite = int((ok_mask & ~finite).sum())
+    reasons = ([f"{n_failed} marked unsuccessful by their success_ mask"] if n_failed else []) + \
+              ([f"{n_correct} classified as their label by the model (not adversarial to it)"] if n_correct else []) + \
+              ([f"{n_nonfinite} with NaN/inf logits"] if n_nonfinite else [])
+    if not keep.any():
+        raise ConfigError(f"none of the {n_read} inputs of {where} is adversarial to this model "
+                          f"({'; '.join(reasons) or 'nothing to read'}): nothing to train the k-NN detector on")
+    warnings = []
+    if reasons:
+        warnings.append(f"{n_read - int(keep.sum())} of the {n_read} adversarial training inputs of {where} were "
+                        f"dropped: {'; '.join(reasons)}; the k-NN detector is trained on the other {int(keep.sum())}")
+    if not labelled[keep].all():
+        warnings.append(f"{int((~labelled[keep]).sum())} adversarial training inputs of {where} have no labels: "
+                        "they are used without checking that the model misclassifies them (give --y-key)")
+    src = src[keep]
+    known = src >= 0
+    info: dict[str, Any] = {"file": path, "arrays": [k for k in image_keys if k], "n_read": n_read,
+                            "n_dropped": n_read - int(keep.sum()),
+                            "dropped": {"unsuccessful": n_failed, "correctly_classified": n_correct,
+                                        "nonfinite": n_nonfinite}}
+    source_index = None
+    if known.any():
+        if known.all() and _sources_match(resolved, members or [], index, data):
+            source_index = src
+        else:
+            warnings.append(f"the source indices in {where} do not point at the --data inputs (its clean images "
+                            "differ, or some are missing): a later `detect eval --detector` cannot leave out "
+                            "examples of the same sources")
+    return AdversarialInputs(x[torch.from_numpy(keep)].contiguous(), source_index, info, warnings)
+
+
+def _sources_match(path: str, members: Sequence[str], index: np.ndarray | None, data: Any) -> bool:
+    """Whether ``index`` are positions in ``data``: in range, and where the file has its clean inputs
+    (``x`` of ``attack --save-adv``), those equal ``data`` there."""
+    if index is None or index.size == 0 or index.min() < 0 or index.max() >= len(data.x):
+        return False
+    if "x" not in members:
+        return True  # no clean inputs to check against: read as positions in --data, as documented
+    clean = _read_array(path, "x")
+    if clean.shape != (index.size, *data.x.shape[1:]):
+        return False
+    return bool(np.allclose(clean.astype(np.float32), data.x[index], atol=1e-6))
 
 
 # --------------------------------------------------------------------------------------- fit
@@ -184,9 +329,10 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
     obs = observer or NullObserver()
     c = job.common
     _check_common(c)
-    if job.detector is DetectorKind.ZSCORE and len(c.costs) > 1:  # refused before any cost is computed
-        raise ConfigError(f"the z-score detector uses one cost attack, got {len(c.costs)} "
-                          f"({', '.join(k.value for k in c.costs)}); give one --cost, or --detector ensemble "
+    names = c.cost_names
+    if job.detector is DetectorKind.ZSCORE and len(names) > 1:  # refused before any cost is computed
+        raise ConfigError(f"the z-score detector uses one cost attack, got {len(names)} "
+                          f"({', '.join(k.value for k in names)}); give one --cost, or --detector ensemble "
                           "to combine them")
     if job.craft_mode not in CRAFT_MODES:
         raise ConfigError(f"--craft must be one of {', '.join(CRAFT_MODES)}, got {job.craft_mode!r}")
@@ -197,17 +343,19 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
     inputs = load_inputs(c.inputs)
     model = inputs.model
     evalset = build_evaluation_set(model, inputs.data, c.n, c.seed, c.batch_size)
-    costs = cost_params_for(model, c.costs, c.max_iter)
+    costs = cost_params_for(model, names, c.max_iter)
     use_squeeze = job.squeeze or job.detector is DetectorKind.SQUEEZE
     sq = SqueezeParams.default_for(model.info.input_shape) if use_squeeze else None
     obs.cell_started(f"costs of {evalset.n} benign inputs")
-    benign, res, _ = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
+    benign, res, _ = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed,
+                                  indices=evalset.indices)
     fit: dict[str, Any] = {"data": inputs.data_spec, "data_sha256": inputs.data.sha256, "n": evalset.n,
                            "seed": c.seed, "target_fpr": job.fpr, "command": command,
                            "indices": [int(i) for i in evalset.indices]}
     det: Detector
+    adv_warnings: list[str] = []  # what reading --adversarial dropped
     if job.detector is DetectorKind.ZSCORE:
-        det = ZScoreDetector.fit(c.costs[0].value, benign[c.costs[0].value], job.fpr)
+        det = ZScoreDetector.fit(names[0].value, benign[names[0].value], job.fpr)
     elif job.detector is DetectorKind.SQUEEZE:
         costs = []
         det = ThresholdDetector.fit(benign[SQUEEZE_FEATURE], job.fpr)
@@ -220,8 +368,12 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
         det = EnsembleDetector(members, job.ensemble_k)
     elif job.detector is DetectorKind.KNN:
         if job.adversarial:
-            x_adv = _load_adversarial(c.inputs, job.adversarial, model, c.n, c.seed)
-            fit["adversarial"] = {"file": job.adversarial}
+            loaded = _load_adversarial(c.inputs, job.adversarial, model, c.n, c.seed, inputs.data, c.batch_size)
+            x_adv, adv_warnings = loaded.x, loaded.warnings
+            fit["adversarial"] = dict(loaded.info)
+            if loaded.source_index is not None:  # `detect eval --detector` leaves these sources out
+                fit["adversarial"]["indices"] = sorted({int(i) for i in loaded.source_index})
+                fit["adversarial"]["data_sha256"] = inputs.data.sha256
         elif job.attacks:
             parts = []
             for a in job.attacks:
@@ -244,7 +396,7 @@ def run_fit_job(job: FitJob, command: list[str], observer: Observer | None = Non
         raise ConfigError(f"unknown detector {job.detector}")
     fit["fit_fpr"] = float(det.flag(benign).mean())
     fit["benign_costs"] = {k: _stats(v) for k, v in res.costs.items()}
-    fit["warnings"] = list(dict.fromkeys(fit_warnings(det)))
+    fit["warnings"] = list(dict.fromkeys(fit_warnings(det) + adv_warnings))
     dfile = DetectorFile(model_sha256=model.info.sha256, costs=costs, detector=det, clip=model.clip,
                          input_shape=tuple(model.info.input_shape), squeeze=sq, model_path=inputs.model_spec, fit=fit)
     summary = {"schema_version": SCHEMA_VERSION, "kind": KIND, "command": "fit",
@@ -297,7 +449,8 @@ def run_score_job(job: ScoreJob, command: list[str], observer: Observer | None =
 
     idx = select(inputs.data, c.n, c.seed)
     x = torch.from_numpy(np.ascontiguousarray(inputs.data.x[idx]))
-    feats, res, seconds = features_for(model, x, dfile.costs, dfile.squeeze, batch_size=c.batch_size, seed=c.seed)
+    feats, res, seconds = features_for(model, x, dfile.costs, dfile.squeeze, batch_size=c.batch_size, seed=c.seed,
+                                       indices=idx)
     score = dfile.detector.score(feats)
     flags = dfile.detector.flag(feats)
     n = int(x.shape[0])
@@ -324,27 +477,61 @@ def _fit_overlap(fit: dict[str, Any], data_spec: str, data_sha256: str, evalset:
                  seed: int) -> tuple[np.ndarray, list[str]]:
     """Which evaluation inputs a detector file was fitted on (a mask), and a warning about them.
     Scored again, they would give its fit-time false-positive rate (and, for k-NN, its training
-    detection rate) as if measured on new inputs."""
+    detection rate) as if measured on new inputs. For k-NN, the benign sources of its adversarial
+    training examples (``fit.adversarial.indices``, from an ``--adversarial`` file's ``index``)
+    count too: an example eval crafts from one of them would sit next to a training example."""
     same_data = fit.get("data_sha256") == data_sha256 if fit.get("data_sha256") else fit.get("data") == data_spec
-    if not same_data:
+    adv = fit.get("adversarial") if isinstance(fit.get("adversarial"), dict) else {}
+    sources = (np.asarray(adv.get("indices") or [], dtype=np.int64)
+               if adv.get("indices") and adv.get("data_sha256") == data_sha256 else np.zeros(0, np.int64))
+    if not same_data and not sources.size:
         return np.zeros(evalset.n, bool), []
-    if "indices" not in fit:  # a file from before fit inputs were recorded: same data and seed overlap
+    idx = np.asarray(evalset.indices)
+    if same_data and "indices" not in fit:  # a file from before fit inputs were recorded: same data and seed overlap
         if fit.get("seed") == seed:
             return np.zeros(evalset.n, bool), [
                 "the detector was fitted on this data with the same --seed, so these inputs are probably the ones "
                 "it was fitted on and its rates are in-sample; refit it with this version (which records them) or "
                 "evaluate with another --seed"]
         return np.zeros(evalset.n, bool), []
-    mask = np.isin(np.asarray(evalset.indices), np.asarray(fit["indices"], dtype=np.int64))
+    fitted = np.isin(idx, np.asarray(fit["indices"], dtype=np.int64)) if same_data else np.zeros(evalset.n, bool)
+    mask = fitted | np.isin(idx, sources)
     if not mask.any():
         return mask, []
     if mask.all():
         raise ConfigError(f"all {evalset.n} inputs of this evaluation are ones the detector was fitted on (same data, "
-                          "--seed and -n), so its rates would be in-sample: evaluate on other inputs (another --seed, "
-                          "a larger -n, or other data)")
-    return mask, [f"{int(mask.sum())} of the {evalset.n} benign inputs are ones the detector was fitted on: they, and "
-                  "the adversarial examples crafted from them, are left out of the detector's AUROC and rates (its column "
-                  "and `detection`); the AUROCs of the single costs use every input"]
+                          "--seed and -n) or sources of its adversarial training examples, so its rates would be "
+                          "in-sample: evaluate on other inputs (another --seed, a larger -n, or other data)")
+    n_src = int((mask & ~fitted).sum())
+    also = (f" ({n_src} of them as the sources of its adversarial training examples)" if n_src else "")
+    return mask, [f"{int(mask.sum())} of the {evalset.n} benign inputs are ones the detector was fitted on{also}: they, "
+                  "and the adversarial examples crafted from them, are left out of the detector's AUROC and rates (its "
+                  "column and `detection`); the AUROCs of the single costs use every input"]
+
+
+def _misclassified_benign(model: Classifier, data: Any, evalset: EvaluationSet, c: DetectCommon,
+                          costs: Sequence[CostParams], sq: SqueezeParams | None,
+                          detectors: dict[str, Detector]) -> dict[str, Any]:
+    """The sampled benign inputs the model gets wrong (left out of the evaluation set, so of the FPR):
+    a deployed detector sees them too. Their count, each detector's flag rate on them (``None`` when
+    there are none) and their costs. Inputs with NaN/inf logits are not scored."""
+    from robaudit.data import select
+
+    picked = select(data, c.n, c.seed)
+    idx = picked[~np.isin(picked, np.asarray(evalset.indices))]
+    out: dict[str, Any] = {"n_misclassified": 0, "flag_rate_misclassified": None}
+    if idx.size == 0:
+        return out
+    x = torch.from_numpy(np.ascontiguousarray(data.x[idx]))
+    finite = torch.isfinite(model.predict(x, batch_size=c.batch_size)).all(dim=1)
+    idx, x = idx[finite.numpy()], x[finite]
+    if idx.size == 0:
+        return out
+    feats, _, _ = features_for(model, x, costs, sq, batch_size=c.batch_size, seed=c.seed, indices=idx)
+    out["n_misclassified"] = int(idx.size)
+    out["flag_rate_misclassified"] = {name: float(det.flag(feats).mean()) for name, det in detectors.items()}
+    out["misclassified_inputs"] = _per_input(idx, np.zeros(idx.size, bool), feats)
+    return out
 
 
 @dataclass(frozen=True)
@@ -377,6 +564,10 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
         if job.fpr is not None:
             raise ConfigError("--fpr sets the thresholds that eval fits itself; a --detector file keeps the ones it "
                               "was fitted with (refit it with `detect fit --fpr`)")
+        for given, what in ((c.costs is not None, "--cost"), (c.max_iter is not None, "--max-iter")):
+            if given:
+                raise ConfigError(f"{what} sets the cost attacks that eval runs for its own thresholds; a --detector "
+                                  f"file runs the ones it was fitted with (refit it with `detect fit {what}`)")
         dfile = load_detector_file(job.detector_path)
         dfile.check_model(model.info.sha256, inputs.model_spec)
         costs = dfile.costs
@@ -384,7 +575,7 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
         warnings += note
         target_fpr = dfile.fit.get("target_fpr") if dfile.detector.kind is not DetectorKind.KNN else None
     else:
-        costs = cost_params_for(model, c.costs, c.max_iter)
+        costs = cost_params_for(model, c.cost_names, c.max_iter)
         target_fpr = 0.05 if job.fpr is None else job.fpr
         if int((np.arange(evalset.n) % 2 == 0).sum()) < 2:
             raise ConfigError(f"detect eval fits its thresholds on the even-indexed half of the correctly classified "
@@ -393,7 +584,8 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
     sq = (dfile.squeeze if dfile else None) or (SqueezeParams.default_for(model.info.input_shape) if job.squeeze else None)
     obs.plan_started(1 + 2 * len(job.attacks))
     obs.cell_started(f"costs of {evalset.n} benign inputs")
-    benign, bres, bsec = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed)
+    benign, bres, bsec = features_for(model, evalset.x, costs, sq, batch_size=c.batch_size, seed=c.seed,
+                                      indices=evalset.indices)
     obs.cell_finished("benign", {})
     # thresholds: the given detector, or z-score per cost fitted on the first half of the benign inputs
     half = np.arange(evalset.n) % 2 == 0
@@ -416,6 +608,7 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
 
     warnings += small_test_warning(int(test.sum()))
     bsub = {k: v[test] for k, v in benign.items()}
+    misclassified = _misclassified_benign(model, inputs.data, evalset, c, costs, sq, detectors)
     feature_names = [p.name.value for p in costs] + ([SQUEEZE_FEATURE] if sq else [])
     auroc_table: dict[str, dict[str, float]] = {}
     detection: dict[str, dict[str, dict[str, float]]] = {}
@@ -456,10 +649,9 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
         adv_test = {k: v[a_test] for k, v in adv.items()}
         for dname, det in detectors.items():
             if dname not in auroc_table[a.value]:  # per-cost z-scores are monotone in the cost: same AUROC
-                # a given detector is judged on inputs it was not fitted on; z-scores fitted here on
-                # all benign inputs (a monotone score, so fitting does not move its AUROC)
-                auc_benign = bsub if dfile is not None else benign
-                auroc_table[a.value][dname] = (auroc(det.score(auc_benign), det.score(adv_test))
+                # a score that depends on fitted thresholds (a given detector, an A2D+squeeze ensemble,
+                # whose members' margins and votes come from them) is judged on held-out benign inputs only
+                auroc_table[a.value][dname] = (auroc(det.score(bsub), det.score(adv_test))
                                                if a_test.any() else None)
         detection[a.value] = {dname: rates(det.flag(bsub), det.flag(adv_test)) for dname, det in detectors.items()}
         entry["n_adversarial_test"] = int(a_test.sum())
@@ -477,7 +669,8 @@ def run_eval_job(job: EvalJob, command: list[str], observer: Observer | None = N
             "benign": {"n": evalset.n, "n_test": int(test.sum()),
                        "costs": {k: _stats(v) for k, v in bres.costs.items()},
                        "squeeze": _stats(benign[SQUEEZE_FEATURE]) if sq else None,
-                       "inputs": _per_input(np.asarray(evalset.indices), test, benign)},
+                       "inputs": _per_input(np.asarray(evalset.indices), test, benign),
+                       **misclassified},
             "thresholds": {k: d.to_dict() for k, d in detectors.items()},
             "auroc": auroc_table, "detection": detection, "attacks": attacks_out, "latency": latency,
             "warnings": warnings}

@@ -85,12 +85,14 @@ def as_audit_report(ev: dict[str, Any]) -> dict[str, Any]:
                                    "n_adversarial": n_adv}
             if n_adv == 0 or score not in aucs:
                 row.update({"status": "no-adversarial", "reason": f"{attack} produced no adversarial example",
-                            "auroc": None, "detection_rate": None, "fpr": None, "accuracy": None})
+                            "auroc": None, "detection_rate": None, "fpr": None, "accuracy": None,
+                            "balanced_accuracy": None})
                 rows.append(row)
                 continue
             r = rates.get(score) or {}
             row.update({"status": "ok", "reason": None, "auroc": aucs[score], "detection_rate": r.get("tpr"),
-                        "fpr": r.get("fpr"), "accuracy": r.get("accuracy")})
+                        "fpr": r.get("fpr"), "accuracy": r.get("accuracy"),
+                        "balanced_accuracy": r.get("balanced_accuracy")})
             rows.append(row)
             curve = _roc(ev, attack, score, aucs[score])
             if curve is not None:

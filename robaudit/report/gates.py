@@ -56,9 +56,10 @@ ROW_METRICS = (
 """Metrics of one result row. ``robust_accuracy`` (untargeted rows only) is
 ``clean_accuracy * (1 - success_rate)``: the share of the sampled inputs still classified correctly,
 with the clean accuracy of the model the row attacked (behind a defence stack, the stack's own)."""
-DETECT_METRICS = ("auroc", "detection_rate", "fpr", "accuracy")
+DETECT_METRICS = ("auroc", "detection_rate", "fpr", "accuracy", "balanced_accuracy")
 """Metrics of detection rows (``report["detection"][*]["rows"]``): AUROC of the score against the
-attack's examples, and detection rate (TPR) / false-positive rate / accuracy at the fitted threshold."""
+attack's examples, and detection rate (TPR) / false-positive rate / accuracy / balanced accuracy
+(``(TPR + 1 - FPR) / 2``) at the fitted threshold."""
 REPORT_METRICS = ("clean_accuracy",)
 """Metrics of the whole report (no selectors)."""
 OPS = ("<=", ">=", "<", ">")

@@ -197,7 +197,8 @@ def results_markdown(report: dict[str, Any]) -> str:
 
 
 DETECT_COLUMNS = (("attack", "attack"), ("cost", "score"), ("n_benign", "benign (held out)"), ("n_adversarial", "adversarial"),
-                  ("auroc", "AUROC"), ("detection_rate", "detection rate"), ("fpr", "FPR"), ("accuracy", "accuracy"))
+                  ("auroc", "AUROC"), ("detection_rate", "detection rate"), ("fpr", "FPR"),
+                  ("balanced_accuracy", "balanced accuracy"))
 """(key, header) of the detection rows' columns."""
 
 
@@ -205,12 +206,15 @@ def _detect_cells(row: dict[str, Any]) -> list[str]:
     out = []
     for key, _ in DETECT_COLUMNS:
         v = row.get(key)
+        if key == "balanced_accuracy" and v is None and row.get("detection_rate") is not None \
+                and row.get("fpr") is not None:  # a report from before it was stored
+            v = (float(row["detection_rate"]) + 1.0 - float(row["fpr"])) / 2.0
         if key == "attack":
             text = f"{v} ({row.get('attack_name')})" if row.get("attack_name") not in (None, v) else str(v)
             out.append(f"{text} [{row['setup']}]" if row.get("setup") else text)
         elif key == "n_benign" and row.get("n_benign_test") is not None:
             out.append(f"{v} ({row['n_benign_test']})")
-        elif key in ("detection_rate", "fpr", "accuracy") and v is not None:
+        elif key in ("detection_rate", "fpr", "accuracy", "balanced_accuracy") and v is not None:
             out.append(f"{100 * v:.1f}%")
         elif key == "auroc" and v is not None:
             out.append(f"{v:.3f}")
@@ -226,8 +230,8 @@ def detection_caption(entry: dict[str, Any]) -> str:
     n = entry.get("n_benign")
     held = entry.get("n_benign_test")
     split = (f"thresholds fitted for {100 * float(entry.get('target_fpr') or 0):.0f}% FPR on {int(n) - int(held)} "
-             f"even-indexed benign inputs, FPR measured on the other {held}, accuracy over those {held} and the "
-             "adversarial examples" if n is not None and held is not None else
+             f"even-indexed benign inputs, FPR measured on the other {held}, balanced accuracy the mean of the "
+             "detection rate and 1 - FPR" if n is not None and held is not None else
              f"thresholds at {100 * float(entry.get('target_fpr') or 0):.0f}% target FPR")
     return (f"{n} benign inputs (AUROC over all of them); {split}; craft {entry.get('craft')} "
             "(FGSM and BIM; other attacks run as configured)")
