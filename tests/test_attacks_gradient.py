@@ -399,3 +399,16 @@ def test_apgd_dlr_and_l2(demo) -> None:
     assert _success(model, l2.x_adv, y) >= 0.8
     assert float((l2.x_adv - x).flatten(1).norm(dim=1).max()) <= 3.0 + 1e-5
 
+
+
+def test_art_backends_count_only_the_attacks_own_passes():
+    """QA 11: the ART adapter asked the counted model for its class count, one forward pass per batch
+    more than the attack made (ART FGSM on 20 images in batches of 5: 24 forward passes)."""
+    from robaudit.attacks.fgsm import ArtFGSM, FGSM
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    x, y = torch.rand(20, 1, 28, 28), torch.randint(0, 10, (20,))
+    art = ArtFGSM(ArtFGSM.Params(), eps=0.1).generate(net, x, y, batch_size=5)
+    ours = FGSM(FGSM.Params(), eps=0.1).generate(net, x, y, batch_size=5)
+    assert art.forward_passes == ours.forward_passes == 20

@@ -415,3 +415,79 @@ def test_generate_reports_inputs_done_after_each_batch(demo):
     seen: list[int] = []
     out = FGSM(norm=Norm.LINF, eps=0.1).generate(model, x[:7], y[:7], batch_size=3, on_batch=seen.append)
     assert seen == [3, 6, 7] and out.x_adv.shape == x[:7].shape
+
+
+class _Scaled(torch.nn.Module):
+    """The model on pixels in [0, 255] (divides by 255 first)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x / 255.0)
+
+
+def test_hsj_linf_on_a_0_255_model_is_the_same_attack(demo):
+    """QA 11: the Linf binary search's tolerance was capped at theta in absolute units, so on a model
+    whose pixels are 0..255 it searched to float32 resolution and spent the whole query budget
+    there (18010 queries per image against 2243, mean Linf 0.42 of the range against 0.175)."""
+    model, x, y = demo
+    x, y = x[:6], y[:6]
+    p = HopSkipJump.Params(max_iter=4)
+    small = HopSkipJump(p, norm=Norm.LINF).generate(model, x, y, seed=0)
+    big = HopSkipJump(p, norm=Norm.LINF).generate(_Scaled(model), x * 255, y, seed=0, clip=(0.0, 255.0))
+    assert (_pred(model, big.x_adv / 255) != y).all()
+    assert big.forward_passes < 1.3 * small.forward_passes, (big.forward_passes, small.forward_passes)
+    d_small = (small.x_adv - x).flatten(1).abs().amax(1)
+    d_big = (big.x_adv / 255 - x).flatten(1).abs().amax(1)
+    assert d_big.median() < 1.5 * d_small.median(), (d_big, d_small)
+
+
+def test_hsj_binary_search_stops_at_float32_resolution():
+    """On 64x64 RGB (d = 12288) theta = 1/d^2 is below float32 resolution: the bracket could not
+    shrink, and each binary search ran until the query budget was gone (4264 queries per search)."""
+    from robaudit.attacks.base import Criterion
+
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 3))
+    x = torch.rand(3, 3, 64, 64)
+    y = lin(x).argmax(1).detach()
+    attack = HopSkipJump(HopSkipJump.Params(max_iter=1, init_eval=10, max_queries=5000), norm=Norm.LINF)
+    attack.clip = (0.0, 1.0)
+    import robaudit.attacks.hopskipjump as hsj
+
+    run = hsj._HSJRun(attack, lin, x, Criterion(y), torch.Generator().manual_seed(0), attack.params)
+    with torch.no_grad():
+        far = torch.where(lin(torch.ones_like(x)).argmax(1) != y)[0]
+    assert far.numel(), "need an input whose all-ones image is classified differently"
+    with torch.no_grad():
+        out = run.binary_search(far, torch.ones_like(x[far]))
+    assert int(run.queries[far].max()) <= 40, run.queries.tolist()  # measured 4264 before
+    with torch.no_grad():
+        assert (lin(out).argmax(1) != y[far]).all()
+
+
+def test_hsj_returns_its_smallest_adversarial_iterate(demo, monkeypatch):
+    """Every HopSkipJump iterate is adversarial, but under Linf the distance can grow between
+    iterations: the attack returned its last iterate, not its best (22 of 60 MNIST images)."""
+    import robaudit.attacks.hopskipjump as hsj
+
+    model, x, y = demo
+    x, y = x[:12], y[:12]
+    seen: list[torch.Tensor] = []
+    search = hsj._HSJRun.binary_search
+
+    def spy(self, idx, xa):
+        out = search(self, idx, xa)
+        d = torch.full((self.x.shape[0],), float("inf"))
+        d[idx] = self.dist(out, self.x[idx])
+        seen.append(d)
+        return out
+
+    monkeypatch.setattr(hsj._HSJRun, "binary_search", spy)
+    out = HopSkipJump(HopSkipJump.Params(max_iter=8), norm=Norm.LINF).generate(model, x, y, seed=0)
+    best = torch.stack(seen).amin(0)
+    got = (out.x_adv - x).flatten(1).abs().amax(1)
+    assert (_pred(model, out.x_adv) != y).all()
+    assert torch.allclose(got, best, atol=1e-6), (got - best)

@@ -168,6 +168,16 @@ class NaNOffGrid(_Wrap):
         return torch.where(off[:, None], z * float("nan"), z)  # NaN flows back into the gradient too
 
 
+class NaNLogitsOffGrid(_Wrap):
+    """Like NaNOffGrid, but the gradient stays finite (the NaN is a constant): attacks run normally
+    and land where the logits are NaN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.net(x)
+        off = (x * 255.0 - torch.round(x * 255.0)).abs().flatten(1).amax(dim=1) > 1e-3
+        return torch.where(off[:, None], torch.full_like(z, float("nan")), z)
+
+
 class NaNGradient(_Wrap):
     """Finite logits, but d/dx sqrt(x) at the black corner pixel is inf, times 0: a NaN gradient."""
 
@@ -317,6 +327,17 @@ def test_nan_met_during_the_attack_is_counted_in_the_row(tmp_path, monkeypatch, 
     assert row["nonfinite_logits"] > 0 and row["nonfinite_grads"] > 0 and row["nonfinite_examples"] == 0
     (w,) = [w for w in report["warnings"] if w.startswith("non-finite values in pgd / untargeted: ")]
     assert f"NaN/inf logits in {row['nonfinite_logits']} of " in w and "success rate is unreliable" in w
+
+
+def test_examples_with_nan_logits_are_never_successes(tmp_path, monkeypatch, capsys, net, small):
+    """QA 11: an adversarial example whose logits are NaN counted as a success (argmax of a NaN row
+    is the NaN's position, which is not the label)."""
+    model = _save(NaNLogitsOffGrid(net), tmp_path / "offgrid.pt")
+    code, err, report = _attack(monkeypatch, capsys, model, small, tmp_path / "r.json", "-a", "fgsm", "--eps", "0.1",
+                                "-t", "untargeted,next-class")
+    assert code == 0, err
+    for row in report["results"]:  # every FGSM example is off the uint8 grid: NaN logits, no success
+        assert row["nonfinite_logits"] >= row["n"] > 0 and row["n_success"] == 0, {k: row[k] for k in ("n", "n_success", "nonfinite_logits", "nonfinite_grads", "nonfinite_examples", "linf_mean_all")}
 
 
 def test_nan_gradients_are_counted_not_silently_zeroed(tmp_path, monkeypatch, capsys, net, small):

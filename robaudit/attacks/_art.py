@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robaudit.attacks.base import Attack, Criterion
+from robaudit.attacks.base import Attack, CountingModel, Criterion
 
 
 class _Float32(torch.nn.Module):
@@ -79,8 +79,9 @@ class ArtAttack(Attack):
         return criterion.attack_classes.cpu().numpy().astype(np.int64)
 
     def run(self, model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, generator: torch.Generator) -> torch.Tensor:
-        with torch.no_grad():
-            num_classes = int(model(x[:1]).shape[1])
+        net = model.model if isinstance(model, CountingModel) else model
+        with torch.no_grad():  # the class count, from the uncounted network: not a query of the attack
+            num_classes = int(net(x[:1]).shape[1])
         clf = art_classifier(model, tuple(x.shape[1:]), num_classes, self.clip, x.device)
         attack = self.build(clf, criterion.targeted, int(x.shape[0]))
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())

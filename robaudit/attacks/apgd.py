@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from robaudit.attacks._losses import LossName, loss_and_input_grad
+from robaudit.attacks._losses import LossName, confirm_draws, loss_and_input_grad
 from robaudit.attacks._steps import best_of_restarts, ascent_step, project, random_init
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, refuted
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
 
@@ -35,7 +35,9 @@ class APGDParams(AttackParams):
     """``False`` (default): every sample runs the full budget, as in the study protocol and the
     paper. ``True``: a sample stops costing passes at its first adversarial iterate (the same
     success rate, a fraction of the cost on models that break; the returned point is then the
-    first adversarial iterate, so distances are smaller than the full budget's)."""
+    first adversarial iterate, so distances are smaller than the full budget's). Against a
+    randomised model (TVM) a hit stops a sample only when it also fools 4 fresh single draws
+    (``_losses.CONFIRM_DRAWS``): the gradient pass's logits are an EOT average of draws."""
 
     def __post_init__(self) -> None:
         if self.n_iter < 1:
@@ -137,9 +139,12 @@ class APGD(Attack):
         def to_ball(z: torch.Tensor) -> torch.Tensor:
             return project(x0, z, eps, self.norm, self.clip)
 
+        draws = confirm_draws(model) if p.early_stop else 0
         x_k = random_init(x0, eps, self.norm, generator, self.clip)
         logits, f_k, grad = loss_and_input_grad(model, x_k, crit, loss)
         found = crit.is_adversarial(logits)
+        if draws:  # early exit: an EOT-averaged hit must hold on fresh single draws too
+            found &= ~refuted(model, x_k, crit, found, draws)
         x_found = x_k.clone()
 
         x_best, f_best, g_best = x_k.clone(), f_k.clone(), grad.clone()
@@ -167,8 +172,11 @@ class APGD(Attack):
                 logits, f_live, g_live = loss_and_input_grad(model, x_k[live], c_live, loss)
                 f_k, grad = f_k.clone(), grad.clone()
                 f_k[live], grad[live] = f_live, g_live
+                hit = c_live.is_adversarial(logits)
+                if draws:
+                    hit &= ~refuted(model, x_k[live], c_live, hit, draws)
                 adv = torch.zeros_like(found)
-                adv[live] = c_live.is_adversarial(logits)
+                adv[live] = hit
             else:
                 logits, f_k, grad = loss_and_input_grad(model, x_k, crit, loss)
                 adv = crit.is_adversarial(logits)

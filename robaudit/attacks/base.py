@@ -69,10 +69,11 @@ class Criterion:
         return self.targets is not None
 
     def is_adversarial(self, logits: torch.Tensor) -> torch.Tensor:
+        """Rows whose prediction is the target (or not the label). A row with a NaN or infinite logit
+        is never adversarial: its argmax is arbitrary (NaN's position), not a decision of the model."""
         pred = logits.argmax(dim=1)
-        if self.targets is not None:
-            return pred == self.targets
-        return pred != self.labels
+        hit = pred == self.targets if self.targets is not None else pred != self.labels
+        return hit & torch.isfinite(logits).all(dim=1)
 
     def subset(self, idx: torch.Tensor) -> "Criterion":
         return Criterion(self.labels[idx], None if self.targets is None else self.targets[idx])

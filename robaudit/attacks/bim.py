@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from robaudit.attacks._losses import LossName, loss_and_input_grad
+from robaudit.attacks._losses import LossName, confirm_draws, loss_and_input_grad
 from robaudit.attacks._steps import ascent_step, project
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, refuted
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
 
@@ -26,7 +26,9 @@ class BIMParams(AttackParams):
     """Objective to maximise: ``ce``, ``margin`` or ``dlr`` (see ``robaudit.attacks._losses``)."""
     early_stop: bool = True
     """Stop stepping a sample as soon as it is adversarial: it returns its first adversarial
-    iterate and costs no further passes. ``False`` runs every sample for all ``steps``."""
+    iterate and costs no further passes. Against a randomised model (TVM) a hit of the gradient
+    pass (an EOT average) must also fool 4 fresh single draws (``_losses.CONFIRM_DRAWS``, one
+    no-grad forward each) before the sample stops. ``False`` runs every sample for all ``steps``."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -45,7 +47,9 @@ class BIM(Attack):
     default) each sample stops at its first adversarial iterate, and only the still-robust
     subset of the batch is sent through the model, so already-broken images cost nothing more.
     A sample costs one forward and one backward pass per step it takes, plus the one pass that
-    finds it adversarial.
+    finds it adversarial. Against a randomised model a hit stops a sample only when it also fools
+    ``CONFIRM_DRAWS`` (4) fresh single draws (up to 4 more forward passes per hit), as the
+    minimisation attacks confirm theirs.
 
     Distance Measure : Linf (default), L2 (normalised-gradient steps)
 
@@ -89,12 +93,16 @@ class BIM(Attack):
                 _, _, grad = loss_and_input_grad(model, x_adv, criterion, loss)
                 x_adv = project(x, ascent_step(x_adv, grad, step, self.norm), eps, self.norm, self.clip)
             return x_adv
+        draws = confirm_draws(model)
         active = torch.arange(x.shape[0], device=x.device)
         for _ in range(p.steps):
             crit = criterion.subset(active)
             xa = x_adv[active]
             logits, _, grad = loss_and_input_grad(model, xa, crit, loss)
-            still = ~crit.is_adversarial(logits)
+            hit = crit.is_adversarial(logits)
+            if draws:  # an EOT-averaged hit must hold on fresh single draws too
+                hit &= ~refuted(model, xa, crit, hit, draws)
+            still = ~hit
             if not bool(still.all()):
                 active, xa, grad = active[still], xa[still], grad[still]
                 if active.numel() == 0:

@@ -189,7 +189,13 @@ class _HSJRun:
             thresholds = torch.full_like(highs, self.theta)
         else:
             highs = self.dist(xa, x0)
-            thresholds = (highs * self.theta).clamp(max=self.theta)
+            # the cap theta is in units of [0, 1]: scaled to the clip range, else a 0..255 model's
+            # search runs to float32 resolution
+            thresholds = (highs * self.theta).clamp(max=self.theta * (self.hi - self.lo))
+        # never below float32 resolution at ``highs``: a bracket that narrow cannot shrink (its
+        # midpoint rounds onto an end), and the search would spend the image's whole query budget
+        # (d > 4096 under Linf or ~6600 under L2, e.g. 224x224 RGB, has theta that small)
+        thresholds = torch.maximum(thresholds, highs * 2.0 ** -22)
         lows = torch.zeros_like(highs)
         while True:
             act = ((highs - lows) > thresholds) & self.room(idx, 1 + self.draws)
@@ -292,6 +298,9 @@ class _HSJRun:
         if idx.numel():
             x_adv[idx] = self.binary_search(idx, x_adv[idx])
         dist = self.dist(x_adv, x)
+        # every iterate is adversarial (it passed the binary search); under Linf the distance can
+        # grow between iterations, so the smallest one found is kept and returned, not the last
+        best, best_dist = x_adv.clone(), dist.clone()
         for t in range(1, p.max_iter + 1):
             num_evals = min(int(p.init_eval * math.sqrt(t)), p.max_eval)
             live &= self.queries + num_evals <= p.max_queries
@@ -310,7 +319,10 @@ class _HSJRun:
             if f.numel():
                 x_adv[idx[f]] = self.binary_search(idx[f], cand[f])
             dist[idx] = self.dist(x_adv[idx], x[idx])
-        return x_adv
+            better = idx[(dist[idx] < best_dist[idx])]
+            best[better] = x_adv[better]
+            best_dist[better] = dist[better]
+        return best
 
 
 class ArtHopSkipJump(ArtAttack):

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from robaudit.attacks._losses import LossName, attack_loss, loss_and_input_grad
+from robaudit.attacks._losses import LossName, attack_loss, confirm_draws, loss_and_input_grad
 from robaudit.attacks._steps import best_of_restarts, ascent_step, project, random_init
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, refuted
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
 
@@ -31,7 +31,9 @@ class PGDParams(AttackParams):
     """Objective to maximise: ``ce``, ``margin`` or ``dlr`` (see ``robaudit.attacks._losses``)."""
     early_stop: bool = False
     """``False`` (default): a fixed budget of ``steps`` passes per sample and restart, as in the
-    study protocol. ``True``: a sample stops at its first adversarial iterate."""
+    study protocol. ``True``: a sample stops at its first adversarial iterate; against a randomised
+    model (TVM) only at one that also fools 4 fresh single draws (``_losses.CONFIRM_DRAWS``), since
+    the gradient pass's EOT-averaged logits can call a point adversarial that a fresh draw does not."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -111,11 +113,14 @@ class PGD(Attack):
         found = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)
         x_found = x_k.clone()
         active = torch.arange(x0.shape[0], device=x0.device)
+        draws = confirm_draws(model) if p.early_stop else 0
         for _ in range(p.steps):
             c_a = crit.subset(active)
             x_a = x_k[active]
             logits, _, grad = loss_and_input_grad(model, x_a, c_a, loss)
             adv = c_a.is_adversarial(logits)
+            if draws:  # early exit: the EOT-averaged hit must hold on fresh single draws too
+                adv &= ~refuted(model, x_a, c_a, adv, draws)
             found[active[adv]] = True
             x_found[active[adv]] = x_a[adv]
             if p.early_stop and bool(adv.any()):

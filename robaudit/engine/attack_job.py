@@ -162,6 +162,7 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
     seed_everything(job.plan.seed)
     inputs = load_inputs(job.inputs)
     model, data = inputs.model, inputs.data
+    check_plan_for_model(job.plan, model.num_classes)
     plan = AttackPlan(**{**job.plan.__dict__, "device": str(model.device)})
     warnings = plan_warnings(plan, model.clip, model.info.input_shape) + list(model.info.notes)
     for w in warnings:
@@ -209,6 +210,24 @@ def run_attack_job(job: AttackJob, command: list[str], observer: Observer | None
 
     run_attack_plan(model, evalset, plan, obs, on_row=on_row, examples=examples, adversarial=adversarial)
     return report(done)
+
+
+def check_plan_for_model(plan: AttackPlan, num_classes: int) -> None:
+    """What :func:`check_plan` cannot see before the model is loaded: every attack's ``loss`` must
+    suit the model's number of classes (DLR: 3, targeted DLR: 4) in every cell it will run, so a bad
+    plan exits 2 before any cell runs instead of after a partial report."""
+    from robaudit.attacks._losses import check_loss_classes
+    from robaudit.attacks.base import params_from_overrides
+
+    for name in plan.attacks:
+        cls = get_attack_class(name, plan.backend)
+        if plan.norm is not None and plan.norm not in cls.norms:
+            continue  # the cell is reported unsupported, the loss never runs
+        loss = getattr(params_from_overrides(cls.Params, plan.params.get(name, {}), name.value), "loss", None)
+        if isinstance(loss, str):
+            for mode in plan.targets:
+                if cls.supports(mode):
+                    check_loss_classes(loss, num_classes, mode.targeted)
 
 
 def _defaults(plan: AttackPlan) -> dict[str, Any]:

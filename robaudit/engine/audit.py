@@ -162,6 +162,8 @@ def run_audit(job: AuditJob, command: list[str], observer: AuditObserver | None 
             raise ConfigError(f"{job.out} holds the journal of an earlier audit: pass --resume to continue it, "
                               "or choose an empty --out folder")
         loaded = [load_inputs(dataclasses.replace(job.inputs, model=m)) for m in job.models]
+        for inputs in loaded:
+            _check_losses(profile, inputs.model.num_classes, inputs.model_spec)
         fp = _fingerprint(job, loaded)
         if state.header is not None:
             changes = fingerprint_changes(state.header.get("fingerprint", {}), fp)
@@ -185,6 +187,27 @@ def run_audit(job: AuditJob, command: list[str], observer: AuditObserver | None 
         return AuditResult(reports=reports, resumed_cells=finished)
     finally:
         journal.close()
+
+
+def _check_losses(profile: Profile, num_classes: int, model_spec: str) -> None:
+    """Refuse, before any cell runs, an attack whose ``loss`` the model's classes cannot support (DLR
+    needs 3 classes, targeted DLR 4): the loss itself would only say so when its cell runs."""
+    from robaudit.attacks._losses import check_loss_classes
+    from robaudit.attacks.base import TargetMode, params_from_overrides
+    from robaudit.attacks.registry import AttackName, get_attack_class
+
+    for a in profile.attacks:
+        cls = get_attack_class(AttackName(a.name), a.backend)
+        loss = getattr(params_from_overrides(cls.Params, a.params, a.name), "loss", None)
+        if not isinstance(loss, str):
+            continue
+        for t in profile.targets:
+            mode = TargetMode(t)
+            if cls.supports(mode):
+                try:
+                    check_loss_classes(loss, num_classes, mode.targeted)
+                except ConfigError as exc:
+                    raise ConfigError(f"{model_spec}: attacks.{a.label}: {exc}") from None
 
 
 def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells: list[Cell], state: Any,
