@@ -22,6 +22,19 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ.get("ROBAUDIT_TEST_THREADS", "1")))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests, whatever ``ROBAUDIT_TEST_THREADS`` or an in-process
+    command set: tiny models and many small sequential passes (attacks, cost attacks) are faster on
+    one thread than on two fighting other jobs for the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "DATA.md").exists():

@@ -41,7 +41,7 @@ N_IMAGES = 64
 FGSM_FLOOR = 0.85
 """FGSM at eps 0.3 breaks 62 of the 64 (96.9%) on the demo model; the floor leaves a safe margin."""
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 TORCH_ATTACKS: list[type[Attack]] = [FGSM, BIM, PGD, APGD]
 ART_ATTACKS: list[type[Attack]] = [ArtFGSM, ArtBIM, ArtPGD, ArtAPGD]
@@ -61,15 +61,6 @@ BUDGET = {Norm.LINF: 0.1, Norm.L2: 1.0}
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The models here are tiny: one thread is faster than two fighting other jobs for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -26,17 +26,11 @@ from robaudit.errors import ConfigError
 DEMO = InputOptions(model="demo:mnist", data="demo:mnist", device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # cost attacks are many small sequential passes: one thread avoids oversubscription on shared CPUs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def demo(_one_thread):
+def demo(one_thread):
     inp = load_inputs(DEMO)
     ev = build_evaluation_set(inp.model, inp.data, 24, 0, 64)
     return inp.model, ev

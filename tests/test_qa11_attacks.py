@@ -19,17 +19,9 @@ from robaudit.attacks.shadow import Shadow, ShadowParams
 
 from .conftest import DEMO, robaudit_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning"), pytest.mark.usefixtures("one_thread")]
 
 MODEL, DATA = DEMO / "mnist_cnn.pt", DEMO / "mnist_demo.npz"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
