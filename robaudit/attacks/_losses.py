@@ -19,30 +19,15 @@ The raw building blocks (:func:`cross_entropy`, :func:`margin`, :func:`dlr_loss`
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from robaudit.attacks.base import Criterion, is_randomized
+from robaudit.attacks.base import Criterion, TargetMode, params_from_overrides
 from robaudit.errors import ConfigError
 
 _DLR_EPS = 1e-12
-
-CONFIRM_DRAWS = 4
-"""Fresh single draws of a randomised model (TVM) that an early-exit hit of BIM, PGD or APGD must
-also fool before the sample stops (the minimisation attacks' default ``confirm_draws``)."""
-
-
-def confirm_draws(model: torch.nn.Module) -> int:
-    """How many fresh draws an early-exit hit must survive (:func:`robaudit.attacks.base.refuted`):
-    :data:`CONFIRM_DRAWS` against a randomised model, 0 (no extra pass) otherwise.
-
-    Against a randomised defence the gradient pass averages ``eot_samples`` draws (EOT), so its
-    logits can call a point adversarial that a single fresh draw, the one that judges it, does
-    not. Unconfirmed, early exit stopped samples there and lowered the per-draw success (demo CNN
-    behind TVM, eot_samples 4, eps 0.2, 10 steps, 60 images, 3 seeds; full budget / early exit):
-    PGD 0.59 / 0.53, BIM 0.53 / 0.47, APGD 0.60 / 0.58; confirmed, early exit gives 0.57, 0.53, 0.60."""
-    return CONFIRM_DRAWS if is_randomized(model) else 0
 
 
 class LossName(str, Enum):
@@ -113,6 +98,18 @@ def check_loss_classes(loss: str, num_classes: int, targeted: bool) -> None:
             _need_classes(num_classes, 4, "the targeted DLR loss")
         else:
             _need_classes(num_classes, 3, "the DLR loss")
+
+
+def check_attack_loss(cls: Any, overrides: Mapping[str, Any], name: str, modes: Iterable[TargetMode],
+                      num_classes: int) -> None:
+    """:func:`check_loss_classes` for attack class ``cls`` with parameter ``overrides`` (``name``
+    names it in messages) in each target setting of ``modes`` it supports: what ``attack`` and
+    ``audit`` ask once the model is loaded. Attacks without a ``loss`` parameter pass."""
+    loss = getattr(params_from_overrides(cls.Params, overrides, name), "loss", None)
+    if isinstance(loss, str):
+        for mode in modes:
+            if cls.supports(mode):
+                check_loss_classes(loss, num_classes, mode.targeted)
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from robaudit.attacks._losses import LossName, confirm_draws, loss_and_input_grad
+from robaudit.attacks._losses import LossName, loss_and_input_grad
 from robaudit.attacks._steps import best_of_restarts, ascent_step, project, random_init
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirm_draws, refuted
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
 
@@ -37,7 +37,7 @@ class APGDParams(AttackParams):
     success rate, a fraction of the cost on models that break; the returned point is then the
     first adversarial iterate, so distances are smaller than the full budget's). Against a
     randomised model (TVM) a hit stops a sample only when it also fools 4 fresh single draws
-    (``_losses.CONFIRM_DRAWS``): the gradient pass's logits are an EOT average of draws."""
+    (``base.CONFIRM_DRAWS``): the gradient pass's logits are an EOT average of draws."""
 
     def __post_init__(self) -> None:
         if self.n_iter < 1:

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from robaudit.attacks._losses import LossName, confirm_draws, loss_and_input_grad
+from robaudit.attacks._losses import LossName, loss_and_input_grad
 from robaudit.attacks._steps import ascent_step, project
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirm_draws, refuted
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
 
@@ -27,7 +27,7 @@ class BIMParams(AttackParams):
     early_stop: bool = True
     """Stop stepping a sample as soon as it is adversarial: it returns its first adversarial
     iterate and costs no further passes. Against a randomised model (TVM) a hit of the gradient
-    pass (an EOT average) must also fool 4 fresh single draws (``_losses.CONFIRM_DRAWS``, one
+    pass (an EOT average) must also fool 4 fresh single draws (``base.CONFIRM_DRAWS``, one
     no-grad forward each) before the sample stops. ``False`` runs every sample for all ``steps``."""
 
     def __post_init__(self) -> None:

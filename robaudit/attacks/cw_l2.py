@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
 from robaudit.errors import ConfigError
 
 _TANH_SCALE = 1.0 - 1e-6
@@ -72,7 +72,7 @@ class CWL2Params(AttackParams):
     """Start each round from the previous round's last iterate instead of from ``x`` (CW
     restarts from ``x``): the rounds then refine one trajectory, which halves the steps needed
     for the same median L2."""
-    confirm_draws: int = 4
+    confirm_draws: int = CONFIRM_DRAWS
     """Against a randomised model only (a stack with TVM): an iterate counts as adversarial (for
     the best-so-far example and the search over ``c``) once it also fools this many fresh single
     draws, so the smallest perturbation kept is not one that fooled a lucky draw. 0 = off."""
@@ -149,7 +149,7 @@ class CWL2(Attack):
         dev = x.device
         classes = criterion.attack_classes
         targeted = criterion.targeted
-        draws = p.confirm_draws if is_randomized(model) else 0
+        draws = confirm_draws(model, p.confirm_draws)
         ok = functools.partial(cw_success, confidence=p.confidence)
 
         def tanh_box(w: torch.Tensor) -> torch.Tensor:

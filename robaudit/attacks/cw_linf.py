@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
 from robaudit.attacks.cw_l2 import cw_margin, cw_success
 from robaudit.errors import ConfigError
 
@@ -29,7 +29,7 @@ class CWLinfParams(AttackParams):
     found the same median radius on MNIST at 2.5 times the cost)."""
     step_size: float = 0.25
     """First PGD step as a fraction of the round's eps; it decays linearly to 0."""
-    confirm_draws: int = 4
+    confirm_draws: int = CONFIRM_DRAWS
     """Against a randomised model only (a stack with TVM): a hit counts once it also fools this
     many fresh single draws; otherwise the search keeps radii that fooled one lucky draw (on the
     adversarially trained CIFAR-10 CNN behind TVM: 18% per-draw success without it). 0 = off."""
@@ -99,7 +99,7 @@ class CWLinf(Attack):
         view = (-1,) + (1,) * (x.dim() - 1)
         classes = criterion.attack_classes
         targeted = criterion.targeted
-        draws = p.confirm_draws if is_randomized(model) else 0
+        draws = confirm_draws(model, p.confirm_draws)
         ok = functools.partial(cw_success, confidence=p.confidence)
 
         with torch.no_grad():

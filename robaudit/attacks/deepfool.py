@@ -9,7 +9,7 @@ import torch
 
 from robaudit.attacks._art import ArtAttack
 from robaudit.attacks._losses import margin
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
 from robaudit.errors import ConfigError
 
 
@@ -31,7 +31,7 @@ class DeepFoolParams(AttackParams):
     """The accumulated step is scaled by ``1 + overshoot`` to land past the boundary."""
     max_iter: int = 50
     """Linearisation steps per sample at most; a sample stops as soon as its label flips."""
-    confirm_draws: int = 4
+    confirm_draws: int = CONFIRM_DRAWS
     """Against a randomised model only (a stack with TVM): a sample stops only once its flipped
     label also holds on this many fresh single draws; otherwise it keeps stepping past the
     boundary (on the adversarially trained CIFAR-10 CNN behind TVM its examples fooled a fresh
@@ -91,7 +91,7 @@ class DeepFool(Attack):
             raise ConfigError("attack deepfool does not support targeted attacks")
         if p.nb_candidate < 2 or p.max_iter < 1 or p.overshoot < 0 or p.confirm_draws < 0:
             raise ConfigError("deepfool needs nb_candidate >= 2, max_iter >= 1, overshoot >= 0 and confirm_draws >= 0")
-        draws = p.confirm_draws if is_randomized(model) else 0
+        draws = confirm_draws(model, p.confirm_draws)
         lo, hi = float(self.clip[0]), float(self.clip[1])
         labels = criterion.labels
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws
 from robaudit.errors import ConfigError
 
 
@@ -36,7 +36,7 @@ class HopSkipJumpParams(AttackParams):
     """Most probe images sent to the model in one forward call; 0 (default) picks 128 on a CPU,
     where small batches keep a network's activations in cache (ResNet-20 forward: 630-1000
     images/s at 128 against 380-390 at 4096, one thread), and 4096 on a GPU."""
-    confirm_draws: int = 4
+    confirm_draws: int = CONFIRM_DRAWS
     """Against a randomised model only (a stack with TVM; torch backend): a probe of the start
     search, the binary search or the step-size search counts as adversarial only if it also fools
     this many fresh draws (each a query), so the boundary found is where the defence is fooled
@@ -137,7 +137,7 @@ class _HSJRun:
         self.theta = p.gamma / (self.d ** 1.5 if self.l2 else self.d ** 2)
         self.queries = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         self.qb = query_batch(p, x.device)
-        self.draws = p.confirm_draws if is_randomized(model) else 0
+        self.draws = confirm_draws(model, p.confirm_draws)
 
     # -- oracle ---------------------------------------------------------------------------------
     def decide(self, probes: torch.Tensor, owner: torch.Tensor, confirm: bool = False) -> torch.Tensor:

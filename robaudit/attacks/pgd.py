@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from robaudit.attacks._losses import LossName, attack_loss, confirm_draws, loss_and_input_grad
+from robaudit.attacks._losses import LossName, attack_loss, loss_and_input_grad
 from robaudit.attacks._steps import best_of_restarts, ascent_step, project, random_init
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, confirm_draws, refuted
 from robaudit.attacks.fgsm import DEFAULT_EPS, ArtFixedEpsAttack, art_norm
 from robaudit.errors import ConfigError
 
@@ -32,7 +32,7 @@ class PGDParams(AttackParams):
     early_stop: bool = False
     """``False`` (default): a fixed budget of ``steps`` passes per sample and restart, as in the
     study protocol. ``True``: a sample stops at its first adversarial iterate; against a randomised
-    model (TVM) only at one that also fools 4 fresh single draws (``_losses.CONFIRM_DRAWS``), since
+    model (TVM) only at one that also fools 4 fresh single draws (``base.CONFIRM_DRAWS``), since
     the gradient pass's EOT-averaged logits can call a point adversarial that a fresh draw does not."""
 
     def __post_init__(self) -> None:

@@ -18,17 +18,15 @@ which other inputs ran, on the order, or on how units are grouped into passes.
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from robaudit.clever.interface import CleverNorm
+from robaudit.data.sampling import stream_seed
 
 
 def unit_seed(seed: int, index: int, norm: CleverNorm, batch: int) -> int:
     """Seed of the sample points of batch ``batch`` of the input at dataset index ``index``."""
-    digest = hashlib.sha256(f"clever|{seed}|{index}|{norm.value}|{batch}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    return stream_seed("clever", seed, index, norm.value, batch)
 
 
 def sample_ball(center: torch.Tensor, n: int, radius: float, norm: CleverNorm, clip: tuple[float, float],

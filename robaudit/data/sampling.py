@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -12,6 +13,14 @@ from robaudit.errors import ConfigError, DataLoadError
 
 MAX_SEED = 2**31 - 1
 """Largest seed (profiles, ``--seed``): derived per-batch and per-cell seeds must fit torch's int64."""
+
+
+def stream_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` (joined by ``|``, hashed with sha256): the key of one random
+    stream that must not depend on what else runs beside it (an input's CLEVER sample points, its
+    A2D boundary-attack noise)."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
 def select(dataset: Dataset, n: int | None, seed: int) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 from robaudit.attacks._losses import LossName, loss_and_input_grad
 from robaudit.attacks._steps import ascent_step, l2_norm, l2_normalize, project
 from robaudit.attacks.base import CountingModel, Criterion, Norm, PassCounter, module_device
+from robaudit.data.sampling import stream_seed
 from robaudit.detect.interface import CostName, CostParams
 from robaudit.errors import ConfigError
 
@@ -92,11 +93,7 @@ def input_seeds(seed: int, x: torch.Tensor, indices: Sequence[int] | np.ndarray 
     else:
         flat = x.detach().to("cpu", torch.float32).contiguous().flatten(1).numpy()
         keys = ["sha256:" + hashlib.sha256(row.tobytes()).hexdigest() for row in flat]
-    out = []
-    for k in keys:
-        digest = hashlib.sha256(f"a2d|{stream}|{seed}|{k}".encode()).digest()
-        out.append(int.from_bytes(digest[:8], "big") & ((1 << 63) - 1))
-    return out
+    return [stream_seed("a2d", stream, seed, k) for k in keys]
 
 
 def measure_costs(model: torch.nn.Module, x: torch.Tensor, params: Sequence[CostParams], *,

@@ -216,18 +216,13 @@ def check_plan_for_model(plan: AttackPlan, num_classes: int) -> None:
     """What :func:`check_plan` cannot see before the model is loaded: every attack's ``loss`` must
     suit the model's number of classes (DLR: 3, targeted DLR: 4) in every cell it will run, so a bad
     plan exits 2 before any cell runs instead of after a partial report."""
-    from robaudit.attacks._losses import check_loss_classes
-    from robaudit.attacks.base import params_from_overrides
+    from robaudit.attacks._losses import check_attack_loss
 
     for name in plan.attacks:
         cls = get_attack_class(name, plan.backend)
         if plan.norm is not None and plan.norm not in cls.norms:
             continue  # the cell is reported unsupported, the loss never runs
-        loss = getattr(params_from_overrides(cls.Params, plan.params.get(name, {}), name.value), "loss", None)
-        if isinstance(loss, str):
-            for mode in plan.targets:
-                if cls.supports(mode):
-                    check_loss_classes(loss, num_classes, mode.targeted)
+        check_attack_loss(cls, plan.params.get(name, {}), name.value, plan.targets, num_classes)
 
 
 def _defaults(plan: AttackPlan) -> dict[str, Any]:

@@ -192,22 +192,16 @@ def run_audit(job: AuditJob, command: list[str], observer: AuditObserver | None 
 def _check_losses(profile: Profile, num_classes: int, model_spec: str) -> None:
     """Refuse, before any cell runs, an attack whose ``loss`` the model's classes cannot support (DLR
     needs 3 classes, targeted DLR 4): the loss itself would only say so when its cell runs."""
-    from robaudit.attacks._losses import check_loss_classes
-    from robaudit.attacks.base import TargetMode, params_from_overrides
+    from robaudit.attacks._losses import check_attack_loss
+    from robaudit.attacks.base import TargetMode
     from robaudit.attacks.registry import AttackName, get_attack_class
 
+    modes = [TargetMode(t) for t in profile.targets]
     for a in profile.attacks:
-        cls = get_attack_class(AttackName(a.name), a.backend)
-        loss = getattr(params_from_overrides(cls.Params, a.params, a.name), "loss", None)
-        if not isinstance(loss, str):
-            continue
-        for t in profile.targets:
-            mode = TargetMode(t)
-            if cls.supports(mode):
-                try:
-                    check_loss_classes(loss, num_classes, mode.targeted)
-                except ConfigError as exc:
-                    raise ConfigError(f"{model_spec}: attacks.{a.label}: {exc}") from None
+        try:
+            check_attack_loss(get_attack_class(AttackName(a.name), a.backend), a.params, a.name, modes, num_classes)
+        except ConfigError as exc:
+            raise ConfigError(f"{model_spec}: attacks.{a.label}: {exc}") from None
 
 
 def _run_model(job: AuditJob, command: list[str], m: int, inputs: Inputs, cells: list[Cell], state: Any,

@@ -515,18 +515,11 @@ def _misclassified_benign(model: Classifier, data: Any, evalset: EvaluationSet, 
     """The sampled benign inputs the model gets wrong (left out of the evaluation set, so of the FPR):
     a deployed detector sees them too. Their count, each detector's flag rate on them (``None`` when
     there are none) and their costs. Inputs with NaN/inf logits are not scored."""
-    from robaudit.data import select
-
-    picked = select(data, c.n, c.seed)
-    idx = picked[~np.isin(picked, np.asarray(evalset.indices))]
+    idx = evalset.misclassified_indices
     out: dict[str, Any] = {"n_misclassified": 0, "flag_rate_misclassified": None}
     if idx.size == 0:
         return out
     x = torch.from_numpy(np.ascontiguousarray(data.x[idx]))
-    finite = torch.isfinite(model.predict(x, batch_size=c.batch_size)).all(dim=1)
-    idx, x = idx[finite.numpy()], x[finite]
-    if idx.size == 0:
-        return out
     feats, _, _ = features_for(model, x, costs, sq, batch_size=c.batch_size, seed=c.seed, indices=idx)
     out["n_misclassified"] = int(idx.size)
     out["flag_rate_misclassified"] = {name: float(det.flag(feats).mean()) for name, det in detectors.items()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ class EvaluationSet:
     normalize_hint: str = ""
     """When ``--mean/--std`` seem to normalise inputs a second time (the model does it inside): the
     accuracy without them, for the low-accuracy error and warning; else empty."""
+    misclassified_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Dataset indices of the sampled inputs the model gets wrong with finite logits (left out of
+    ``x``; ``detect eval`` still scores them, as a deployed detector would see them)."""
 
     @property
     def n(self) -> int:
@@ -96,7 +99,8 @@ def build_evaluation_set(model: Classifier, data: Dataset, n: int | None, seed: 
     return EvaluationSet(
         x=x[keep], y=y[keep], clean_logits=logits[keep], indices=idx[keep.numpy()],
         n_selected=int(x.shape[0]), clean_accuracy=n_correct / int(x.shape[0]), n_nonfinite=n_nonfinite,
-        n_requested=n, label_hint=label_hint(data), normalize_hint=twice)
+        n_requested=n, label_hint=label_hint(data), normalize_hint=twice,
+        misclassified_indices=idx[(~correct & finite).numpy()])
 
 
 def _double_normalisation(model: Classifier, x: torch.Tensor, y: torch.Tensor, accuracy: float,
