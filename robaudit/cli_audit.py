@@ -106,7 +106,11 @@ def parse_gate_options(values: list[str] | None) -> list[Any]:
     gates = []
     for v in values or []:
         if _names_profile(v):
-            gates.extend(parse_gate(g) for g in load_profile(v, clip_span=None).gates)
+            found = load_profile(v, clip_span=None).gates
+            if not found:  # judging by no gates would pass whatever the report says
+                raise ConfigError(f"--gate {v}: the profile has no gates; give a profile with a `gates:` list or a "
+                                  "gate expression such as --gate 'pgd robust_accuracy >= 0.4'")
+            gates.extend(parse_gate(g) for g in found)
         else:  # parse_gate says what is wrong with an expression (an empty one, `==`, a missing value)
             gates.append(parse_gate(v))
     return gates
@@ -330,6 +334,9 @@ def report_cmd(
     from robaudit.report.writer import write_text_atomic
 
     if paths and paths[0] == "diff":
+        if gate:
+            raise ConfigError("--gate applies to `report REPORT.json`, not to `report diff`: gate the new report with "
+                              "`robaudit report NEW.json --gate ...` (and use --fail-on-regression to fail on what got worse)")
         _diff(paths[1:], fmt, out, tolerance, fail_on_regression)
         return
     if len(paths) != 1:
@@ -360,8 +367,8 @@ def _diff(paths: list[str], fmt: ReportFormat, out: Path | None, tolerance: floa
 
     if len(paths) != 2:
         raise ConfigError("report diff takes two reports: OLD.json NEW.json")
-    if tolerance < 0:
-        raise ConfigError(f"--tolerance must be >= 0, got {tolerance}")
+    if not (0 <= tolerance < float("inf")):  # NaN would count every change, inf none
+        raise ConfigError(f"--tolerance must be a finite number >= 0, got {tolerance}")
     old, new = read_report(paths[0]), read_report(paths[1])
     changes = diff_reports(old, new)
     warnings = diff_warnings(old, new)

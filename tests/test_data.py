@@ -720,3 +720,31 @@ def test_named_class_folders_that_miss_a_model_class_are_flagged(tmp_path: Path)
     numeric.mkdir()
     _digit_folders(numeric, ["0", "1", "3"])  # labels come from the names: a missing class shifts nothing
     assert class_count_warning(load_dataset(numeric), 10) is None
+
+
+def test_boolean_label_vectors_are_refused_but_boolean_one_hot_is_read(tmp_path: Path) -> None:
+    """A success_ mask given as labels used to become classes 0/1 without a word."""
+    x = u8(4, 1, 2, 2)
+    for y in (np.array([True, False, True, True]), np.array([[True], [False], [True], [True]])):
+        with pytest.raises(DataLoadError, match="labels are booleans"):
+            load_dataset(write_npz(tmp_path / "b.npz", x=x, y=y))
+    onehot = np.eye(3, dtype=bool)[[2, 0, 1, 2]]
+    assert load_dataset(write_npz(tmp_path / "o.npz", x=x, y=onehot)).y.tolist() == [2, 0, 1, 2]
+
+
+def test_images_using_a_sliver_of_the_range_are_warned_about() -> None:
+    """12-bit pixels in uint16 and floats divided by 255 twice load as near-black images."""
+    from types import SimpleNamespace
+
+    from robaudit.engine.attack_job import range_warning
+
+    rng = np.random.default_rng(0)
+    twelve_bit = (rng.integers(0, 4096, (8, 1, 4, 4)) / 65535.0).astype(np.float32)
+    twice = (rng.integers(0, 256, (8, 1, 4, 4)) / 255.0 / 255.0).astype(np.float32)
+    full = (rng.integers(0, 256, (8, 1, 4, 4)) / 255.0).astype(np.float32)
+    for x in (twelve_bit, twice):
+        w = range_warning(SimpleNamespace(x=x), (0.0, 1.0))
+        assert w is not None and "of the input range [0, 1]" in w and "scaled twice" in w
+    assert range_warning(SimpleNamespace(x=full), (0.0, 1.0)) is None
+    assert range_warning(SimpleNamespace(x=full * 255), (0.0, 255.0)) is None
+    assert range_warning(SimpleNamespace(x=twice * 255), (0.0, 255.0)) is not None

@@ -302,3 +302,16 @@ def test_the_readme_profile_example_is_a_valid_profile():
     prof = parse_profile(load_yaml(block), source="README")
     assert [a.label for a in prof.attacks] == ["fgsm", "pgd", "pgd-l2", "cw-l2"]
     assert "label=pgd untargeted success_rate <= 0.3" in prof.gates
+
+
+def test_a_flat_list_of_defence_names_is_noted_as_separate_stacks():
+    """QA 12: `defences: [ss, jpeg]` (the CLI's `--defences ss,jpeg` is one stack) ran two one-defence
+    stacks and no undefended baseline, silently."""
+    base = {"attacks": ["fgsm"]}
+    prof = parse_profile({**base, "defences": ["ss", "jpeg"]})
+    assert prof.defences == (("ss",), ("jpeg",))
+    assert prof.notes == ("defences [ss, jpeg] is 2 one-defence stacks (ss; jpeg) and no undefended baseline; for "
+                          "one stack of them write [[ss, jpeg]], and add [] for the undefended model",)
+    assert parse_profile({**base, "defences": [[], "ss", "jpeg"]}).notes == ()  # a baseline: meant as stacks
+    assert parse_profile({**base, "defences": [["ss", "jpeg"]]}).notes == ()
+    assert parse_profile({**base, "defences": ["ss"]}).notes == ()

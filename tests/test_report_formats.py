@@ -146,8 +146,8 @@ def test_l0_column_appears_when_an_l0_attack_ran():
         assert "L0 mean" not in render(plain, fmt)
         assert "L0 mean" in render(with_l0, fmt)
     md = render(with_l0, ReportFormat.markdown)
-    assert "| jsma | untargeted | min l0 | 10 | 90.0% | 3.2 | 3.2 | 0.1 | 0.1 | 18.6 | 1.0 |" in md
-    assert "| fgsm | untargeted | linf<=0.1 | 10 | 20.0% | 1.5 | 1.5 | 0.1 | 0.1 | 5 | 1.0 |" in md
+    assert "| jsma | untargeted | min l0 | 10 | 90.0% | - | 3.2 | 3.2 | 0.1 | 0.1 | 18.6 | 1.0 |" in md
+    assert "| fgsm | untargeted | linf<=0.1 | 10 | 20.0% | 78.4% | 1.5 | 1.5 | 0.1 | 0.1 | 5 | 1.0 |" in md
     row = [ln for ln in render(with_l0, ReportFormat.table, width=100).splitlines() if "jsma" in ln][0]
     assert "18.6" in row  # kept in a narrow terminal too
     html = render(with_l0, ReportFormat.html)
@@ -667,3 +667,37 @@ def test_folder_class_names_reach_the_report_and_its_example_grids(tmp_path: Pat
     html = robaudit_cli("report", str(out), "--format", "html")
     first = report["examples"][0]["samples"][0]["label"]
     assert html.returncode == 0 and f"label {first} ({first}_{names[first]})" in html.stdout
+
+
+def test_robust_accuracy_is_shown_where_gates_compute_it():
+    """Tables show robust accuracy (clean x (1 - success)) for untargeted fixed-eps rows only, the
+    value a `robust_accuracy` gate reads; targeted rows and minimisation attacks show '-'."""
+    dfool = _row("deepfool", "untargeted", 1.0, 1.2)
+    dfool["eps"] = None
+    report = _report(copy.deepcopy(ROWS[:3]) + [dfool])
+    gate = evaluate_gate(parse_gate("label=pgd robust_accuracy >= 0.1"), report)
+    assert gate.value == pytest.approx(0.98 * 0.6)
+    md = render(report, ReportFormat.markdown)
+    assert "| pgd | untargeted | linf<=0.1 | 10 | 40.0% | 58.8% |" in md
+    assert "| pgd | next-class | linf<=0.1 | 10 | 10.0% | - |" in md
+    assert "| deepfool | untargeted | min linf | 10 | 100.0% | - |" in md
+    assert "robust acc (untargeted, fixed eps only): clean accuracy x (1 - success)" in md
+    html = render(report, ReportFormat.html)
+    assert "<th class=\"\">robust acc</th>" in html and ">58.8%</td>" in html and ">78.4%</td>" in html
+    table = render(report, ReportFormat.table, width=200)
+    assert "robust acc" in table and "58.8%" in table and "78.4%" in table
+
+
+def test_report_refuses_gates_it_would_not_apply(tmp_path):
+    """`--gate` on `report diff`, a `--gate PROFILE` without gates and a NaN/inf tolerance used to pass
+    silently (exit 0) whatever the reports said."""
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps(_report(copy.deepcopy(ROWS))))
+    proc = robaudit_cli("report", "diff", str(a), str(a), "--gate", "clean_accuracy >= 0.99")
+    assert proc.returncode == 2 and "--gate applies to `report REPORT.json`, not to `report diff`" in proc.stderr
+    proc = robaudit_cli("report", str(a), "--gate", "quick", "--format", "markdown")
+    assert proc.returncode == 2 and "--gate quick: the profile has no gates" in proc.stderr
+    assert robaudit_cli("report", str(a), "--gate", "ci-gate", "--format", "markdown").returncode in (0, 1)
+    for bad in ("nan", "inf"):
+        proc = robaudit_cli("report", "diff", str(a), str(a), "--tolerance", bad)
+        assert proc.returncode == 2 and "--tolerance must be a finite number >= 0" in proc.stderr

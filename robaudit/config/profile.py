@@ -355,6 +355,12 @@ def parse_profile(raw: Any, source: str = "<profile>", default_name: str = "prof
     gates = _gates(ctx, raw.get("gates", []), attacks, targets, detect)
     assert seed is not None and batch_size is not None and examples is not None
     notes = _ignored_settings(raw, defences, threat_models, defence_params, eot_samples, clever is not None)
+    listed = raw.get("defences")
+    if (isinstance(listed, list) and len(listed) > 1 and all(isinstance(s, str) for s in listed)
+            and () not in defences):  # on the command line `--defences ss,jpeg` is one stack
+        notes += (f"defences [{', '.join(listed)}] is {len(listed)} one-defence stacks ({'; '.join(listed)}) and "
+                  f"no undefended baseline; for one stack of them write [[{', '.join(listed)}]], and add [] for "
+                  "the undefended model",)
     return Profile(name=name, source=source, description=description, seed=seed, samples=samples,
                    batch_size=batch_size, examples=examples, attacks=attacks, targets=targets, defences=defences,
                    threat_models=threat_models, defence_params=defence_params, eot_samples=eot_samples,

@@ -229,6 +229,9 @@ def _to_labels(y: np.ndarray, n: int, notes: list[str]) -> np.ndarray:
             )
     elif y.ndim != 1:
         raise DataLoadError(f"labels have shape {tuple(y.shape)}; save class indices of shape (N,)")
+    if y.dtype.kind == "b" and y.ndim == 1:  # e.g. an attack file's success_ mask given as --y-key
+        raise DataLoadError("labels are booleans (True/False), not class indices; save integer class indices "
+                            "(a boolean one-hot array of shape (N, classes) is read as one-hot)")
     if y.shape[0] != n:
         raise DataLoadError(f"there are {n} images but {y.shape[0]} labels; give one label per image")
     if y.dtype.kind == "f":

@@ -85,6 +85,28 @@ def class_count_warning(data: Any, num_classes: int) -> str | None:
             "one keeps the numbering) or name the folders by label (0, 1, ...)")
 
 
+RANGE_FRACTION = 1 / 8
+"""Images whose pixels span less than this fraction of the input range get a warning."""
+
+
+def range_warning(data: Any, clip: tuple[float, float]) -> str | None:
+    """A warning when the images use a sliver of the input range: 12-bit pixels stored as uint16 (scaled
+    by 65535, so they top out at 0.062) or floats divided by 255 twice (0.0039). They load without
+    error, and the model then sees near-black images: low accuracy, and eps and distances measured
+    against a range the images do not use."""
+    x = getattr(data, "x", None)
+    lo, hi = float(clip[0]), float(clip[1])
+    if x is None or getattr(x, "size", 0) == 0 or hi <= lo:
+        return None
+    bottom, top = float(np.min(x)), float(np.max(x))
+    if top - bottom >= RANGE_FRACTION * (hi - lo):
+        return None
+    return (f"the images span only [{bottom:.4g}, {top:.4g}] of the input range [{lo:g}, {hi:g}] "
+            f"({(top - bottom) / (hi - lo):.1%} of it): pixels scaled twice (divided by 255 again?) or 12-bit "
+            "data stored as uint16 (scaled by 65535)? rescale them to the input range, or eps and distances "
+            "are measured against a range the images do not use")
+
+
 def model_warnings(model: Classifier, evalset: EvaluationSet, data: Any = None) -> list[str]:
     """Validity flags about the model itself (results are still reported, but flagged); with ``data``,
     also about how the data's labels meet the model's classes."""
@@ -92,6 +114,9 @@ def model_warnings(model: Classifier, evalset: EvaluationSet, data: Any = None) 
     mismatch = class_count_warning(data, model.num_classes) if data is not None else None
     if mismatch:
         out.append(mismatch)
+    narrow = range_warning(data, model.clip) if data is not None else None
+    if narrow:
+        out.append(narrow)
     if evalset.n_requested is not None and evalset.n_requested > evalset.n_selected:
         out.append(f"{evalset.n_requested} inputs were asked for (-n or samples) but the data holds "
                    f"{evalset.n_selected}: all of them were used")

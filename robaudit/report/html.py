@@ -6,8 +6,8 @@ from html import escape
 from typing import Any
 
 from robaudit.report.clever_render import clever_html
-from robaudit.report.render import (DEFENCE_HEADERS, _behind_stacks, _cells, _defence_cells, attack_columns,
-                                    report_warnings, stack_label)
+from robaudit.report.render import (DEFENCE_HEADERS, RATES_NOTE, _behind_stacks, _cells, _defence_cells, attack_columns,
+                                    report_warnings, shown_rows, stack_label)
 from robaudit.report.svg import grouped_bars, roc_chart
 
 _CSS = """
@@ -80,7 +80,7 @@ def results_html_table(report: dict[str, Any]) -> str:
     head = "".join(f'<th class="{"l" if k in ("attack", "target", "budget") else ""}">{escape(h)}</th>'
                    for k, h in columns)
     lines = [f"<table><tr><th class=\"l\">defences</th>{head}</tr>"]
-    for row in report.get("results", []):
+    for row in shown_rows(report):
         cells = _cells(row, columns)
         stack = escape(stack_label(row.get("defences") or [], row.get("threat_model")))
         if row.get("status") != "ok":
@@ -90,7 +90,7 @@ def results_html_table(report: dict[str, Any]) -> str:
             continue
         tds = "".join(f'<td class="{"l" if i < 3 else ""}">{escape(c)}</td>' for i, c in enumerate(cells))
         lines.append(f'<tr><td class="l">{stack}</td>{tds}</tr>')
-    lines.append("</table>")
+    lines.append(f'</table><p class="dim">{escape(RATES_NOTE.capitalize())}.</p>')
     return "".join(lines)
 
 

@@ -11,11 +11,16 @@ from robaudit.report.markdown import md_text
 
 COLUMNS = (
     ("attack", "attack"), ("target", "target"), ("budget", "budget"), ("n", "n"),
-    ("success_rate", "success"), ("l2_mean", "L2 mean"), ("l2_median", "L2 med"),
+    ("success_rate", "success"), ("robust_accuracy", "robust acc"), ("l2_mean", "L2 mean"), ("l2_median", "L2 med"),
     ("linf_mean", "Linf mean"), ("linf_max", "Linf max"), ("seconds", "sec"),
     ("seconds_per_image", "s/img"), ("passes", "fwd/bwd per img"),
 )
-"""(key, header) of the rendered columns; distances are over successful examples."""
+"""(key, header) of the rendered columns; distances are over successful examples, robust accuracy
+is shown for untargeted fixed-budget rows (see :func:`shown_rows`)."""
+RATES_NOTE = ("success: share of the correctly classified inputs the attack fooled (targeted: into the target "
+              "class); robust acc (untargeted, fixed eps only): clean accuracy x (1 - success), the clean accuracy "
+              "being the defence stack's own behind a stack")
+"""How the two rates are defined, under the Markdown and HTML tables."""
 L0_COLUMN = ("l0_mean", "L0 mean")
 """Mean number of input values changed (successful examples): shown when an L0 attack (JSMA) ran."""
 
@@ -31,7 +36,7 @@ def attack_columns(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 def fmt(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key == "success_rate":
+    if key in ("success_rate", "robust_accuracy"):
         return f"{100 * value:.1f}%"
     if key == "seconds":
         return f"{value:.1f}"
@@ -40,6 +45,19 @@ def fmt(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
+
+
+def shown_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's result rows for display, each with ``robust_accuracy`` as the gates compute it
+    (:func:`~robaudit.report.gates.row_metric`) on untargeted rows of fixed-budget attacks; ``None``
+    on targeted rows and on minimisation attacks (no eps: their success rate is the measure)."""
+    from robaudit.report.gates import row_metric
+
+    out = []
+    for row in report.get("results", []):
+        fixed = row.get("eps") is not None and row.get("status") == "ok"
+        out.append({**row, "robust_accuracy": row_metric(report, row, "robust_accuracy") if fixed else None})
+    return out
 
 
 def _derived(row: dict[str, Any], key: str) -> Any:
@@ -120,7 +138,7 @@ def results_table(report: dict[str, Any], width: int = 200) -> Table:
         key, header = columns[i]
         text = key in ("defence", "attack", "target", "budget")
         table.add_column(header, justify="left" if text else "right", no_wrap=text)
-    for row in report.get("results", []):
+    for row in shown_rows(report):
         cells = _cells(row, columns)
         if row.get("status") != "ok":  # a narrow column cannot hold the reason: status here, reason below
             table.add_row(*cells[:n_head], "-", str(row.get("status")), *[""] * (len(keep) - n_head - 2),
@@ -186,8 +204,10 @@ def results_markdown(report: dict[str, Any]) -> str:
     if report.get("results"):  # a detect- or CLEVER-only audit has no attack rows: no empty table
         lines += ["| " + " | ".join(h for _, h in _columns(report)) + " |",
                   "|" + "|".join("---" for _ in _columns(report)) + "|"]
-    for row in report.get("results", []):
+    for row in shown_rows(report):
         lines.append("| " + " | ".join(md_text(c) for c in _cells(row, _columns(report))) + " |")
+    if report.get("results"):
+        lines += ["", md_text(RATES_NOTE.capitalize(), cell=False) + "."]
     clever = clever_markdown(report)  # the clever section (robaudit clever, audit CLEVER cells), if any
     if clever:
         lines.append(clever.rstrip("\n"))
