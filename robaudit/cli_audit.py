@@ -233,18 +233,54 @@ def progress_bars(console: Console, quiet: bool) -> Any:
                     disable=quiet or not console.is_terminal, transient=True)
 
 
+class _Steps:
+    """An engine observer that names a job's current step (and how many of its steps are done) on
+    the spinner of :func:`busy`, or in its log lines."""
+
+    def __init__(self, show: Any) -> None:
+        self._show, self._total, self._done, self._label = show, None, 0, ""
+
+    def plan_started(self, total_cells: int) -> None:
+        self._total = total_cells
+        self._show(self._label, self._done, self._total)
+
+    def cell_started(self, label: str) -> None:
+        self._label = label
+        self._show(self._label, self._done, self._total)
+
+    def inputs_done(self, label: str, done: int, total: int) -> None:
+        return None
+
+    def cell_finished(self, label: str, row: dict[str, Any]) -> None:
+        self._done += 1
+        self._show(self._label, self._done, self._total)
+
+    def warn(self, text: str) -> None:
+        return None
+
+
+@contextlib.contextmanager
 def busy(console: Console, text: str, quiet: bool) -> Any:
-    """A spinner with ``text`` on a terminal for work that reports no counts; in a log, a line saying
-    it is still running every ``ROBAUDIT_PROGRESS_SECONDS``; nothing with ``--quiet``."""
+    """A spinner with ``text`` on a terminal for work that reports steps, not input counts; in a
+    log, a line every ``ROBAUDIT_PROGRESS_SECONDS``; nothing with ``--quiet``. Yields an engine
+    observer that shows the current step, e.g. ``evaluating: crafting cw-l2 (step 4 of 11)``."""
+    from robaudit.engine.observer import NullObserver
+
     if quiet:
-        return contextlib.nullcontext()
+        yield NullObserver()
+        return
     if not console.is_terminal:
         from robaudit.progress_log import LogProgress
 
         log = LogProgress(console)
-        log.add_task(text, total=None)
-        return log
-    return console.status(text, spinner="dots")
+        task = log.add_task(text, total=None, eta=False)  # steps differ too much in length for an ETA
+        with log:
+            yield _Steps(lambda label, done, total: log.update(task, description=f"{text}: {label}" if label else text,
+                                                               total=total, completed=done))
+        return
+    with console.status(text, spinner="dots") as status:
+        yield _Steps(lambda label, done, total: status.update(
+            f"{text}: {label}" + (f" (step {min(done + 1, total)} of {total})" if total else "")))
 
 
 def input_options(data: str, device: str, mean: str | None, std: str | None, clip: str, layout: str | None,

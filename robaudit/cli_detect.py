@@ -101,8 +101,8 @@ def fit_cmd(
     job = FitJob(common=common, detector=kind, adversarial=adversarial,
                  attacks=tuple(parse_attack_names(attack)) if attack else (), craft_mode=craft_mode, fpr=fpr,
                  knn_k=5 if k is None else k, ensemble_k=1 if k is None else k, squeeze=squeeze)
-    with busy(_err, "fitting detector", quiet):
-        dfile, summary = run_fit_job(job, _command())
+    with busy(_err, "fitting detector", quiet) as steps:
+        dfile, summary = run_fit_job(job, _command(), steps)
     path = dfile.save(out)
     for w in summary["fit"].get("warnings", []):
         _err.print(f"warning: {w}", highlight=False)
@@ -191,8 +191,8 @@ def eval_cmd(
     attacks = tuple(parse_attack_names(attack))
     job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=_params(param, attacks),
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
-    with busy(_err, "evaluating", quiet):
-        report = run_eval_job(job, _command())
+    with busy(_err, "evaluating", quiet) as steps:
+        report = run_eval_job(job, _command(), steps)
     path = write_json_atomic(out, report)
     if quiet:
         for w in report.get("warnings", []):

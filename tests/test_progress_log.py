@@ -123,3 +123,14 @@ def test_cli_in_a_log_prints_progress_lines_and_q_silences_them(tmp_path) -> Non
     bad = robaudit_cli(*args, env={"ROBAUDIT_PROGRESS_SECONDS": "soon"})
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "ROBAUDIT_PROGRESS_SECONDS must be a number of seconds" in bad.stderr
+
+
+def test_detect_eval_in_a_log_names_its_steps(tmp_path) -> None:
+    """QA 12: `detect eval` printed only 'evaluating (running)' for minutes; it now names the step it
+    is on and how many of its steps are done (no ETA: crafting C&W says nothing of the costs)."""
+    proc = robaudit_cli("detect", "eval", "demo:mnist", "--data", "demo:mnist", "-n", "16", "--attack", "fgsm",
+                        "--out", str(tmp_path / "e.json"), env={"ROBAUDIT_PROGRESS_SECONDS": "0"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("progress ")]
+    assert any(": evaluating: crafting fgsm 1/3" in ln for ln in lines), proc.stderr
+    assert lines[-1].endswith(" inputs 3/3") and "eta" not in proc.stderr, proc.stderr
