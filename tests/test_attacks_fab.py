@@ -228,6 +228,7 @@ def test_untargeted_linf_flips_and_beats_deepfool(demo, fab_linf) -> None:
     assert adv.shape == x.shape and _in_range(adv)
     success = _pred(model, adv) != y
     assert success.float().mean() >= 0.97
+    assert bool((success == (_dist(adv, x, Norm.LINF) > 0)).all())  # what moved flips the label
     df = DeepFool(norm=Norm.LINF).generate(model, x, y)
     df_ok = _pred(model, df.x_adv) != y
     ours = float(_dist(adv, x, Norm.LINF)[success].median())
