@@ -26,6 +26,8 @@ Rows (Linf eps 0.3 on MNIST, 8/255 on CIFAR-10):
 * ``linf-min``: Linf minimal distortion, robaudit's CW-Linf (eps search around PGD on the CW
   margin) against torchattacks ``FAB`` (untargeted, Linf, ``--fab-steps`` iterations, eps 1 so
   that no success is discarded).
+* ``fab``: robaudit's FAB (Linf, untargeted, its defaults) against the same torchattacks ``FAB``
+  run as ``linf-min`` (reused when both rows are asked for, so torchattacks' FAB runs once).
 * ``autoattack``: ``torchattacks.AutoAttack(version='standard', norm='Linf')``, the reference
   upper bound on robust accuracy, against the union of robaudit's fixed-budget Linf attacks
   above (an image counts as broken if any of them broke it). torchattacks' ``standard`` runs
@@ -71,6 +73,7 @@ from robaudit.attacks.base import Norm  # noqa: E402
 from robaudit.attacks.cw_l2 import CWL2Params  # noqa: E402
 from robaudit.attacks.cw_linf import CWLinfParams  # noqa: E402
 from robaudit.attacks.deepfool import DeepFoolParams  # noqa: E402
+from robaudit.attacks.fab import FABParams  # noqa: E402
 from robaudit.attacks.pgd import PGDParams  # noqa: E402
 from robaudit.attacks.registry import AttackName, get_attack_class  # noqa: E402
 from robaudit.data import load_dataset  # noqa: E402
@@ -79,10 +82,10 @@ from robaudit.metrics import perturbation_norms, summarize  # noqa: E402
 from robaudit.models.loader import load_model  # noqa: E402
 
 ART = ROOT / "artifacts"
-ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "cw-l2", "deepfool", "linf-min", "autoattack")
+ATTACKS = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "cw-l2", "deepfool", "linf-min", "fab", "autoattack")
 FIXED = ("pgd", "apgd-ce", "apgd-dlr", "apgd-t")
 """Fixed-budget Linf attacks: their union is robaudit's best fixed-budget robust accuracy."""
-MIN_NORM = {"cw-l2": "l2", "deepfool": "l2", "linf-min": "linf"}
+MIN_NORM = {"cw-l2": "l2", "deepfool": "l2", "linf-min": "linf", "fab": "linf"}
 """Minimisation attacks and the norm they minimise (the paired column compares that distance)."""
 EPS_TOL = 1e-6
 """An output counts as outside the eps-ball when its Linf distance exceeds eps by more than this
@@ -210,6 +213,7 @@ def model_rows(args, model_key: str, ta) -> dict:
 
     warm_up(model, x[:bs], y[:bs])
     warm_up(net, x[:bs], y[:bs])
+    ta_fab: dict[int, tuple[torch.Tensor, float]] = {}  # images -> torchattacks FAB's examples and seconds
     for attack in args.attacks.split(","):
         if attack not in ATTACKS:
             raise SystemExit(f"unknown attack {attack!r} (known: {', '.join(ATTACKS)})")
@@ -301,13 +305,21 @@ def model_rows(args, model_key: str, ta) -> dict:
             xa, s = run_ta(atk, xs, ys, bs, args.seed)
             add(attack, "torchattacks", f"DeepFool(steps={p.max_iter}, overshoot={p.overshoot})",
                 {"steps": p.max_iter, "overshoot": p.overshoot}, xs, ys, xa, s, False, note)
-        elif attack == "linf-min":
-            p = CWLinfParams()
-            xa, s = run_robaudit(AttackName.CW_LINF, p, Norm.LINF, None, model, xs, ys, None, bs, args.seed)
-            add(attack, "robaudit", f"CW-Linf {p.search_steps} rounds x {p.max_iter} steps (eps search)",
-                dataclasses.asdict(p), xs, ys, xa, s, False, note)
-            atk = ta.FAB(net, norm="Linf", eps=1.0, steps=args.fab_steps, n_restarts=1, seed=args.seed, n_classes=k)
-            xa, s = run_ta(atk, xs, ys, bs, args.seed)
+        elif attack in ("linf-min", "fab"):
+            if attack == "linf-min":
+                p = CWLinfParams()
+                xa, s = run_robaudit(AttackName.CW_LINF, p, Norm.LINF, None, model, xs, ys, None, bs, args.seed)
+                add(attack, "robaudit", f"CW-Linf {p.search_steps} rounds x {p.max_iter} steps (eps search)",
+                    dataclasses.asdict(p), xs, ys, xa, s, False, note)
+            else:
+                fp = FABParams()
+                xa, s = run_robaudit(AttackName.FAB, fp, Norm.LINF, None, model, xs, ys, None, bs, args.seed)
+                add(attack, "robaudit", f"FAB-Linf {fp.steps} steps x {fp.restarts} runs", dataclasses.asdict(fp),
+                    xs, ys, xa, s, False, note)
+            if m not in ta_fab:
+                atk = ta.FAB(net, norm="Linf", eps=1.0, steps=args.fab_steps, n_restarts=1, seed=args.seed, n_classes=k)
+                ta_fab[m] = run_ta(atk, xs, ys, bs, args.seed)
+            xa, s = ta_fab[m]
             add(attack, "torchattacks", f"FAB-Linf untargeted (steps={args.fab_steps}, eps=1)",
                 {"norm": "Linf", "eps": 1.0, "steps": args.fab_steps, "n_restarts": 1, "seed": args.seed},
                 xs, ys, xa, s, False, note)

@@ -41,6 +41,7 @@ PARAMS = {
     AttackName.HOPSKIPJUMP: {"max_iter": 5},
     AttackName.UNIVERSAL: {"max_iter": 5},
     AttackName.CW_L2: {"binary_search_steps": 3, "max_iter": 30},
+    AttackName.FAB: {"steps": 20},
 }
 # attacks whose random draws come from the device's generator: a CUDA stream differs from the CPU's
 RANDOM = {AttackName.PGD, AttackName.APGD, AttackName.HOPSKIPJUMP, AttackName.SHADOW, AttackName.UNIVERSAL}

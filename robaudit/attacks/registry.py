@@ -25,6 +25,7 @@ class AttackName(str, Enum):
     HOPSKIPJUMP = "hopskipjump"
     SHADOW = "shadow"
     UNIVERSAL = "universal"
+    FAB = "fab"
 
 
 BACKENDS = ("torch", "art")
@@ -44,6 +45,7 @@ _ENTRIES: dict[AttackName, dict[str, str]] = {
     AttackName.SHADOW: {"torch": "robaudit.attacks.shadow:Shadow", "art": "robaudit.attacks.shadow:ArtShadow"},
     AttackName.UNIVERSAL: {"torch": "robaudit.attacks.universal:Universal",
                            "art": "robaudit.attacks.universal:ArtUniversal"},
+    AttackName.FAB: {"torch": "robaudit.attacks.fab:FAB"},
 }
 
 
