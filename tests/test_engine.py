@@ -240,3 +240,31 @@ def test_class_folders_named_by_word_get_a_labelling_hint(tmp_path):
     inputs = load_inputs(InputOptions(model="demo:mnist", data=str(root), device="cpu"))
     evalset = build_evaluation_set(inputs.model, inputs.data, None, 0, 64)
     assert evalset.clean_accuracy > 0.9 and evalset.label_hint == ""
+
+
+@pytest.mark.parametrize("rgb", [2, 12])
+def test_a_digit_folder_with_rgb_files_loads_for_a_gray_model(tmp_path, rgb):
+    """QA 12: one RGB file among gray PNGs made the folder 3 channels, and the gray model failed on it
+    with a generic shape error. The folder is now read again with the model's channels (a note says
+    how many colour images became gray); all-RGB digit PNGs (rgb=12) load the same way."""
+    import numpy as np
+    from PIL import Image
+
+    from robaudit.engine.evaluation import build_evaluation_set
+    from robaudit.engine.session import load_inputs
+
+    demo = load_inputs(InputOptions(model="demo:mnist", data="demo:mnist", device="cpu")).data
+    root = tmp_path / "digits"
+    k = 0
+    for label in range(3):
+        (root / str(label)).mkdir(parents=True)
+        for i in np.flatnonzero(demo.y == label)[:4]:
+            im = Image.fromarray((demo.x[i, 0] * 255).round().astype(np.uint8), mode="L")
+            (im.convert("RGB") if k < rgb else im).save(root / str(label) / f"{i}.png")
+            k += 1
+    inputs = load_inputs(InputOptions(model="demo:mnist", data=str(root), device="cpu"))
+    assert inputs.data.x.shape[1:] == (1, 28, 28)
+    assert f"converted {rgb} colour images to grayscale" in inputs.data.notes
+    gray = np.stack([demo.x[i] for label in range(3) for i in np.flatnonzero(demo.y == label)[:4]])
+    assert np.abs(np.sort(inputs.data.x.ravel()) - np.sort(gray.ravel())).max() <= 1 / 255  # the same pixels
+    assert build_evaluation_set(inputs.model, inputs.data, None, 0, 64).clean_accuracy >= 0.9

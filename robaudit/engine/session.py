@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from robaudit.data import Dataset, load_dataset
+from robaudit.data import DataFormat, Dataset, load_dataset
 from robaudit.demo_assets import resolve_data, resolve_model
 from robaudit.engine.evaluation import EvaluationSet
-from robaudit.errors import DataLoadError
+from robaudit.errors import DataLoadError, ModelLoadError
 from robaudit.models import Classifier
 from robaudit.models.loader import load_model
 
@@ -77,8 +77,24 @@ def load_inputs(opts: InputOptions) -> Inputs:
             raise first from None
         data = _data(probe.info.input_shape[0])
     num_classes_hint = int(data.y.max()) + 1 if data.y.size else None
-    model = load_model(model_path, device=opts.device, mean=opts.mean, std=opts.std, clip=opts.clip,
-                       data_shape=tuple(int(s) for s in data.x.shape[1:]), num_classes_hint=num_classes_hint)
+    try:
+        model = load_model(model_path, device=opts.device, mean=opts.mean, std=opts.std, clip=opts.clip,
+                           data_shape=tuple(int(s) for s in data.x.shape[1:]), num_classes_hint=num_classes_hint)
+    except ModelLoadError as first:
+        if data.format is not DataFormat.FOLDER:
+            raise
+        # An image folder's channels are a guess (3 if any image is colour): a gray model fed a folder
+        # with a few RGB files, or RGB PNGs of digits, fails on 3 channels. Ask the model, convert.
+        try:
+            probe = load_model(model_path, device="cpu", mean=opts.mean, std=opts.std, clip=opts.clip,
+                               fast_copies=False)
+        except Exception:
+            raise first from None
+        if probe.info.input_shape[0] == data.x.shape[1]:
+            raise
+        data = _data(probe.info.input_shape[0])
+        model = load_model(model_path, device=opts.device, mean=opts.mean, std=opts.std, clip=opts.clip,
+                           data_shape=tuple(int(s) for s in data.x.shape[1:]), num_classes_hint=num_classes_hint)
     if tuple(model.info.input_shape) != tuple(data.x.shape[1:]):
         raise DataLoadError(
             f"data shape {tuple(data.x.shape[1:])} does not match the model's input {tuple(model.info.input_shape)} "
