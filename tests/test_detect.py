@@ -566,6 +566,8 @@ def test_eval_report(tmp_path):
             assert got == pytest.approx(report["auroc"][a][f])
         got = auroc(np.array([r["squeeze"] for r in benign]), np.array([r["squeeze"] for r in adv]))
         assert got == pytest.approx(report["auroc"][a]["squeeze"])
+    if not report["benign"].get("n_misclassified"):  # the demo gets these 12 right: render the rates anyway
+        report["benign"].update(n_misclassified=3, flag_rate_misclassified={"bim-linf": 2 / 3, "jsma": 1.0})
     _renders_as_an_audit(tmp_path, report)
 
 
@@ -695,7 +697,12 @@ def _renders_as_an_audit(tmp_path, report):
     above = f">= {worst + 0.001:.4f}" if worst + 0.001 <= 1.0 else "> 1.0"  # a gate the worst row cannot pass
     (bad,) = apply_gates(audit, [parse_gate(f"detect bim auroc {above}")])
     assert ok.passed and not bad.passed and bad.value == pytest.approx(worst)
-    assert "| fgsm" in render(audit, ReportFormat.markdown)
+    md = render(audit, ReportFormat.markdown)
+    assert "| fgsm" in md
+    n_mis, rates = report["benign"].get("n_misclassified"), report["benign"].get("flag_rate_misclassified")
+    if n_mis:  # QA 12: the terminal table's "wrong" rates were missing from Markdown and HTML
+        said = f"the model misclassifies (not in the FPR) flagged at: {', '.join(f'{k} {v:.3f}' for k, v in rates.items())}"
+        assert said in md and said in html
 
 
 def test_unknown_names_are_config_errors():

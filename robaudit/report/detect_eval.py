@@ -110,6 +110,9 @@ def as_audit_report(ev: dict[str, Any]) -> dict[str, Any]:
     }
     if entry["target_fpr"] is None:
         del entry["target_fpr"]
+    if benign.get("n_misclassified") and benign.get("flag_rate_misclassified"):
+        entry["misclassified"] = {"n": int(benign["n_misclassified"]),
+                                  "flag_rate": dict(benign["flag_rate_misclassified"])}
     data = dict(ev.get("data") or {})
     selected = int(data.get("n_selected", 0))
     data.setdefault("n_total", selected)

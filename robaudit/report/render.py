@@ -253,8 +253,12 @@ def detection_caption(entry: dict[str, Any]) -> str:
              f"even-indexed benign inputs, FPR measured on the other {held}, balanced accuracy the mean of the "
              "detection rate and 1 - FPR" if n is not None and held is not None else
              f"thresholds at {100 * float(entry.get('target_fpr') or 0):.0f}% target FPR")
+    mis = entry.get("misclassified") or {}
+    wrong = ("; the {} sampled benign input{} the model misclassifies (not in the FPR) flagged at: {}".format(
+        mis["n"], "s" if mis["n"] != 1 else "", ", ".join(f"{k} {v:.3f}" for k, v in mis["flag_rate"].items()))
+        if mis.get("n") and mis.get("flag_rate") else "")
     return (f"{n} benign inputs (AUROC over all of them); {split}; craft {entry.get('craft')} "
-            "(FGSM and BIM; other attacks run as configured)")
+            f"(FGSM and BIM; other attacks run as configured){wrong}")
 
 
 def detection_markdown(report: dict[str, Any]) -> str:
