@@ -353,3 +353,29 @@ def test_hits_against_a_randomised_model_hold_on_fresh_draws(demo) -> None:
     fooled = _pred(model, out.x_adv) != y
     moved = _dist(out.x_adv, x, Norm.LINF) > 0
     assert bool((fooled == moved).all()) and float(fooled.float().mean()) >= 0.75
+
+
+class _GlitchOnce(torch.nn.Module):
+    """The model, except that its first gradient pass returns NaN logits for every input."""
+
+    def __init__(self, base: torch.nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.glitched = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if x.requires_grad and not self.glitched:
+            self.glitched = True
+            return out * float("nan")
+        return out
+
+
+def test_a_nan_step_does_not_end_the_search(demo) -> None:
+    """One pass of NaN logits made every iterate NaN for the rest of the run (and each restart's
+    start with it): nothing was fooled. The rows step back towards x and the search goes on."""
+    model, x, y = demo
+    x, y = x[:8], y[:8]
+    out = FAB(FABParams(steps=10, restarts=2)).generate(_GlitchOnce(model), x, y)
+    assert bool(torch.isfinite(out.x_adv).all()) and _in_range(out.x_adv, 0.0, 1.0)
+    assert float((_pred(model, out.x_adv) != y).float().mean()) >= 0.75

@@ -376,3 +376,38 @@ def test_deepfool_flips_clear_float_noise_and_hold_on_the_plain_network() -> Non
         assert float((m > 0).float().mean()) >= 0.97
         scale = logits.abs().amax(1).clamp_min(1.0)
         assert bool((m[m > 0] > 0.9e-4 * scale[m > 0]).all()), float((m[m > 0] / scale[m > 0]).min())
+
+
+class _FirstDrawWrong(torch.nn.Module):
+    """A stand-in for a randomised defence whose first draw is unlucky: the first forward pass
+    reverses the logits (calling every input adversarial); every later one is the model's."""
+
+    def __init__(self, base: torch.nn.Module, randomized: bool) -> None:
+        super().__init__()
+        self.base = base
+        self.randomized = randomized
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.base(x)
+        return -out if self.calls == 1 else out
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("fab", {"steps": 10}), ("cw-linf", {"search_steps": 3, "max_iter": 10}), ("cw-l2", {"binary_search_steps": 4, "max_iter": 50}),
+    ("deepfool", {}), ("jsma", {}),
+])
+def test_already_adversarial_is_confirmed_on_fresh_draws(demo, name, overrides) -> None:
+    """Minimisation attacks return an input already adversarial unchanged. Against a randomised
+    model that must hold on fresh draws too: one unlucky draw at the start left every input
+    unattacked (0 of 8 fooled)."""
+    model, x, y = demo
+    x, y = x[:8], y[:8]
+    cls = get_attack_class(AttackName(name), "torch")
+    params = params_from_overrides(cls.Params, overrides)
+    out = cls(params).generate(_FirstDrawWrong(model, randomized=True), x, y, seed=0)
+    assert float((_pred(model, out.x_adv) != y).float().mean()) >= 0.75
+    # a deterministic model's first answer is trusted: nothing is attacked
+    trusted = cls(params).generate(_FirstDrawWrong(model, randomized=False), x, y, seed=0)
+    assert torch.equal(trusted.x_adv, x)

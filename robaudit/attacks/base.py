@@ -456,3 +456,16 @@ def refuted(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, hits:
             good[rows] = test(model(x[idx[rows]]), criterion.subset(idx[rows]))
     out[idx] = ~good
     return out
+
+
+def settled(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, logits: torch.Tensor, draws: int,
+            ok: Callable[[torch.Tensor, Criterion], torch.Tensor] | None = None) -> torch.Tensor:
+    """Rows of ``x`` that are adversarial already before an attack starts: by ``logits`` (one pass
+    of ``model`` on ``x``) and, against a randomised model, on ``draws`` fresh draws too.
+
+    Minimisation attacks return such inputs unchanged; decided from one draw of a randomised
+    defence, an input that draw happened to misclassify went unattacked although the draw that
+    judges it later classifies it correctly. ``ok`` as in :func:`refuted`."""
+    test = ok if ok is not None else (lambda lg, crit: crit.is_adversarial(lg))
+    adv = test(logits, criterion)
+    return adv & ~refuted(model, x, criterion, adv, draws, ok)

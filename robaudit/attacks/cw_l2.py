@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted, settled
 from robaudit.errors import ConfigError
 
 _TANH_SCALE = 1.0 - 1e-6
@@ -168,7 +168,7 @@ class CWL2(Attack):
         best_l2 = torch.full((n,), float("inf"), device=dev)
         best_adv = x.clone()
         with torch.no_grad():
-            clean_adv = cw_success(model(x), criterion, p.confidence)
+            clean_adv = settled(model, x, criterion, model(x), draws, ok)
         best_l2[clean_adv] = 0.0
 
         lower = torch.zeros(n, device=dev)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted, settled
 from robaudit.attacks.cw_l2 import cw_margin, cw_success
 from robaudit.errors import ConfigError
 
@@ -103,7 +103,7 @@ class CWLinf(Attack):
         ok = functools.partial(cw_success, confidence=p.confidence)
 
         with torch.no_grad():
-            clean_adv = cw_success(model(x), criterion, p.confidence)
+            clean_adv = settled(model, x, criterion, model(x), draws, ok)
         best_dist = torch.where(clean_adv, 0.0, float("inf")).to(dev)
         best_adv = x.clone()
         last = x.clone()  # each sample's last iterate (start of the next round after a failure)

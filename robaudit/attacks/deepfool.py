@@ -9,7 +9,7 @@ import torch
 
 from robaudit.attacks._art import ArtAttack
 from robaudit.attacks._losses import margin
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted, settled
 from robaudit.errors import ConfigError
 
 
@@ -102,7 +102,7 @@ class DeepFool(Attack):
 
         x_adv = x.clone()
         r_tot = torch.zeros_like(x)
-        active = (logits0.argmax(dim=1) == labels).nonzero().squeeze(1)
+        active = (~settled(model, x, criterion, logits0, draws)).nonzero().squeeze(1)
         for _ in range(p.max_iter):
             if active.numel() == 0:
                 break

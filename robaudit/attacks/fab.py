@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from robaudit.attacks._losses import margin
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, CONFIRM_DRAWS, Criterion, Norm, confirm_draws, refuted, settled
 from robaudit.attacks.deepfool import FLIP_TOL
 from robaudit.errors import ConfigError
 
@@ -119,8 +119,11 @@ class FAB(Attack):
     itself sat at a tie that never counts (3 of 32 demo digits were never fooled that way).
     Restarts begin at random points around ``x`` scaled by the best distance found
     (``restart_scale``); a bisection on the segment from ``x`` to the best example ends the search
-    (``final_search``). A sample misclassified at the start, or never fooled, is returned
-    unchanged.
+    (``final_search``). A sample already adversarial at the start (untargeted: misclassified;
+    targeted: classified as its target; against a randomised model on fresh draws too), or never
+    fooled, is returned unchanged; targeted, a misclassified sample is attacked like any other.
+    An iterate that turns non-finite (NaN logits or gradients from the model) steps back towards
+    ``x`` instead of staying NaN.
 
     Measured on the standard MNIST LeNet-5 (the 196 correctly classified of
     ``bench/reference_check.py``'s 200 images, seed 0, 2 threads): success 100%, median Linf
@@ -176,7 +179,7 @@ class FAB(Attack):
         with torch.no_grad():
             logits0 = model(x)
         best_adv = x.clone()
-        rows = (~criterion.is_adversarial(logits0)).nonzero().squeeze(1)  # already adversarial: unchanged
+        rows = (~settled(model, x, criterion, logits0, draws)).nonzero().squeeze(1)  # already adversarial: unchanged
         if rows.numel() == 0:
             return best_adv
         x0 = x[rows]
@@ -259,7 +262,13 @@ class FAB(Attack):
                     n_0 = _dist(d_0, self.norm)
                     a = (n_k / (n_k + n_0).clamp_min(1e-12)).clamp(0.0, p.alpha_max).unsqueeze(1)
                     step = (1 - a) * (flat + p.eta * d_k) + a * (flat0 + p.eta * d_0)
-                    xk = step.clamp(lo, hi).view(m, *shape)
+                    nxt = step.clamp(lo, hi).view(m, *shape)
+                    # a non-finite gradient or logit (a glitch of the model) would leave the row's
+                    # iterate NaN for good, and its restarts too: it steps back towards x instead
+                    bad = ~torch.isfinite(step).all(dim=1)
+                    if bool(bad.any()):
+                        nxt[bad] = x0[bad] + p.beta * (xk[bad] - x0[bad])
+                    xk = nxt
                     adv = hits(model(xk), xk, crit)
                     if bool(adv.any()):
                         dist = _dist((xk - x0).flatten(1), self.norm)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from robaudit.attacks._art import ArtAttack
-from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted
+from robaudit.attacks.base import Attack, AttackKind, AttackParams, Criterion, Norm, is_randomized, refuted, settled
 from robaudit.errors import ConfigError
 
 _UNTARGETED_VARIANTS = ("saliency", "runner-up")
@@ -138,7 +138,7 @@ class JSMA(Attack):
 
         domain = flat < hi if increase else flat > lo
         changed = torch.zeros_like(domain)
-        active = ~criterion.is_adversarial(clean)
+        active = ~settled(model, x, criterion, clean, draws)
         for _ in range(max_steps):
             active &= (changed.sum(dim=1) + 2 <= budget) & (domain.sum(dim=1) >= 2)
             idx = active.nonzero().squeeze(1)
