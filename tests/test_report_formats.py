@@ -701,3 +701,17 @@ def test_report_refuses_gates_it_would_not_apply(tmp_path):
     for bad in ("nan", "inf"):
         proc = robaudit_cli("report", "diff", str(a), str(a), "--tolerance", bad)
         assert proc.returncode == 2 and "--tolerance must be a finite number >= 0" in proc.stderr
+
+
+def test_a_row_that_did_not_run_shows_dash_for_n_and_its_reason_under_success():
+    """The reason of an unsupported row used to sit in the "n" column of the Markdown table."""
+    report = _report(copy.deepcopy(ROWS))
+    md = render(report, ReportFormat.markdown)
+    header = next(line for line in md.splitlines() if line.startswith("| attack"))
+    row = next(line for line in md.splitlines() if line.startswith("| deepfool"))
+    heads = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == len(heads)
+    assert cells[heads.index("n")] == "-" and cells[heads.index("success")] == "unsupported: no"
+    html = render(report, ReportFormat.html)
+    assert '<td class="l">-</td><td class="l" colspan=' in html and ">unsupported: no</td>" in html

@@ -85,8 +85,8 @@ def results_html_table(report: dict[str, Any]) -> str:
         stack = escape(stack_label(row.get("defences") or [], row.get("threat_model")))
         if row.get("status") != "ok":
             lines.append(f'<tr class="dim"><td class="l">{stack}</td>'
-                         + "".join(f'<td class="l">{escape(c)}</td>' for c in cells[:3])
-                         + f'<td class="l" colspan="{len(columns) - 3}">{escape(cells[3])}</td></tr>')
+                         + "".join(f'<td class="l">{escape(c)}</td>' for c in cells[:4])
+                         + f'<td class="l" colspan="{len(columns) - 4}">{escape(cells[4])}</td></tr>')
             continue
         tds = "".join(f'<td class="{"l" if i < 3 else ""}">{escape(c)}</td>' for i, c in enumerate(cells))
         lines.append(f'<tr><td class="l">{stack}</td>{tds}</tr>')

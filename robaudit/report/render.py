@@ -109,7 +109,8 @@ def _cells(row: dict[str, Any], columns: tuple[tuple[str, str], ...] = COLUMNS) 
     n_head = 4 if columns[0][0] == "defence" else 3
     if row.get("status") != "ok":
         head = [fmt(k, _derived(row, k)) for k, _ in columns[:n_head]]
-        return head + [f"{row.get('status')}: {row.get('reason')}"] + [""] * (len(columns) - n_head - 1)
+        # n is "-" (nothing was attacked); status and reason go where the success rate would be
+        return head + ["-", f"{row.get('status')}: {row.get('reason')}"] + [""] * (len(columns) - n_head - 2)
     return [fmt(k, _derived(row, k)) for k, _ in columns]
 
 
