@@ -35,6 +35,27 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def demo_correct(n: int | None = None, pool: int | None = None):
+    """The bundled demo TorchScript CNN and, of the first ``pool`` demo images (all: None), the
+    first ``n`` it classifies correctly (all: None), as ``(model, x, y)`` with ``x`` float NCHW in
+    [0, 1]; skips the test when the demo files are missing."""
+    import numpy as np
+    import torch
+
+    model_path, data_path = DEMO / "mnist_cnn.pt", DEMO / "mnist_demo.npz"
+    if not (model_path.exists() and data_path.exists()):
+        pytest.skip(f"bundled demo model/data not found ({model_path.name}, {data_path.name} in {DEMO})")
+    model = torch.jit.load(str(model_path), map_location="cpu").eval()
+    with np.load(data_path, allow_pickle=False) as d:
+        x = torch.from_numpy(d["x"][:pool].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
+        y = torch.from_numpy(d["y"][:pool].astype(np.int64))
+    with torch.no_grad():
+        ok = model(x).argmax(dim=1) == y
+    x, y = x[ok][:n], y[ok][:n]
+    assert n is None or len(y) == n, f"the demo set should hold at least {n} correctly classified images"
+    return model, x, y
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not (SHARED / "DATA.md").exists():

@@ -7,7 +7,6 @@ constants' docstrings) and carry a margin; the module takes about 10 s on one th
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ from robaudit.attacks.fab import FAB, FABParams, project_box_hyperplane
 from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.errors import ConfigError
 
-DEMO = Path(__file__).resolve().parents[1] / "robaudit" / "demo"
+from .conftest import demo_correct
+
 N_IMAGES = 32
 
 FAST = FABParams(steps=20)
@@ -43,18 +43,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserW
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def demo() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    model_path, data_path = DEMO / "mnist_cnn.pt", DEMO / "mnist_demo.npz"
-    if not (model_path.exists() and data_path.exists()):
-        pytest.skip(f"bundled demo model/data not found in {DEMO}")
-    model = torch.jit.load(str(model_path), map_location="cpu").eval()
-    with np.load(data_path) as d:
-        x = torch.from_numpy(d["x"][:200]).permute(0, 3, 1, 2).float() / 255.0
-        y = torch.from_numpy(d["y"][:200]).long()
-    with torch.no_grad():
-        ok = model(x).argmax(dim=1) == y
-    x, y = x[ok][:N_IMAGES], y[ok][:N_IMAGES]
-    assert len(y) == N_IMAGES
-    return model, x, y
+    return demo_correct(N_IMAGES, pool=200)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,7 @@ module runs in well under a minute on two cores.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -36,7 +34,8 @@ from robaudit.attacks.pgd import PGD, ArtPGD, PGDParams
 from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.errors import ConfigError
 
-DEMO = Path(__file__).resolve().parents[1] / "robaudit" / "demo"
+from .conftest import demo_correct
+
 N_IMAGES = 64
 FGSM_FLOOR = 0.85
 """FGSM at eps 0.3 breaks 62 of the 64 (96.9%) on the demo model; the floor leaves a safe margin."""
@@ -66,18 +65,7 @@ BUDGET = {Norm.LINF: 0.1, Norm.L2: 1.0}
 @pytest.fixture(scope="module")
 def demo() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The demo model and the first 64 demo images it classifies correctly, as (N, 1, 28, 28) in [0, 1]."""
-    model_path, data_path = DEMO / "mnist_cnn.pt", DEMO / "mnist_demo.npz"
-    if not (model_path.exists() and data_path.exists()):
-        pytest.skip(f"bundled demo model/data not found ({model_path.name}, {data_path.name} in {DEMO})")
-    model = torch.jit.load(str(model_path), map_location="cpu").eval()
-    with np.load(data_path) as d:
-        x = torch.from_numpy(d["x"].astype(np.float32) / 255.0).permute(0, 3, 1, 2).contiguous()
-        y = torch.from_numpy(d["y"].astype(np.int64))
-    with torch.no_grad():
-        ok = model(x).argmax(1) == y
-    x, y = x[ok][:N_IMAGES], y[ok][:N_IMAGES]
-    assert x.shape[0] == N_IMAGES, "the demo set should hold at least 64 correctly classified images"
-    return model, x, y
+    return demo_correct(N_IMAGES)
 
 
 def _pred(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,8 @@ from robaudit.attacks.deepfool import DeepFool, ArtDeepFool, DeepFoolParams
 from robaudit.attacks.registry import AttackName, get_attack_class
 from robaudit.errors import ConfigError
 
+from .conftest import demo_correct
+
 DEMO = Path(__file__).resolve().parents[1] / "robaudit" / "demo"
 N_IMAGES = 32
 
@@ -47,18 +49,7 @@ CHEAP_DF = DeepFoolParams(max_iter=5)
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def demo() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    model_path, data_path = DEMO / "mnist_cnn.pt", DEMO / "mnist_demo.npz"
-    if not (model_path.exists() and data_path.exists()):
-        pytest.skip(f"bundled demo model/data not found in {DEMO}")
-    model = torch.jit.load(str(model_path), map_location="cpu").eval()
-    with np.load(data_path) as d:
-        x = torch.from_numpy(d["x"][:200]).permute(0, 3, 1, 2).float() / 255.0
-        y = torch.from_numpy(d["y"][:200]).long()
-    with torch.no_grad():
-        ok = model(x).argmax(dim=1) == y
-    x, y = x[ok][:N_IMAGES], y[ok][:N_IMAGES]
-    assert len(y) == N_IMAGES
-    return model, x, y
+    return demo_correct(N_IMAGES, pool=200)
 
 
 def _next_class(y: torch.Tensor) -> torch.Tensor:

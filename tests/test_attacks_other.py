@@ -20,7 +20,7 @@ from robaudit.attacks.shadow import ArtShadow, Shadow, shadow_penalty
 from robaudit.attacks.universal import ArtUniversal, Universal
 from robaudit.errors import ConfigError
 
-from .conftest import DEMO
+from .conftest import DEMO, demo_correct
 
 MODEL = DEMO / "mnist_cnn.pt"
 DATA = DEMO / "mnist_demo.npz"
@@ -29,19 +29,7 @@ DATA = DEMO / "mnist_demo.npz"
 @pytest.fixture(scope="module")
 def demo() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The demo model and its correctly classified demo images (float NCHW in [0, 1])."""
-    if not (MODEL.exists() and DATA.exists()):
-        pytest.skip(f"bundled demo model/data not found in {DEMO}")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = torch.jit.load(str(MODEL), map_location="cpu").eval()
-    d = np.load(DATA)
-    x = torch.from_numpy(d["x"][:300]).permute(0, 3, 1, 2).float() / 255
-    y = torch.from_numpy(d["y"][:300]).long()
-    with torch.no_grad():
-        keep = model(x).argmax(1) == y
-    return model, x[keep], y[keep]
+    return demo_correct(pool=300)
 
 
 def _pred(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
