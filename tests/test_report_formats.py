@@ -715,3 +715,16 @@ def test_a_row_that_did_not_run_shows_dash_for_n_and_its_reason_under_success():
     assert cells[heads.index("n")] == "-" and cells[heads.index("success")] == "unsupported: no"
     html = render(report, ReportFormat.html)
     assert '<td class="l">-</td><td class="l" colspan=' in html and ">unsupported: no</td>" in html
+
+
+def test_diff_matches_a_detect_eval_report_against_an_audits_detection_cell():
+    """`detect eval` names its one cell `detect-eval`, an audit `m0/detect/detect/-/none`: their
+    rows were listed as two removed/added cells instead of compared."""
+    audit = _report(copy.deepcopy(ROWS))
+    audit["detection"] = [_detection(DET)]
+    evaluated = copy.deepcopy(audit)
+    evaluated["detection"][0]["cell_id"] = "detect-eval"
+    evaluated["detection"][0]["rows"][0]["auroc"] = 0.9
+    det = [c for c in diff_reports(audit, evaluated) if c.metric == "auroc"]
+    assert len(det) == 4 and all(c.old is not None and c.new is not None for c in det)
+    assert [(c.cell, c.old, c.new) for c in regressions(det, 0.0)] == [("detect-eval fgsm/bim-linf", 0.97, 0.9)]

@@ -8,7 +8,8 @@ distances of successful examples of minimisation attacks (a fixed-eps attack's d
 budget, so they say nothing about robustness and are not compared; L0 attacks also compare
 ``l0_mean``). Distances over successes are compared only where the two success rates are within
 5 points: otherwise they are over different inputs, and the success rate carries the change.
-Detection rows (matched by cell id, attack and score) compare their AUROC (higher is better).
+Detection rows (matched by cell id, attack and score; a ``detect eval`` report's rows match an
+audit's detection cell) compare their AUROC (higher is better).
 A change within float32 rounding (relative 1e-6, the slack gates allow) is ``same`` whatever the
 tolerance: reruns with another batch size or thread count move distances in their last digits.
 
@@ -25,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from robaudit.report.detect_eval import CELL_ID as DETECT_EVAL_CELL
 from robaudit.report.markdown import md_text
 from robaudit.tolerance import RELATIVE
 
@@ -82,12 +84,17 @@ class Change:
 
 
 _MODEL_SLOT = re.compile(r"^m\d+/")
+_AUDIT_DETECT_CELL = "detect/detect/-/none"
+"""An audit's detection cell, without its model slot (``engine.cells``: kind/label/target/stack)."""
 _ATTACK_KIND = "attack/"
 
 
 def _cell(cell_id: str) -> str:
     """A cell id without its model slot: every report holds one model, and its slot only says where
-    the model stood on the audit's command line."""
+    the model stood on the audit's command line. A ``detect eval`` report's one cell is the
+    audit's detection cell."""
+    if cell_id == DETECT_EVAL_CELL:
+        return _AUDIT_DETECT_CELL
     return _MODEL_SLOT.sub("", cell_id)
 
 
