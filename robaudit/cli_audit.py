@@ -369,6 +369,11 @@ def report_cmd(
     from robaudit.report import read_report
     from robaudit.report.writer import write_text_atomic
 
+    if out is not None:
+        for src in (paths[1:] if paths and paths[0] == "diff" else paths):
+            if Path(src).exists() and Path(src).resolve() == out.resolve():
+                raise ConfigError(f"--out {out} is the report being read: writing there would replace it; "
+                                  "give another --out path")
     if paths and paths[0] == "diff":
         if gate:
             raise ConfigError("--gate applies to `report REPORT.json`, not to `report diff`: gate the new report with "

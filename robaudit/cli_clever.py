@@ -110,7 +110,7 @@ def clever_cmd(
     from robaudit.clever.interface import CleverNorm, CleverParams
     from robaudit.defences import parse_stacks
     from robaudit.engine.clever_job import CleverJob, run_clever_job
-    from robaudit.report.writer import write_json_atomic
+    from robaudit.report.writer import check_writable, write_json_atomic
 
     if num is not None and num < 1:
         raise ConfigError(f"-n must be >= 1, got {num}")
@@ -126,6 +126,7 @@ def clever_cmd(
     job = CleverJob(inputs=inputs, norms=norms, targets=tuple(parse_targets(target)),
                     stacks=tuple(parse_stacks(defences)), radius=radii, params=params, n=num, seed=seed,
                     compare=compare, attack_batch_size=attack_batch_size)
+    check_writable(out)  # before the work, not after it
     progress = progress_bars(_err, quiet)
     with progress:
         report = run_clever_job(job, ["robaudit", *sys.argv[1:]], _Progress(progress))

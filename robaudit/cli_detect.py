@@ -86,6 +86,7 @@ def fit_cmd(
     from robaudit.attacks.registry import parse_attack_names
     from robaudit.detect.interface import DetectorKind
     from robaudit.engine.detect_job import FitJob, run_fit_job
+    from robaudit.report.writer import check_writable
 
     common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter, x_key, y_key)
     kind = DetectorKind.parse(detector)
@@ -101,6 +102,7 @@ def fit_cmd(
     job = FitJob(common=common, detector=kind, adversarial=adversarial,
                  attacks=tuple(parse_attack_names(attack)) if attack else (), craft_mode=craft_mode, fpr=fpr,
                  knn_k=5 if k is None else k, ensemble_k=1 if k is None else k, squeeze=squeeze)
+    check_writable(out)  # before the work, not after it
     with busy(_err, "fitting detector", quiet) as steps:
         dfile, summary = run_fit_job(job, _command(), steps)
     path = dfile.save(out)
@@ -133,10 +135,11 @@ def score_cmd(
 ) -> None:
     """Per-input attack cost, score and verdict (JSON report plus a table)."""
     from robaudit.engine.detect_job import ScoreJob, run_score_job
-    from robaudit.report.writer import write_json_atomic
+    from robaudit.report.writer import check_writable, write_json_atomic
 
     common = _common(model, data, None, num, seed, batch_size, device, mean, std, clip, None, x_key, y_key,
                      labels_optional=True)  # scoring reads images only: unlabelled inputs are fine
+    check_writable(out)
     with busy(_err, "scoring", quiet):
         report = run_score_job(ScoreJob(common=common, detector_path=str(detector)), _command())
     path = write_json_atomic(out, report)
@@ -185,12 +188,13 @@ def eval_cmd(
     from robaudit.attacks.registry import parse_attack_names
     from robaudit.cli import _params
     from robaudit.engine.detect_job import EvalJob, run_eval_job
-    from robaudit.report.writer import write_json_atomic
+    from robaudit.report.writer import check_writable, write_json_atomic
 
     common = _common(model, data, cost, num, seed, batch_size, device, mean, std, clip, max_iter, x_key, y_key)
     attacks = tuple(parse_attack_names(attack))
     job = EvalJob(common=common, attacks=attacks, craft_mode=craft_mode, fpr=fpr, attack_params=_params(param, attacks),
                   detector_path=str(detector) if detector else None, squeeze=squeeze)
+    check_writable(out)
     with busy(_err, "evaluating", quiet) as steps:
         report = run_eval_job(job, _command(), steps)
     path = write_json_atomic(out, report)

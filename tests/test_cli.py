@@ -246,3 +246,28 @@ def test_attack_prints_the_evaluation_warnings_that_come_at_the_end(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     (w,) = [w for w in report["warnings"] if w.startswith("unattacked inputs")]
     assert proc.stderr.count(f"warning: {w}") == 1 and "attack more inputs (-n)" in w, proc.stderr
+
+
+@pytest.mark.parametrize("command", [["clever"], ["detect", "fit"], ["detect", "eval"], ["detect", "score"]])
+def test_an_unwritable_out_is_refused_before_the_work(command, tmp_path):
+    """clever and detect checked --out only when writing it, after all the work (a paper-size CLEVER
+    run lost). A model that cannot load would fail the work: the --out error has to come first."""
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model at all")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    proc = robaudit_cli(*command, str(bad), "--data", "demo:mnist", "-q", "--out", str(folder))
+    assert proc.returncode == 2
+    assert "it is a folder; give a file name for --out" in _one_line_error(proc)
+
+
+def test_report_refuses_to_overwrite_the_report_it_reads(tmp_path):
+    report = tmp_path / "r.json"
+    proc = robaudit_cli("attack", "demo:mnist", "--data", "demo:mnist", "-n", "8", "--attack", "fgsm", "-q",
+                        "--out", str(report))
+    assert proc.returncode == 0, proc.stderr
+    before = report.read_bytes()
+    for args in (["report", str(report)], ["report", "diff", str(report), str(report)]):
+        proc = robaudit_cli(*args, "--format", "markdown", "--out", str(report))
+        assert proc.returncode == 2 and "is the report being read" in _one_line_error(proc)
+    assert report.read_bytes() == before
