@@ -68,8 +68,14 @@ def parse_radius(value: str | None) -> dict[Any, float]:
         if not 0 < r < float("inf"):
             raise ConfigError(f"--radius must be finite and > 0, got {r:g}")
         if sep:
-            out[CleverNorm.parse(key)] = r
+            n = CleverNorm.parse(key)
+            if n in out:
+                raise ConfigError(f"--radius gives the {n.value} radius twice ({value!r}); give it once")
+            out[n] = r
         else:
+            if len(value.split(",")) > 1:
+                raise ConfigError(f"--radius takes one R for every norm or NORM=R pairs (e.g. l2=2,linf=0.1), "
+                                  f"not both: got {value!r}")
             out.update({n: r for n in CleverNorm})
     return out
 

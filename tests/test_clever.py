@@ -386,6 +386,29 @@ def test_audit_profile_with_a_clever_section(tmp_path):
     assert strip_timing(again.reports[0][1])["clever"] == strip_timing(rep)["clever"]
 
 
+def test_an_audit_clever_section_without_a_radius_takes_the_norms_default(tmp_path):
+    """The profile's radius defaulted to 5 for every norm: a Linf ball of radius 5 covers the whole
+    [0, 1] cube, so the audit's Linf scores differed from `robaudit clever`'s (radius 0.3)."""
+    from robaudit.config import parse_profile
+    from robaudit.engine.audit import AuditJob, run_audit
+    from robaudit.engine.clever_cell import clever_radius
+    from robaudit.engine.session import InputOptions
+
+    raw = {"seed": 1, "samples": 4, "batch_size": 4, "examples": 0, "attacks": {},
+           "clever": {"inputs": 2, "batches": 3, "batch_size": 4, "norm": "linf"}}
+    profile = parse_profile(raw, source="test")
+    assert clever_radius(profile, (0.0, 1.0)) == pytest.approx(0.3)
+    assert clever_radius(profile, (0.0, 255.0)) == pytest.approx(76.5)
+    job = AuditJob(models=("demo:mnist",), inputs=InputOptions(model="", data="demo:mnist", device="cpu"),
+                   profile=profile, out=tmp_path / "a")
+    (_, rep), = run_audit(job, ["robaudit", "audit"]).reports
+    assert validation_errors(rep) == []
+    assert rep["clever"]["config"]["radius"] == {"linf": pytest.approx(0.3)}
+    assert all(r["radius"] == pytest.approx(0.3) and 0 < r["mean"] <= 0.3 for r in rep["clever"]["rows"])
+    given = parse_profile({**raw, "clever": {**raw["clever"], "radius": 0.1}}, source="test")
+    assert clever_radius(given, (0.0, 255.0)) == 0.1
+
+
 def test_norm_and_radius_parsing():
     from robaudit.cli_clever import parse_radius
     from robaudit.errors import ConfigError
@@ -394,7 +417,7 @@ def test_norm_and_radius_parsing():
     assert CleverNorm.parse_list("linf, 2") == [CleverNorm.LINF, CleverNorm.L2]
     assert parse_radius("3") == {n: 3.0 for n in CleverNorm}
     assert parse_radius("l2=2,inf=0.1") == {CleverNorm.L2: 2.0, CleverNorm.LINF: 0.1}
-    for bad in ("-1", "l2=x", "l5=1", "inf", "l2=nan"):
+    for bad in ("-1", "l2=x", "l5=1", "inf", "l2=nan", "l2=2,l2=0.5", "l2=2,2=1", "3,l2=0.5"):
         with pytest.raises(ConfigError):
             parse_radius(bad)
     with pytest.raises(ConfigError, match="unknown CLEVER norm"):

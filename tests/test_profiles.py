@@ -69,6 +69,7 @@ BASE = "attacks:\n  fgsm: {eps: 0.1}\n"
         (BASE + "defences: [[[]]]\n", "defences[0]", "unknown defence []"),
         (BASE + "defences: {combinations_of: [[ss]]}\n", "defences.combinations_of", "unknown defence ['ss']"),
         (BASE + "clever: {radius: 0}\n", "clever.radius", "must be > 0"),
+        (BASE + "clever: {batches: 1}\n", "clever.batches", "must be >= 2"),
         (BASE + "clever: {inputs: 500}\nsamples: 100\n", "clever.inputs", "more than the profile's samples"),
         (BASE + "clever: {norm: l7}\n", "clever.norm", "unknown norm"),
         (BASE + "detect: {costs: [walk]}\n", "detect.costs", "unknown cost attack"),

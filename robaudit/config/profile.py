@@ -22,7 +22,7 @@ Format (see the README section "Audits, profiles and gates" for a commented exam
     threat_models: [adaptive]   # adaptive (attack the defended model, BPDA/EOT), transfer, or both
     defence_params: {}          # {ss: {window: 3}, jpeg: {quality: 75}, tvm: {...}}
     eot_samples: 4              # draws averaged per gradient against randomised stacks (tvm)
-    clever: null                # {inputs, batches, batch_size, radius, norm}
+    clever: null                # {inputs, batches, batch_size, radius, norm}; radius defaults per norm
     detect: null                # {costs, attacks, craft, squeeze, max_iter, samples, fpr}
     gates: ["pgd untargeted success_rate <= 0.3", "clean_accuracy >= 0.95"]
 """
@@ -91,7 +91,9 @@ class CleverSpec:
     inputs: int = 100
     batches: int = 50
     batch_size: int = 10
-    radius: float = 5.0
+    radius: float | None = None
+    """Ball radius in pixel space; None: the norm's default (L1 10, L2 5, Linf 0.3) times the
+    model's clip span, as ``robaudit clever``."""
     norm: str = "l2"
 
 
@@ -582,8 +584,8 @@ def _clever(ctx: _Ctx, value: Any, samples: int | None) -> CleverSpec | None:
     spec = CleverSpec()
     kw: dict[str, Any] = {}
     for k in ("inputs", "batches", "batch_size"):
-        if k in value:
-            kw[k] = _int(ctx, f"clever.{k}", value[k], 1)
+        if k in value:  # a Weibull fit needs at least two batch maxima
+            kw[k] = _int(ctx, f"clever.{k}", value[k], 2 if k == "batches" else 1)
     if "radius" in value:
         kw["radius"] = _num(ctx, "clever.radius", value["radius"], 0.0)
         if kw["radius"] == 0:

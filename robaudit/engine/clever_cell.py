@@ -27,11 +27,21 @@ def clever_n(evalset_n: int, profile: Profile) -> int:
     return min(spec.inputs, evalset_n)
 
 
-def _spec(profile: Profile) -> tuple[CleverNorm, float, CleverParams]:
+def clever_radius(profile: Profile, clip: tuple[float, float]) -> float:
+    """The profile's ``clever.radius``, or (none given) its norm's default for [0, 1] inputs scaled
+    by the model's clip span, as ``robaudit clever`` does (L1 10, L2 5, Linf 0.3)."""
     spec = profile.clever
     assert spec is not None
-    return CleverNorm.parse(spec.norm), float(spec.radius), CleverParams(nb_batches=spec.batches,
-                                                                          batch_size=spec.batch_size)
+    if spec.radius is not None:
+        return float(spec.radius)
+    return CleverNorm.parse(spec.norm).default_radius * (float(clip[1]) - float(clip[0]))
+
+
+def _spec(profile: Profile, clip: tuple[float, float]) -> tuple[CleverNorm, float, CleverParams]:
+    spec = profile.clever
+    assert spec is not None
+    return CleverNorm.parse(spec.norm), clever_radius(profile, clip), CleverParams(nb_batches=spec.batches,
+                                                                                    batch_size=spec.batch_size)
 
 
 def _bounds(n: int, chunks: int, k: int) -> tuple[int, int]:
@@ -58,7 +68,7 @@ def run_clever_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     from robaudit.clever.section import classes_needed, estimate_to_dict
     from robaudit.engine.session import seed_everything
 
-    norm, radius, params = _spec(profile)
+    norm, radius, params = _spec(profile, model.clip)
     modes = [TargetMode(t) for t in profile.targets]
     lo, hi = _bounds(clever_n(evalset.n, profile), chunks, chunk)
     if hi <= lo:
@@ -79,12 +89,13 @@ def run_clever_chunk(model: Any, evalset: Any, cell: Cell, profile: Profile, chu
     return rec
 
 
-def clever_cell_entry(cell: Cell, profile: Profile, evalset: Any, records: list[ChunkRecord]) -> dict[str, Any]:
+def clever_cell_entry(cell: Cell, profile: Profile, evalset: Any, records: list[ChunkRecord],
+                      clip: tuple[float, float]) -> dict[str, Any]:
     """Combine the chunk records of a CLEVER cell into its entry (one summary row per target)."""
     from robaudit.attacks.targets import compute_targets
     from robaudit.clever.section import estimate_from_dict, summary_row
 
-    norm, radius, params = _spec(profile)
+    norm, radius, params = _spec(profile, clip)
     ests = tuple(estimate_from_dict(e) for r in records for e in r["inputs"])
     n = len(ests)
     notes = tuple(x for r in records for x in r.get("notes", []))
@@ -116,8 +127,8 @@ def run_clever_cell(ctx: CellContext, cell: Cell, finished: dict[int, ChunkRecor
     from robaudit.clever.section import skipped_row
 
     profile = ctx.profile
-    norm, radius, _ = _spec(profile)
     model = _model(ctx, cell)
+    norm, radius, _ = _spec(profile, model.clip)
     if not model.white_box:
         reason = "black-box model: CLEVER needs gradients"
         rows = [skipped_row(cell.defences, norm.value, TargetMode(t), radius, reason,
@@ -133,7 +144,7 @@ def run_clever_cell(ctx: CellContext, cell: Cell, finished: dict[int, ChunkRecor
             rec = run_clever_chunk(model, ctx.evalset, cell, profile, k, chunks, ctx.device)
             on_chunk(rec)
         records.append(rec)
-    return clever_cell_entry(cell, profile, ctx.evalset, records), None
+    return clever_cell_entry(cell, profile, ctx.evalset, records, model.clip), None
 
 
 def audit_clever_section(entries: list[dict[str, Any]], attack_rows: list[dict[str, Any]],
@@ -146,8 +157,9 @@ def audit_clever_section(entries: list[dict[str, Any]], attack_rows: list[dict[s
     assert spec is not None
     norm = CleverNorm.parse(spec.norm)
     params = CleverParams(nb_batches=spec.batches, batch_size=spec.batch_size)
+    radius = next((float(e["radius"]) for e in entries if e.get("radius") is not None), spec.radius)
     config = {"norms": [norm.value], "targets": list(profile.targets),
-              "defences": [list(s) for s in profile.defences], "radius": {norm.value: float(spec.radius)},
+              "defences": [list(s) for s in profile.defences], "radius": {norm.value: radius},
               "nb_batches": spec.batches, "batch_size": spec.batch_size, "points_per_input": params.points_per_input,
               "weibull_shapes": list(params.shapes), "poor_fit_p": params.poor_fit_p, "n": spec.inputs,
               "compare": False, "compare_attacks": {}}
