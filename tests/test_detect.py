@@ -703,6 +703,23 @@ def _renders_as_an_audit(tmp_path, report):
     if n_mis:  # QA 12: the terminal table's "wrong" rates were missing from Markdown and HTML
         said = f"the model misclassifies (not in the FPR) flagged at: {', '.join(f'{k} {v:.3f}' for k, v in rates.items())}"
         assert said in md and said in html
+    # QA 14: a damaged report was an internal error (exit 3) or rendered with its rows blanked
+    # ("fgsm produced no adversarial example", which a gate repeated); now exit 2 with what is wrong
+    from robaudit.errors import DataLoadError
+
+    damage = {
+        "auroc.fgsm.bim-linf is a string": lambda r: r["auroc"]["fgsm"].__setitem__("bim-linf", "x"),
+        "benign is a string": lambda r: r.__setitem__("benign", "oops"),
+        "auroc is gone": lambda r: r.pop("auroc"),
+        "attacks is gone": lambda r: r.pop("attacks"),
+        "auroc.bim is gone": lambda r: r["auroc"].pop("bim"),
+        "data.n_selected is a string": lambda r: r["data"].__setitem__("n_selected", "q"),
+    }
+    for what, hurt in damage.items():
+        bad = json.loads(json.dumps(report))
+        hurt(bad)
+        with pytest.raises(DataLoadError, match="is not a valid `detect eval` report"):
+            read_report(write_json_atomic(tmp_path / "bad.json", bad))
 
 
 def test_unknown_names_are_config_errors():

@@ -24,6 +24,55 @@ def is_detect_eval(report: Any) -> bool:
     return isinstance(report, dict) and report.get("kind") == "detect" and report.get("mode") == "eval"
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def detect_eval_errors(ev: dict[str, Any]) -> list[str]:
+    """What makes ``ev`` (a ``detect eval`` report) unreadable before it is converted to an audit
+    report, whose schema checks the values' ranges: missing sections, wrong types, and an attack
+    with adversarial examples but no AUROC (rendered, it would read "produced no adversarial
+    example"). Empty when it can be converted."""
+    errs: list[str] = []
+    sections = {k: ev.get(k) for k in ("config", "benign", "attacks", "auroc", "detection")}
+    errs += [f"'{k}' is missing or not a mapping" for k, v in sections.items() if not isinstance(v, dict)]
+    if errs:
+        return errs
+    cfg, benign, attacks = sections["config"], sections["benign"], sections["attacks"]
+    auroc, detection = sections["auroc"], sections["detection"]
+    names = cfg.get("attacks")
+    if not isinstance(names, list) or not all(isinstance(a, str) for a in names):
+        errs.append("'config.attacks' is not a list of attack labels")
+        names = []
+    costs = cfg.get("costs", [])
+    if not isinstance(costs, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in costs):
+        errs.append("'config.costs' is not a list of cost attacks with names")
+    if not (isinstance(benign.get("n"), int) and not isinstance(benign.get("n"), bool) and benign["n"] >= 0):
+        errs.append("'benign.n' is not a count")
+    if not isinstance(benign.get("inputs", []), list):
+        errs.append("'benign.inputs' is not a list")
+    for a in names:
+        info = attacks.get(a)
+        n_adv = info.get("n_adversarial") if isinstance(info, dict) else None
+        if not (isinstance(n_adv, int) and not isinstance(n_adv, bool) and n_adv >= 0):
+            errs.append(f"'attacks.{a}.n_adversarial' is missing or not a count")
+            continue
+        if not isinstance(info.get("inputs", []), list) or not isinstance(info.get("settings", {}), dict):
+            errs.append(f"'attacks.{a}' has inputs or settings of the wrong type")
+        aucs = auroc.get(a)
+        if n_adv and not isinstance(aucs, dict):
+            errs.append(f"'auroc.{a}' is missing although {a} produced {n_adv} adversarial examples")
+            continue
+        for score, v in (aucs or {}).items():
+            if v is not None and not _number(v):
+                errs.append(f"'auroc.{a}.{score}' is not a number: {v!r}")
+        rates = detection.get(a, {})
+        if not isinstance(rates, dict) or not all(
+                isinstance(r, dict) and all(x is None or _number(x) for x in r.values()) for r in rates.values()):
+            errs.append(f"'detection.{a}' is not a mapping of scores to numeric rates")
+    return errs
+
+
 def _setup(settings: dict[str, Any]) -> str:
     """The crafting attack's budget and the parameters it ran with that differ from its defaults (so
     that a high-confidence C&W does not read as plain C&W), as the audit's detection rows show them."""

@@ -162,12 +162,20 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     by another tool into a wrong shape is refused with the first violation, exit 2)."""
     from robaudit.report.schema import validation_errors
 
-    from robaudit.report.detect_eval import as_audit_report, is_detect_eval
+    from robaudit.report.detect_eval import as_audit_report, detect_eval_errors, is_detect_eval
 
     p = Path(path)
     report = read_json_file(p, "report")
     if is_detect_eval(report):  # rendered, gated and diffed as an audit report with one detection cell
-        report = as_audit_report(report)
+        errors = detect_eval_errors(report)
+        if not errors:
+            try:
+                report = as_audit_report(report)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a wrong type the checks missed
+                errors = [f"{type(exc).__name__}: {exc}"]
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise DataLoadError(f"{p} is not a valid `detect eval` report: {errors[0]}{more}")
     if isinstance(report, dict) and "results" not in report and "mode" in report and "schema_version" in report:
         raise DataLoadError(f"{p} is the output of `robaudit detect {report.get('mode')}`, which `report` does not "
                             "render (it renders `detect eval` reports and audits); `robaudit detect score` prints "
