@@ -728,3 +728,25 @@ def test_diff_matches_a_detect_eval_report_against_an_audits_detection_cell():
     det = [c for c in diff_reports(audit, evaluated) if c.metric == "auroc"]
     assert len(det) == 4 and all(c.old is not None and c.new is not None for c in det)
     assert [(c.cell, c.old, c.new) for c in regressions(det, 0.0)] == [("detect-eval fgsm/bim-linf", 0.97, 0.9)]
+
+
+def test_diff_compares_clever_rows_and_skips_a_changed_radius():
+    """QA 14: `report diff` ignored the CLEVER section (an L2 mean falling from 0.905 to 0.3 read
+    as "no change")."""
+    def clever(mean, radius=5.0, batches=50):
+        rows = [{"defences": [], "norm": "l2", "target": "untargeted", "radius": radius, "status": "ok",
+                 "n": 8, "mean": mean, "median": mean},
+                {"defences": ["ss"], "norm": "l2", "target": "untargeted", "radius": radius, "status": "ok",
+                 "n": 8, "mean": 1.0, "median": 1.0}]
+        return {"config": {"nb_batches": batches, "batch_size": 100, "weibull_shapes": [1.0]}, "rows": rows}
+
+    old, new = _report(copy.deepcopy(ROWS)), _report(copy.deepcopy(ROWS))
+    old["clever"], new["clever"] = clever(0.905), clever(0.3)
+    worse = {(c.cell, c.metric, c.old, c.new) for c in regressions(diff_reports(old, new), 0.0)}
+    assert worse == {("clever/l2/untargeted/none", "clever_mean", 0.905, 0.3),
+                     ("clever/l2/untargeted/none", "clever_median", 0.905, 0.3)}
+    assert all(c.verdict(0.0) == "same" for c in diff_reports(old, new) if c.cell == "clever/l2/untargeted/ss")
+    for changed in (clever(0.3, radius=0.3), clever(0.3, batches=20)):
+        new["clever"] = changed
+        changes = [c for c in diff_reports(old, new) if c.cell.startswith("clever/")]
+        assert not regressions(changes, 0.0) and {c.metric for c in changes} == {"setup"}

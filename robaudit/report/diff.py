@@ -9,7 +9,9 @@ budget, so they say nothing about robustness and are not compared; L0 attacks al
 ``l0_mean``). Distances over successes are compared only where the two success rates are within
 5 points: otherwise they are over different inputs, and the success rate carries the change.
 Detection rows (matched by cell id, attack and score; a ``detect eval`` report's rows match an
-audit's detection cell) compare their AUROC (higher is better).
+audit's detection cell) compare their AUROC (higher is better). CLEVER rows (matched by norm,
+target and defence stack) compare their mean and median score (higher is better), unless the
+radius or the sampling budget changed.
 A change within float32 rounding (relative 1e-6, the slack gates allow) is ``same`` whatever the
 tolerance: reruns with another batch size or thread count move distances in their last digits.
 
@@ -32,7 +34,7 @@ from robaudit.tolerance import RELATIVE
 
 DIFF_METRICS: tuple[tuple[str, int], ...] = (
     ("robust_accuracy", +1), ("success_rate", -1), ("l2_median", +1), ("l2_mean", +1), ("linf_median", +1),
-    ("l0_mean", +1), ("auroc", +1),
+    ("l0_mean", +1), ("auroc", +1), ("clever_mean", +1), ("clever_median", +1),
 )
 """(metric, direction): +1 when a larger value is more robust, -1 when a smaller one is."""
 
@@ -134,7 +136,7 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
                  for rep, r in ((old, o), (new, n))]
         apart = rates[0] is not None and rates[1] is not None and abs(rates[1] - rates[0]) > DISTANCE_SUCCESS_GAP
         for metric, _ in DIFF_METRICS:
-            if metric == "auroc" or (fixed_eps and metric in DISTANCES) or (metric == "l0_mean" and not l0):
+            if metric in _SECTION_METRICS or (fixed_eps and metric in DISTANCES) or (metric == "l0_mean" and not l0):
                 continue
             ov = row_metric(old, o, metric) if o is not None and o.get("status") == "ok" else None
             nv = row_metric(new, n, metric) if n is not None and n.get("status") == "ok" else None
@@ -163,6 +165,45 @@ def diff_reports(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
         nv = (n or {}).get("auroc")
         if ov is not None or nv is not None:
             changes.append(Change(shown, "auroc", ov, nv))
+    changes += _clever_changes(old, new)
+    return changes
+
+
+_SECTION_METRICS = ("auroc", "clever_mean", "clever_median")
+"""Metrics of the detection and CLEVER sections, not of attack result rows."""
+CLEVER_SETUP_KEYS = ("nb_batches", "batch_size", "weibull_shapes")
+"""What, besides the radius, defines a CLEVER score: rows that differ in any of them are not compared."""
+
+
+def _clever_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``clever/norm/target/stack`` -> the CLEVER row (a ``robaudit clever`` report or an audit's cells)."""
+    out = {}
+    for row in (report.get("clever") or {}).get("rows", []):
+        stack = "+".join(row.get("defences") or []) or "none"
+        out[f"clever/{row.get('norm')}/{row.get('target')}/{stack}"] = row
+    return out
+
+
+def _clever_changes(old: dict[str, Any], new: dict[str, Any]) -> list[Change]:
+    """CLEVER rows matched by norm, target and stack: their mean and median scores (higher is more
+    robust), unless the radius or the sampling budget changed (then ``setup``)."""
+    old_rows, new_rows = _clever_rows(old), _clever_rows(new)
+    old_cfg, new_cfg = ((r.get("clever") or {}).get("config") or {} for r in (old, new))
+    changes = []
+    for key in list(dict.fromkeys([*old_rows, *new_rows])):
+        o, n = old_rows.get(key), new_rows.get(key)
+        if o is not None and n is not None:
+            changed = _setup_changes({"radius": o.get("radius"), **{k: old_cfg.get(k) for k in CLEVER_SETUP_KEYS}},
+                                     {"radius": n.get("radius"), **{k: new_cfg.get(k) for k in CLEVER_SETUP_KEYS}})
+            if changed:
+                changes.append(Change(key, "setup", None, None, changed))
+                continue
+        for metric in ("clever_mean", "clever_median"):
+            field = metric.removeprefix("clever_")
+            ov = o.get(field) if o is not None and o.get("status") == "ok" else None
+            nv = n.get(field) if n is not None and n.get("status") == "ok" else None
+            if ov is not None or nv is not None:
+                changes.append(Change(key, metric, ov, nv))
     return changes
 
 
