@@ -308,7 +308,7 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
     """Run ``prof`` on ``models`` with progress bars, write reports and summary, apply gates (exit 1)."""
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}, got {workers}")
-    from robaudit.engine.audit import AuditJob, run_audit
+    from robaudit.engine.audit import SUMMARY_NAME, AuditJob, run_audit
     from robaudit.report.gates import check_selectors, parse_gate
     from robaudit.report.writer import write_json_atomic, write_text_atomic
 
@@ -335,7 +335,7 @@ def execute_audit(models: tuple[str, ...], inputs: Any, prof: Any, out: Path, re
         write_json_atomic(path, report)
         summaries.append(render(report, ReportFormat.markdown))
         judged.append((f"{report['model']['path']}: " if len(result.reports) > 1 else "", gate_results))
-    write_text_atomic(out / "summary.md", "\n".join(summaries))
+    write_text_atomic(out / SUMMARY_NAME, "\n".join(summaries))
     if fmt is SummaryFormat.json and len(result.reports) > 1:  # one JSON document: an array of the reports
         from robaudit.report.writer import _clean
 

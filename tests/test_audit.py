@@ -325,3 +325,31 @@ def test_json_summary_of_two_models_is_one_json_document(tmp_path):
     reports = json.loads(proc.stdout)
     assert isinstance(reports, list) and len(reports) == 2
     assert [r["model"]["format"] for r in reports] == ["torchscript", "onnx"]
+
+
+def test_a_fresh_audit_refuses_outputs_it_could_not_write_or_did_not_write(tmp_path):
+    """QA 14: an audit folder holding someone else's report.json was overwritten without a word, and
+    a folder standing where summary.md goes was found only after every cell had run."""
+    from robaudit.config import parse_profile
+    from robaudit.engine.audit import AuditJob, run_audit
+    from robaudit.engine.session import InputOptions
+    from robaudit.errors import ConfigError
+
+    profile = parse_profile({"samples": 4, "batch_size": 4, "examples": 0, "attacks": {"fgsm": {"eps": 0.1}}},
+                            source="test")
+    inputs = InputOptions(model="", data="demo:mnist", device="cpu")
+    out = tmp_path / "a"
+    out.mkdir()
+    (out / "report.json").write_text('{"important": "not robaudit"}')
+    with pytest.raises(ConfigError, match="is not a robaudit report: the audit would replace it"):
+        run_audit(AuditJob(models=("demo:mnist",), inputs=inputs, profile=profile, out=out), ["robaudit"])
+    assert (out / "report.json").read_text() == '{"important": "not robaudit"}'
+    (out / "report.json").unlink()
+    (out / "summary.md").mkdir()
+    with pytest.raises(ConfigError, match="is a folder, where the audit writes its summary.md"):
+        run_audit(AuditJob(models=("demo:mnist",), inputs=inputs, profile=profile, out=out), ["robaudit"])
+    (out / "summary.md").rmdir()
+    (out / "summary.md").write_text("### robaudit: `old run`\n")  # robaudit's own: replaced
+    (_, rep), = run_audit(AuditJob(models=("demo:mnist",), inputs=inputs, profile=profile, out=out),
+                          ["robaudit"]).reports
+    assert rep["results"]

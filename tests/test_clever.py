@@ -405,6 +405,10 @@ def test_an_audit_clever_section_without_a_radius_takes_the_norms_default(tmp_pa
     assert validation_errors(rep) == []
     assert rep["clever"]["config"]["radius"] == {"linf": pytest.approx(0.3)}
     assert all(r["radius"] == pytest.approx(0.3) and 0 < r["mean"] <= 0.3 for r in rep["clever"]["rows"])
+    from robaudit.cli_audit import ReportFormat, render
+
+    md = render(rep, ReportFormat.markdown)  # no attack ran: the header must not say one did
+    assert "classified correctly." in md and "attacks ran on" not in md
     given = parse_profile({**raw, "clever": {**raw["clever"], "radius": 0.1}}, source="test")
     assert clever_radius(given, (0.0, 255.0)) == 0.1
 

@@ -161,6 +161,7 @@ def run_audit(job: AuditJob, command: list[str], observer: AuditObserver | None 
         if state.header is not None and not job.resume:
             raise ConfigError(f"{job.out} holds the journal of an earlier audit: pass --resume to continue it, "
                               "or choose an empty --out folder")
+        _check_outputs(job, fresh=state.header is None)
         loaded = [load_inputs(dataclasses.replace(job.inputs, model=m)) for m in job.models]
         for inputs in loaded:
             _check_losses(profile, inputs.model.num_classes, inputs.model_spec)
@@ -187,6 +188,31 @@ def run_audit(job: AuditJob, command: list[str], observer: AuditObserver | None 
         return AuditResult(reports=reports, resumed_cells=finished)
     finally:
         journal.close()
+
+
+SUMMARY_NAME = "summary.md"
+
+
+def _check_outputs(job: AuditJob, fresh: bool) -> None:
+    """Refuse, before any cell runs, an output the audit could not write at the end (a folder where
+    a report or the summary goes) and, for a fresh audit, files it would replace that robaudit did
+    not write (someone else's ``report.json`` in a reused folder)."""
+    paths = [report_path(job.out, job.models, m) for m in range(len(job.models))] + [job.out / SUMMARY_NAME]
+    for path in paths:
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder, where the audit writes its {path.name}: "
+                              "move it or choose another --out folder")
+        if not fresh or not path.is_file():
+            continue
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(4096).decode("utf-8", "replace")
+        except OSError:
+            head = ""
+        ours = head.startswith("### robaudit:") if path.name == SUMMARY_NAME else '"robaudit_version"' in head
+        if not ours:
+            raise ConfigError(f"{path} exists and is not a robaudit {'summary' if path.name == SUMMARY_NAME else 'report'}: "
+                              "the audit would replace it; move it or choose another --out folder")
 
 
 def _check_losses(profile: Profile, num_classes: int, model_spec: str) -> None:

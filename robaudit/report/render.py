@@ -197,8 +197,9 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"### robaudit: `{model.get('path', '?')}`",
         "",
         f"Clean accuracy {100 * float(data.get('clean_accuracy', 0.0)):.1f}% on {data.get('n_selected', '?')} inputs; "
-        f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly{_behind_stacks(report)}. "
-        f"Seed {report.get('seed')}, "
+        + (f"attacks ran on the {data.get('n_evaluated', '?')} classified correctly{_behind_stacks(report)}. "
+           if report.get("results") else f"{data.get('n_evaluated', '?')} classified correctly. ")
+        + f"Seed {report.get('seed')}, "
         f"device {report.get('device')}." + (f" Model runtime: {model['runtime']}." if model.get("runtime") else ""),
         "",
     ]
