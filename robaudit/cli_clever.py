@@ -27,6 +27,7 @@ class CleverFormat(str, Enum):
     table = "table"
     markdown = "markdown"
     json = "json"
+    none = "none"
 
 
 class _Progress:
@@ -108,7 +109,7 @@ def clever_cmd(
     x_key: Annotated[Optional[str], typer.Option("--x-key", help="Array name of images in an .npz.")] = None,
     y_key: Annotated[Optional[str], typer.Option("--y-key", help="Array name of labels in an .npz.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the JSON report.")] = Path("robaudit-clever.json"),
-    fmt: Annotated[CleverFormat, typer.Option("--format", help="What to print: table, markdown or json.")] = CleverFormat.table,
+    fmt: Annotated[CleverFormat, typer.Option("--format", help="What to print: table, markdown, json or none (the report file only).")] = CleverFormat.table,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """CLEVER robustness scores per input, norm, target and defence stack (Weng et al., ICLR 2018)."""
@@ -154,6 +155,10 @@ def print_clever(report: dict[str, Any], fmt: CleverFormat) -> None:
         return
     if fmt is CleverFormat.markdown:
         echo(clever_markdown(report))
+        return
+    if fmt is CleverFormat.none:  # the report file only (warnings still reach stderr)
+        for w in report.get("warnings", []):
+            _err.print(f"warning: {w}", highlight=False)
         return
     data = report.get("data", {})
     if data.get("n_selected"):

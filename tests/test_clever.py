@@ -426,3 +426,12 @@ def test_norm_and_radius_parsing():
             parse_radius(bad)
     with pytest.raises(ConfigError, match="unknown CLEVER norm"):
         CleverNorm.parse_list("l2,l3")
+
+
+def test_clever_format_none_prints_nothing_and_writes_the_report(tmp_path):
+    """`audit` and `defend eval` took --format none, `clever` refused it."""
+    out = tmp_path / "c.json"
+    proc = robaudit_cli("clever", "demo:mnist", "--data", "demo:mnist", "-n", "2", "--nb-batches", "3", "-b", "8",
+                        "--no-compare", "--format", "none", "-q", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and json.loads(out.read_text())["clever"]["rows"]
