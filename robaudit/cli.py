@@ -207,8 +207,11 @@ def _print_report(report: dict[str, Any], fmt: OutputFormat, shown: frozenset[st
     elif fmt is OutputFormat.markdown:
         echo(results_markdown(report))
     else:
+        warnings = report_warnings(report)
+        if report.get("partial") and warnings:  # above the table it qualifies
+            err_console.print(f"warning: {warnings.pop(0)}", markup=False, highlight=False)
         out_console.print(results_table(report, width=out_console.width))
-        for w in report_warnings(report):
+        for w in warnings:
             if w not in shown:
                 err_console.print(f"warning: {w}", markup=False, highlight=False)
 

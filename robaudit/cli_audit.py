@@ -68,6 +68,9 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160, shown: C
         return report_junit(report)
     if fmt is ReportFormat.table:
         console = Console(record=True, width=width, file=io.StringIO())
+        warnings = report_warnings(report)
+        if report.get("partial") and warnings:  # above the table it qualifies
+            console.print(f"warning: {warnings.pop(0)}", markup=False, highlight=False)
         if report.get("results"):
             console.print(results_table(report, width=width))
         else:  # a detect- or CLEVER-only audit: no empty attack table, only what it ran on
@@ -86,7 +89,7 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160, shown: C
             console.print(f"gate {'pass' if g['passed'] else 'FAIL'}: {g['gate']}  [{g.get('detail')}]",
                           markup=False, highlight=False)
         repeated = 0
-        for w in report_warnings(report):
+        for w in warnings:
             if w in shown:
                 repeated += 1
             else:

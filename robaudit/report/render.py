@@ -203,6 +203,9 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"device {report.get('device')}." + (f" Model runtime: {model['runtime']}." if model.get("runtime") else ""),
         "",
     ]
+    warnings = report_warnings(report)
+    if report.get("partial") and warnings:  # above the numbers it qualifies, not below them
+        lines += [f"> warning: {md_text(warnings.pop(0), cell=False)}", ""]
     if report.get("results"):  # a detect- or CLEVER-only audit has no attack rows: no empty table
         lines += ["| " + " | ".join(h for _, h in _columns(report)) + " |",
                   "|" + "|".join("---" for _ in _columns(report)) + "|"]
@@ -213,7 +216,7 @@ def results_markdown(report: dict[str, Any]) -> str:
     clever = clever_markdown(report)  # the clever section (robaudit clever, audit CLEVER cells), if any
     if clever:
         lines.append(clever.rstrip("\n"))
-    for w in report_warnings(report):
+    for w in warnings:
         lines.append(f"\n> warning: {md_text(w, cell=False)}")
     return "\n".join(lines) + "\n"
 
