@@ -198,7 +198,7 @@ def _print_report(report: dict[str, Any], fmt: OutputFormat, shown: frozenset[st
     """The report on stdout; with the table, the report's warnings not ``shown`` during the run go to
     stderr (those of the whole evaluation, e.g. a black-box attack beating the white-box ones, come
     only at the end)."""
-    from robaudit.report.render import report_warnings, results_markdown, results_table
+    from robaudit.report.render import results_markdown, results_table, split_warnings
 
     if fmt is OutputFormat.json:
         import json
@@ -207,9 +207,9 @@ def _print_report(report: dict[str, Any], fmt: OutputFormat, shown: frozenset[st
     elif fmt is OutputFormat.markdown:
         echo(results_markdown(report))
     else:
-        warnings = report_warnings(report)
-        if report.get("partial") and warnings:  # above the table it qualifies
-            err_console.print(f"warning: {warnings.pop(0)}", markup=False, highlight=False)
+        partial, warnings = split_warnings(report)
+        if partial:  # above the table it qualifies
+            err_console.print(f"warning: {partial}", markup=False, highlight=False)
         out_console.print(results_table(report, width=out_console.width))
         for w in warnings:
             if w not in shown:

@@ -49,7 +49,7 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160, shown: C
     user has already seen on the same terminal; the table counts them instead of repeating them."""
     from robaudit.report.gates import gates_markdown
     from robaudit.report.render import (defences_markdown, defences_table, detection_markdown, detection_table,
-                                        report_warnings, results_markdown, results_table, results_title)
+                                        results_markdown, results_table, results_title, split_warnings)
 
     if fmt is ReportFormat.json:
         from robaudit.report.writer import _clean
@@ -68,9 +68,9 @@ def render(report: dict[str, Any], fmt: ReportFormat, width: int = 160, shown: C
         return report_junit(report)
     if fmt is ReportFormat.table:
         console = Console(record=True, width=width, file=io.StringIO())
-        warnings = report_warnings(report)
-        if report.get("partial") and warnings:  # above the table it qualifies
-            console.print(f"warning: {warnings.pop(0)}", markup=False, highlight=False)
+        partial, warnings = split_warnings(report)
+        if partial:  # above the table it qualifies
+            console.print(f"warning: {partial}", markup=False, highlight=False)
         if report.get("results"):
             console.print(results_table(report, width=width))
         else:  # a detect- or CLEVER-only audit: no empty attack table, only what it ran on

@@ -430,6 +430,11 @@ def confirm_draws(model: torch.nn.Module, draws: int = CONFIRM_DRAWS) -> int:
     return draws if is_randomized(model) else 0
 
 
+def _argmax_adversarial(logits: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+    """The criterion's own test (argmax), the default ``ok`` of :func:`refuted` and :func:`settled`."""
+    return criterion.is_adversarial(logits)
+
+
 def refuted(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, hits: torch.Tensor, draws: int,
             ok: Callable[[torch.Tensor, Criterion], torch.Tensor] | None = None) -> torch.Tensor:
     """Rows among ``hits`` (a boolean mask over the rows of ``x`` and ``criterion``) that fail to be
@@ -445,7 +450,7 @@ def refuted(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, hits:
     out = torch.zeros_like(hits)
     if draws == 0 or not bool(hits.any()):
         return out
-    test = ok if ok is not None else (lambda logits, crit: crit.is_adversarial(logits))
+    test = ok if ok is not None else _argmax_adversarial
     idx = hits.nonzero().squeeze(1)
     good = torch.ones(idx.numel(), dtype=torch.bool, device=hits.device)
     with torch.no_grad():
@@ -466,6 +471,5 @@ def settled(model: torch.nn.Module, x: torch.Tensor, criterion: Criterion, logit
     Minimisation attacks return such inputs unchanged; decided from one draw of a randomised
     defence, an input that draw happened to misclassify went unattacked although the draw that
     judges it later classifies it correctly. ``ok`` as in :func:`refuted`."""
-    test = ok if ok is not None else (lambda lg, crit: crit.is_adversarial(lg))
-    adv = test(logits, criterion)
+    adv = (ok if ok is not None else _argmax_adversarial)(logits, criterion)
     return adv & ~refuted(model, x, criterion, adv, draws, ok)

@@ -28,6 +28,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def detect_eval_errors(ev: dict[str, Any]) -> list[str]:
     """What makes ``ev`` (a ``detect eval`` report) unreadable before it is converted to an audit
     report, whose schema checks the values' ranges: missing sections, wrong types, and an attack
@@ -47,14 +51,14 @@ def detect_eval_errors(ev: dict[str, Any]) -> list[str]:
     costs = cfg.get("costs", [])
     if not isinstance(costs, list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in costs):
         errs.append("'config.costs' is not a list of cost attacks with names")
-    if not (isinstance(benign.get("n"), int) and not isinstance(benign.get("n"), bool) and benign["n"] >= 0):
+    if not _count(benign.get("n")):
         errs.append("'benign.n' is not a count")
     if not isinstance(benign.get("inputs", []), list):
         errs.append("'benign.inputs' is not a list")
     for a in names:
         info = attacks.get(a)
         n_adv = info.get("n_adversarial") if isinstance(info, dict) else None
-        if not (isinstance(n_adv, int) and not isinstance(n_adv, bool) and n_adv >= 0):
+        if not _count(n_adv):
             errs.append(f"'attacks.{a}.n_adversarial' is missing or not a count")
             continue
         if not isinstance(info.get("inputs", []), list) or not isinstance(info.get("settings", {}), dict):

@@ -86,6 +86,15 @@ PARTIAL_WARNING = ("PARTIAL REPORT: its run was interrupted before every cell fi
                    "the ones that matter, and every gate fails on it")
 
 
+def split_warnings(report: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """:func:`report_warnings` as (the PARTIAL warning, shown above the table it qualifies, or None;
+    the others)."""
+    warnings = report_warnings(report)
+    if report.get("partial") and warnings:
+        return warnings[0], warnings[1:]
+    return None, warnings
+
+
 def report_warnings(report: dict[str, Any]) -> list[str]:
     """The report's warnings for display, led by :data:`PARTIAL_WARNING` when it is partial."""
     partial = []
@@ -203,9 +212,9 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"device {report.get('device')}." + (f" Model runtime: {model['runtime']}." if model.get("runtime") else ""),
         "",
     ]
-    warnings = report_warnings(report)
-    if report.get("partial") and warnings:  # above the numbers it qualifies, not below them
-        lines += [f"> warning: {md_text(warnings.pop(0), cell=False)}", ""]
+    partial, warnings = split_warnings(report)
+    if partial:  # above the numbers it qualifies, not below them
+        lines += [f"> warning: {md_text(partial, cell=False)}", ""]
     if report.get("results"):  # a detect- or CLEVER-only audit has no attack rows: no empty table
         lines += ["| " + " | ".join(h for _, h in _columns(report)) + " |",
                   "|" + "|".join("---" for _ in _columns(report)) + "|"]

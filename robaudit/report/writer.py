@@ -174,8 +174,7 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
             except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a wrong type the checks missed
                 errors = [f"{type(exc).__name__}: {exc}"]
         if errors:
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise DataLoadError(f"{p} is not a valid `detect eval` report: {errors[0]}{more}")
+            raise DataLoadError(f"{p} is not a valid `detect eval` report: {_first_of(errors)}")
     if isinstance(report, dict) and "results" not in report and "mode" in report and "schema_version" in report:
         raise DataLoadError(f"{p} is the output of `robaudit detect {report.get('mode')}`, which `report` does not "
                             "render (it renders `detect eval` reports and audits); `robaudit detect score` prints "
@@ -187,6 +186,10 @@ def read_report(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DataLoadError(f"{p} is not a robaudit report (no schema_version/results)")
     errors = validation_errors(report)
     if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise DataLoadError(f"{p} is not a valid robaudit report: {errors[0]}{more}")
+        raise DataLoadError(f"{p} is not a valid robaudit report: {_first_of(errors)}")
     return report
+
+
+def _first_of(errors: list[str]) -> str:
+    """The first of ``errors``, and how many more there are."""
+    return errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
